@@ -1,0 +1,641 @@
+//! Merging configuration layers into the effective [`Config`] and validating it.
+//!
+//! Layers, lowest first: built-in defaults (the repo's own files, embedded), the project
+//! (`.mcp/`, `.agents/` or `--config-dir`), the user (`~/.claude/mcp/`, `~/.claude/agents/`).
+//! Then the production block when that profile is selected, then `CRAFTMESH_*` variables.
+//! The node reads the files; everything here is pure and takes the environment as a lookup.
+
+use super::agents::{AgentDefinition, AgentDiscovery, AgentSource, AgentsDiscoveryFile};
+use super::diag::{Diagnostic, Diagnostics};
+use super::mcp::{
+    DeploymentConfig, DiscoveryFile, ResourceRequirements, ServerLaunch, ServersFile, SettingsPatch, Strategy, Tier,
+};
+use super::source::{self, expand_env, locate, EnvError, Format};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One file's name and text, read by the caller.
+#[derive(Debug, Clone)]
+pub struct TextFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// Which layer a set of files belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    Builtin,
+    Project,
+    User,
+}
+
+/// The files of one layer.
+#[derive(Debug, Clone)]
+pub struct LayerFiles {
+    pub kind: LayerKind,
+    pub mcp_discovery: Option<TextFile>,
+    pub server_files: Vec<TextFile>,
+    pub agents_discovery: Option<TextFile>,
+    /// Agent definitions with the directory they came from.
+    pub agent_defs: Vec<(AgentSource, TextFile)>,
+    /// File names present in this layer's shared context directory.
+    pub context_files: Vec<String>,
+}
+
+impl LayerFiles {
+    pub fn empty(kind: LayerKind) -> Self {
+        Self { kind, mcp_discovery: None, server_files: Vec::new(), agents_discovery: None, agent_defs: Vec::new(), context_files: Vec::new() }
+    }
+}
+
+/// A named set of overrides; `production` applies the files' `production` blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Default,
+    Production,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "default" | "development" | "dev" => Ok(Profile::Default),
+            "production" | "prod" => Ok(Profile::Production),
+            other => Err(format!("unknown profile `{other}`; expected `default` or `production`")),
+        }
+    }
+}
+
+/// Effective discovery settings, all filled.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    pub cache_ttl_minutes: u64,
+    pub health_check_timeout_ms: u64,
+    pub discovery_timeout_ms: u64,
+    pub discovery_interval_ms: u64,
+    pub max_deployment_retries: u32,
+    pub resource_check_enabled: bool,
+    pub prefer_external: bool,
+    pub disable_embedded: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            cache_ttl_minutes: 5,
+            health_check_timeout_ms: 10_000,
+            discovery_timeout_ms: 30_000,
+            discovery_interval_ms: 30_000,
+            max_deployment_retries: 3,
+            resource_check_enabled: true,
+            prefer_external: false,
+            disable_embedded: false,
+        }
+    }
+}
+
+/// Effective resource limits for MCP servers on one node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResourceLimits {
+    pub total_memory_mb: u64,
+    pub max_concurrent_servers: u32,
+    pub max_embedded_servers: u32,
+}
+
+/// One MCP server as the merged configuration sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerSpec {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub enabled: bool,
+    /// Tiers in the order they are tried.
+    pub priority_order: Vec<Tier>,
+    pub strategies: Vec<(Tier, Strategy)>,
+    pub resource_requirements: Option<ResourceRequirements>,
+    pub deployment: Option<DeploymentConfig>,
+    pub requires_api_key: Option<String>,
+    /// Launch entry from a servers JSON file, with `${VAR}` expanded.
+    pub launch: Option<ServerLaunch>,
+    /// Environment variables the server needs that are not set.
+    pub missing_env: Vec<String>,
+    /// Files that defined this server.
+    pub defined_in: Vec<String>,
+}
+
+impl ServerSpec {
+    /// Whether `name` is this server's name or one of its aliases.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name == name || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+/// Effective agent limits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentLimits {
+    pub total_memory_mb: u64,
+    pub max_concurrent_agents: u32,
+    pub model_limits: BTreeMap<String, u32>,
+}
+
+/// One agent after the cascade picked its definition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentSpec {
+    pub id: String,
+    pub source: AgentSource,
+    pub file: String,
+    pub definition: AgentDefinition,
+    pub discovery: Option<AgentDiscovery>,
+    /// Every place a definition was found, best first.
+    pub candidates: Vec<(AgentSource, String)>,
+}
+
+/// Agents configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentsConfig {
+    pub cache_ttl_minutes: u64,
+    pub default_priority_order: Vec<AgentSource>,
+    pub limits: AgentLimits,
+    pub agents: BTreeMap<String, AgentSpec>,
+    pub context_files: Vec<String>,
+}
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub profile: Profile,
+    pub settings: Settings,
+    pub resource_limits: ResourceLimits,
+    pub servers: BTreeMap<String, ServerSpec>,
+    pub agents: AgentsConfig,
+    pub files: Vec<String>,
+}
+
+impl Config {
+    /// Finds a server by name or alias.
+    pub fn server(&self, name: &str) -> Option<&ServerSpec> {
+        self.servers.get(name).or_else(|| self.servers.values().find(|s| s.answers_to(name)))
+    }
+}
+
+/// Environment variables that override settings; each is `CRAFTMESH_` + the setting.
+pub const ENV_OVERRIDES: [&str; 6] = [
+    "CRAFTMESH_CACHE_TTL_MINUTES",
+    "CRAFTMESH_HEALTH_CHECK_TIMEOUT",
+    "CRAFTMESH_DISCOVERY_TIMEOUT",
+    "CRAFTMESH_DISCOVERY_INTERVAL",
+    "CRAFTMESH_MAX_DEPLOYMENT_RETRIES",
+    "CRAFTMESH_RESOURCE_CHECK_ENABLED",
+];
+
+/// Loads layers (lowest first) into a [`Config`].
+///
+/// Returns the config when there are no errors, and every diagnostic found either way.
+pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Option<String>) -> (Option<Config>, Diagnostics) {
+    let mut diags = Diagnostics::default();
+    let mut files = Vec::new();
+
+    // --- parse every file of every layer
+    let mut discovery: Vec<(LayerKind, String, String, DiscoveryFile)> = Vec::new();
+    let mut servers_files: Vec<(LayerKind, String, String, ServersFile)> = Vec::new();
+    let mut agent_disc: Vec<(String, AgentsDiscoveryFile)> = Vec::new();
+    let mut agent_defs: Vec<(LayerKind, AgentSource, String, String, AgentDefinition)> = Vec::new();
+    let mut context_files: BTreeSet<String> = BTreeSet::new();
+    for layer in layers {
+        if let Some(f) = &layer.mcp_discovery {
+            files.push(f.path.clone());
+            if let Some(v) = parse_into::<DiscoveryFile>(f, &mut diags) {
+                discovery.push((layer.kind, f.path.clone(), f.text.clone(), v));
+            }
+        }
+        for f in &layer.server_files {
+            files.push(f.path.clone());
+            if let Some(v) = parse_into::<ServersFile>(f, &mut diags) {
+                servers_files.push((layer.kind, f.path.clone(), f.text.clone(), v));
+            }
+        }
+        if let Some(f) = &layer.agents_discovery {
+            files.push(f.path.clone());
+            if let Some(v) = parse_into::<AgentsDiscoveryFile>(f, &mut diags) {
+                agent_disc.push((f.path.clone(), v));
+            }
+        }
+        for (src, f) in &layer.agent_defs {
+            files.push(f.path.clone());
+            if let Some(v) = parse_into::<AgentDefinition>(f, &mut diags) {
+                let src = if layer.kind == LayerKind::User { AgentSource::UserOverride } else if layer.kind == LayerKind::Builtin { AgentSource::BundledDefault } else { *src };
+                agent_defs.push((layer.kind, src, f.path.clone(), f.text.clone(), v));
+            }
+        }
+        context_files.extend(layer.context_files.iter().cloned());
+    }
+
+    // --- settings: layers, then production, then env
+    let mut patch = SettingsPatch::default();
+    let mut prefer_external = None;
+    let mut disable_embedded = None;
+    let mut limits = ResourceLimits { total_memory_mb: 2048, max_concurrent_servers: 8, max_embedded_servers: 3 };
+    for (_, _, _, d) in &discovery {
+        merge_settings(&mut patch, &d.settings);
+        if let Some(v) = d.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
+        if let Some(v) = d.resource_limits.max_concurrent_servers { limits.max_concurrent_servers = v; }
+        if let Some(v) = d.resource_limits.max_embedded_servers { limits.max_embedded_servers = v; }
+    }
+    if profile == Profile::Production {
+        for (_, _, _, d) in &discovery {
+            if let Some(p) = &d.production {
+                merge_settings(&mut patch, &p.settings);
+                prefer_external = p.prefer_external.or(prefer_external);
+                disable_embedded = p.disable_embedded.or(disable_embedded);
+            }
+        }
+    }
+    apply_env(&mut patch, env, &mut diags);
+    let settings = finish_settings(&patch, prefer_external, disable_embedded, discovery.last().map(|(_, p, t, _)| (p.as_str(), t.as_str())), &mut diags);
+
+    // --- servers
+    let servers = merge_servers(&discovery, &servers_files, env, &limits, &mut diags);
+
+    // --- agents
+    let agents = merge_agents(&agent_disc, &agent_defs, &context_files, profile, &mut diags);
+
+    let cfg = Config { profile, settings, resource_limits: limits, servers, agents, files };
+    if diags.has_errors() { (None, diags) } else { (Some(cfg), diags) }
+}
+
+fn parse_into<T: serde::de::DeserializeOwned>(f: &TextFile, diags: &mut Diagnostics) -> Option<T> {
+    match source::parse::<T>(&f.path, &f.text, Format::from_path(&f.path)) {
+        Ok((v, warnings)) => {
+            diags.extend(warnings);
+            Some(v)
+        }
+        Err(e) => {
+            diags.push(e);
+            None
+        }
+    }
+}
+
+fn merge_settings(into: &mut SettingsPatch, from: &SettingsPatch) {
+    into.cache_ttl_minutes = from.cache_ttl_minutes.or(into.cache_ttl_minutes);
+    into.health_check_timeout = from.health_check_timeout.or(into.health_check_timeout);
+    into.discovery_timeout = from.discovery_timeout.or(into.discovery_timeout);
+    into.discovery_interval = from.discovery_interval.or(into.discovery_interval);
+    into.max_deployment_retries = from.max_deployment_retries.or(into.max_deployment_retries);
+    into.resource_check_enabled = from.resource_check_enabled.or(into.resource_check_enabled);
+}
+
+fn apply_env(patch: &mut SettingsPatch, env: &dyn Fn(&str) -> Option<String>, diags: &mut Diagnostics) {
+    fn num<T: std::str::FromStr>(name: &str, env: &dyn Fn(&str) -> Option<String>, diags: &mut Diagnostics) -> Option<T> {
+        let v = env(name)?;
+        match v.trim().parse::<T>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                diags.push(Diagnostic::error("env", 0, 0, name, format!("`{v}` is not a valid value")));
+                None
+            }
+        }
+    }
+    if let Some(v) = num::<u64>("CRAFTMESH_CACHE_TTL_MINUTES", env, diags) { patch.cache_ttl_minutes = Some(v); }
+    if let Some(v) = num::<f64>("CRAFTMESH_HEALTH_CHECK_TIMEOUT", env, diags) { patch.health_check_timeout = Some(v); }
+    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_TIMEOUT", env, diags) { patch.discovery_timeout = Some(v); }
+    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_INTERVAL", env, diags) { patch.discovery_interval = Some(v); }
+    if let Some(v) = num::<u32>("CRAFTMESH_MAX_DEPLOYMENT_RETRIES", env, diags) { patch.max_deployment_retries = Some(v); }
+    if let Some(v) = num::<bool>("CRAFTMESH_RESOURCE_CHECK_ENABLED", env, diags) { patch.resource_check_enabled = Some(v); }
+}
+
+fn finish_settings(p: &SettingsPatch, prefer_external: Option<bool>, disable_embedded: Option<bool>, last: Option<(&str, &str)>, diags: &mut Diagnostics) -> Settings {
+    let d = Settings::default();
+    let mut secs = |field: &str, v: Option<f64>, default_ms: u64, min: f64, max: f64| -> u64 {
+        match v {
+            None => default_ms,
+            Some(s) if s.is_finite() && s >= min && s <= max => (s * 1000.0).round() as u64,
+            Some(s) => {
+                let (file, line, col) = match last {
+                    Some((f, t)) => { let (l, c) = locate(t, &format!("settings.{field}")); (f, l, c) }
+                    None => ("env", 0, 0),
+                };
+                diags.push(Diagnostic::error(file, line, col, format!("settings.{field}"), format!("{s} seconds is out of range ({min}..={max})")));
+                default_ms
+            }
+        }
+    };
+    Settings {
+        cache_ttl_minutes: p.cache_ttl_minutes.unwrap_or(d.cache_ttl_minutes).min(24 * 60),
+        health_check_timeout_ms: secs("health_check_timeout", p.health_check_timeout, d.health_check_timeout_ms, 0.01, 300.0),
+        discovery_timeout_ms: secs("discovery_timeout", p.discovery_timeout, d.discovery_timeout_ms, 0.05, 3600.0),
+        discovery_interval_ms: secs("discovery_interval", p.discovery_interval, d.discovery_interval_ms, 1.0, 86_400.0),
+        max_deployment_retries: p.max_deployment_retries.unwrap_or(d.max_deployment_retries),
+        resource_check_enabled: p.resource_check_enabled.unwrap_or(d.resource_check_enabled),
+        prefer_external: prefer_external.unwrap_or(false),
+        disable_embedded: disable_embedded.unwrap_or(false),
+    }
+}
+
+fn merge_servers(
+    discovery: &[(LayerKind, String, String, DiscoveryFile)],
+    servers_files: &[(LayerKind, String, String, ServersFile)],
+    env: &dyn Fn(&str) -> Option<String>,
+    limits: &ResourceLimits,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, ServerSpec> {
+    let mut out: BTreeMap<String, ServerSpec> = BTreeMap::new();
+    // Discovery entries: higher layers replace a server wholesale.
+    for (_, path, text, d) in discovery {
+        for (name, sd) in &d.servers {
+            let field = format!("servers.{name}");
+            let mut strategies = Vec::new();
+            for (group, list) in &sd.discovery_strategies {
+                let gfield = format!("{field}.discovery_strategies.{group}");
+                let Some(tier) = Tier::from_group(group) else {
+                    let (l, c) = locate(text, &gfield);
+                    diags.push(Diagnostic::error(path, l, c, gfield, format!("unknown strategy group `{group}`; expected external, user, docker, npx or embedded")));
+                    continue;
+                };
+                for (i, raw) in list.iter().enumerate() {
+                    let sfield = format!("{gfield}[{i}]");
+                    let (strategy, problems) = raw.check();
+                    for p in problems {
+                        let f = format!("{sfield}.{}", p.field);
+                        let (l, c) = locate(text, &f);
+                        let (l, c) = if l == 0 { locate(text, &sfield) } else { (l, c) };
+                        diags.push(if p.is_error { Diagnostic::error(path, l, c, f, p.message) } else { Diagnostic::warning(path, l, c, f, p.message) });
+                    }
+                    if let Some(s) = strategy {
+                        strategies.push((tier, s));
+                    }
+                }
+            }
+            let mut order = sd.priority_order.0.clone();
+            let mut seen = BTreeSet::new();
+            if order.iter().any(|t| !seen.insert(*t)) {
+                let (l, c) = locate(text, &format!("{field}.priority_order"));
+                diags.push(Diagnostic::warning(path, l, c, format!("{field}.priority_order"), "a tier is listed more than once; the first place counts"));
+                let mut s2 = BTreeSet::new();
+                order.retain(|t| s2.insert(*t));
+            }
+            if order.is_empty() {
+                order = Tier::ALL.to_vec();
+            }
+            for (tier, _) in &strategies {
+                if !order.contains(tier) {
+                    let (l, c) = locate(text, &format!("{field}.priority_order"));
+                    diags.push(Diagnostic::warning(path, l, c, format!("{field}.priority_order"), format!("strategies of tier `{}` exist but the tier is not in priority_order; it is tried last", tier.as_str())));
+                    order.push(*tier);
+                }
+            }
+            // keep strategies sorted by the tier's rank, stable within a tier
+            strategies.sort_by_key(|(t, _)| order.iter().position(|o| o == t).unwrap_or(usize::MAX));
+            let requires_api_key = sd.requires_api_key.clone().or_else(|| sd.deployment_config.as_ref().and_then(|d| d.requires_api_key.clone()));
+            let spec = ServerSpec {
+                name: name.clone(),
+                aliases: sd.aliases.clone(),
+                enabled: true,
+                priority_order: order,
+                strategies,
+                resource_requirements: sd.resource_requirements.clone(),
+                deployment: sd.deployment_config.clone(),
+                missing_env: requires_api_key.iter().filter(|k| env(k).is_none()).cloned().collect(),
+                requires_api_key,
+                launch: None,
+                defined_in: vec![path.clone()],
+            };
+            out.insert(name.clone(), spec);
+        }
+    }
+    // Alias conflicts among discovery entries.
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for s in out.values() {
+        for a in &s.aliases {
+            if out.contains_key(a) && a != &s.name {
+                diags.push(Diagnostic::error(s.defined_in.last().map(String::as_str).unwrap_or(""), 0, 0, format!("servers.{}.aliases", s.name), format!("alias `{a}` is also the name of another server")));
+            }
+            if let Some(prev) = owner.insert(a.clone(), s.name.clone()) {
+                diags.push(Diagnostic::error(s.defined_in.last().map(String::as_str).unwrap_or(""), 0, 0, format!("servers.{}.aliases", s.name), format!("alias `{a}` is claimed by both `{prev}` and `{}`", s.name)));
+            }
+        }
+    }
+    // Launch entries from JSON: linked by name or alias; higher layers replace.
+    let mut unlinked_json: Vec<(String, String, String)> = Vec::new(); // (name, file, text)
+    for (_, path, text, f) in servers_files {
+        for (jname, launch) in &f.mcp_servers {
+            let field = format!("mcpServers.{jname}");
+            let mut launch = launch.clone();
+            // ${VAR} expansion: errors for enabled servers, kept verbatim for disabled ones.
+            let mut missing = Vec::new();
+            let mut expand = |what: String, v: &mut String| {
+                match expand_env(v, env) {
+                    Ok(x) => *v = x,
+                    Err(EnvError::Unset(var)) if !launch_enabled(&f.mcp_servers, jname) => missing.push(var),
+                    Err(e) => {
+                        let needle = match &e { EnvError::Unset(var) => format!("${{{var}"), _ => "${".to_string() };
+                        let (l, c) = find_text(text, &needle, &locate(text, &what));
+                        diags.push(Diagnostic::error(path, l, c, what, e.to_string()));
+                    }
+                }
+            };
+            for (k, v) in launch.env.iter_mut() {
+                expand(format!("{field}.env.{k}"), v);
+            }
+            for (i, a) in launch.args.iter_mut().enumerate() {
+                expand(format!("{field}.args[{i}]"), a);
+            }
+            if let Some(cwd) = launch.cwd.as_mut() {
+                expand(format!("{field}.cwd"), cwd);
+            }
+            if let Some(url) = launch.url.as_mut() {
+                expand(format!("{field}.url"), url);
+            }
+            if launch.command.is_none() && launch.url.is_none() {
+                let (l, c) = locate(text, &field);
+                diags.push(Diagnostic::error(path, l, c, field.clone(), "a server needs `command` (to run it) or `url` (to reach it)"));
+            }
+            let mut needed: Vec<String> = launch.health_check.as_ref().map(|h| h.required_env.clone()).unwrap_or_default();
+            needed.retain(|k| env(k).is_none());
+            missing.extend(needed);
+            let target = out.values().find(|s| s.name == *jname || s.aliases.contains(jname)).map(|s| s.name.clone())
+                .or_else(|| out.values().find(|s| launch.aliases.contains(&s.name)).map(|s| s.name.clone()));
+            match target {
+                Some(t) => {
+                    let s = out.get_mut(&t).expect("target came from the map");
+                    s.enabled = launch.enabled;
+                    for a in std::iter::once(jname).chain(launch.aliases.iter()) {
+                        if a != &s.name && !s.aliases.contains(a) {
+                            s.aliases.push(a.clone());
+                        }
+                    }
+                    for m in missing {
+                        if !s.missing_env.contains(&m) { s.missing_env.push(m); }
+                    }
+                    s.launch = Some(launch);
+                    s.defined_in.push(path.clone());
+                }
+                None => {
+                    unlinked_json.push((jname.clone(), path.clone(), text.clone()));
+                    out.insert(jname.clone(), ServerSpec {
+                        name: jname.clone(),
+                        aliases: launch.aliases.clone(),
+                        enabled: launch.enabled,
+                        priority_order: Tier::ALL.to_vec(),
+                        strategies: Vec::new(),
+                        resource_requirements: None,
+                        deployment: None,
+                        requires_api_key: None,
+                        missing_env: missing,
+                        launch: Some(launch),
+                        defined_in: vec![path.clone()],
+                    });
+                }
+            }
+        }
+    }
+    // Name mismatches: a JSON server with no discovery entry, next to a discovery entry
+    // with no launch entry whose name looks the same.
+    for (jname, path, text) in &unlinked_json {
+        let similar = out.values().find(|s| s.launch.is_none() && similar_names(&s.name, jname)).map(|s| s.name.clone());
+        let (l, c) = locate(text, &format!("mcpServers.{jname}"));
+        let msg = match similar {
+            Some(other) => format!("server `{jname}` has no discovery entry, and discovery-config.yaml has `{other}` with no launch entry; if they are one server, add `aliases: [{jname}]` under servers.{other}"),
+            None => format!("server `{jname}` has no entry in discovery-config.yaml; only its launch settings are known, so it is not discovered"),
+        };
+        diags.push(Diagnostic::warning(path, l, c, format!("mcpServers.{jname}"), msg));
+    }
+    let total: u64 = out.values().filter(|s| s.enabled).filter_map(|s| s.resource_requirements.as_ref().and_then(|r| r.memory_mb)).sum();
+    if total > limits.total_memory_mb {
+        if let Some((_, path, text, _)) = discovery.last() {
+            let (l, c) = locate(text, "resource_limits.total_memory_mb");
+            diags.push(Diagnostic::warning(path, l, c, "resource_limits.total_memory_mb", format!("enabled servers need {total} MB together, more than the limit of {} MB; not all can run on one node", limits.total_memory_mb)));
+        }
+    }
+    out
+}
+
+fn launch_enabled(map: &BTreeMap<String, ServerLaunch>, name: &str) -> bool {
+    map.get(name).is_none_or(|l| l.enabled)
+}
+
+/// `zen` vs `zen-mcp`, `context7` vs `context7_mcp`, case-insensitively.
+fn similar_names(a: &str, b: &str) -> bool {
+    fn norm(s: &str) -> String {
+        let s = s.to_ascii_lowercase().replace('_', "-");
+        let s = s.strip_suffix("-mcp").or_else(|| s.strip_suffix("-server")).unwrap_or(&s).to_string();
+        s.strip_prefix("mcp-").unwrap_or(&s).to_string()
+    }
+    norm(a) == norm(b)
+}
+
+/// Line and column of the first `needle` at or after `near` (falls back to `near`).
+fn find_text(text: &str, needle: &str, near: &(usize, usize)) -> (usize, usize) {
+    let start_line = near.0.saturating_sub(1);
+    for (i, line) in text.lines().enumerate().skip(start_line) {
+        if let Some(c) = line.find(needle) {
+            return (i + 1, c + 1);
+        }
+    }
+    *near
+}
+
+fn merge_agents(
+    disc: &[(String, AgentsDiscoveryFile)],
+    defs: &[(LayerKind, AgentSource, String, String, AgentDefinition)],
+    context_files: &BTreeSet<String>,
+    profile: Profile,
+    diags: &mut Diagnostics,
+) -> AgentsConfig {
+    let mut cache_ttl = 30;
+    let mut default_order: Vec<AgentSource> = AgentSource::CASCADE.to_vec();
+    let mut limits = AgentLimits { total_memory_mb: 2048, max_concurrent_agents: 10, model_limits: BTreeMap::new() };
+    let mut per_agent: BTreeMap<String, AgentDiscovery> = BTreeMap::new();
+    for (_, d) in disc {
+        if let Some(v) = d.settings.cache_ttl_minutes { cache_ttl = v; }
+        if let Some(v) = d.settings.max_concurrent_agents { limits.max_concurrent_agents = v; }
+        if let Some(v) = &d.default_priority_order { default_order = v.clone(); }
+        if let Some(v) = d.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
+        if let Some(v) = d.resource_limits.max_concurrent_agents { limits.max_concurrent_agents = v; }
+        if let Some(v) = &d.resource_limits.model_limits { limits.model_limits.extend(v.clone()); }
+        for (k, v) in &d.agents { per_agent.insert(k.clone(), v.clone()); }
+        if profile == Profile::Production {
+            if let Some(p) = &d.production {
+                if let Some(v) = p.max_concurrent_agents { limits.max_concurrent_agents = v; }
+                if let Some(v) = p.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
+                if let Some(v) = &p.resource_limits.model_limits { limits.model_limits.extend(v.clone()); }
+            }
+        }
+    }
+    // Candidates per id.
+    let mut by_id: BTreeMap<String, Vec<(AgentSource, LayerKind, &str, &str, &AgentDefinition)>> = BTreeMap::new();
+    for (kind, src, path, text, def) in defs {
+        let id = def.metadata.id.trim();
+        let stem = std::path::Path::new(path).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if id.is_empty() {
+            let (l, c) = locate(text, "metadata.id");
+            diags.push(Diagnostic::error(path, l, c, "metadata.id", "agent id is empty"));
+            continue;
+        }
+        if id != stem {
+            let (l, c) = locate(text, "metadata.id");
+            diags.push(Diagnostic::warning(path, l, c, "metadata.id", format!("agent id `{id}` differs from the file name `{stem}`; the id is used")));
+        }
+        if !limits.model_limits.is_empty() {
+            for (i, m) in std::iter::once(&def.runtime.model).chain(def.runtime.fallback_models.iter()).enumerate() {
+                if !limits.model_limits.contains_key(m) {
+                    let f = if i == 0 { "runtime.model".to_string() } else { format!("runtime.fallback_models[{}]", i - 1) };
+                    let (l, c) = locate(text, &f);
+                    diags.push(Diagnostic::warning(path, l, c, f, format!("model `{m}` has no entry in resource_limits.model_limits")));
+                }
+            }
+        }
+        if let Some(mem) = def.runtime.memory_requirement {
+            if mem.as_mb() > limits.total_memory_mb {
+                let (l, c) = locate(text, "runtime.memory_requirement");
+                diags.push(Diagnostic::error(path, l, c, "runtime.memory_requirement", format!("{mem} is more than the agents' total memory limit of {} MB", limits.total_memory_mb)));
+            }
+        }
+        for (i, shared) in def.context.shared.iter().enumerate() {
+            let name = shared.trim_start_matches('/').trim_start_matches("context/");
+            if !context_files.contains(name) {
+                let f = format!("context.shared[{i}]");
+                let (l, c) = locate(text, &f);
+                diags.push(Diagnostic::warning(path, l, c, f, format!("shared context `{shared}` not found in any context directory")));
+            }
+        }
+        let list = by_id.entry(id.to_string()).or_default();
+        if list.iter().any(|(s, k, ..)| s == src && k == kind) {
+            let (l, c) = locate(text, "metadata.id");
+            diags.push(Diagnostic::error(path, l, c, "metadata.id", format!("agent `{id}` is defined twice in the same place")));
+            continue;
+        }
+        list.push((*src, *kind, path, text, def));
+    }
+    for (name, _) in &per_agent {
+        if !by_id.contains_key(name) {
+            if let Some((path, _)) = disc.last() {
+                diags.push(Diagnostic::warning(path, 0, 0, format!("agents.{name}"), format!("agent `{name}` is configured but no definition file was found")));
+            }
+        }
+    }
+    let mut agents = BTreeMap::new();
+    for (id, mut cands) in by_id {
+        let order = per_agent.get(&id).and_then(|a| a.priority_order.clone()).unwrap_or_else(|| default_order.clone());
+        let rank = |s: AgentSource| -> usize {
+            let explicit_core = order.contains(&AgentSource::ProjectCore);
+            order.iter().position(|o| *o == s || (*o == AgentSource::ProjectSpecific && s == AgentSource::ProjectCore && !explicit_core)).map(|p| p * 2 + usize::from(s == AgentSource::ProjectCore)).unwrap_or(usize::MAX)
+        };
+        cands.sort_by_key(|(s, k, ..)| (rank(*s), std::cmp::Reverse(*k)));
+        let Some((src, _, path, _, def)) = cands.first().copied() else { continue };
+        if rank(src) == usize::MAX {
+            continue; // no allowed source for this agent
+        }
+        agents.insert(id.clone(), AgentSpec {
+            id: id.clone(),
+            source: src,
+            file: path.to_string(),
+            definition: def.clone(),
+            discovery: per_agent.get(&id).cloned(),
+            candidates: cands.iter().map(|(s, _, p, ..)| (*s, p.to_string())).collect(),
+        });
+    }
+    AgentsConfig { cache_ttl_minutes: cache_ttl, default_priority_order: default_order, limits, agents, context_files: context_files.iter().cloned().collect() }
+}

@@ -1,0 +1,502 @@
+//! Types of `.mcp/discovery-config.yaml` and `.mcp/servers/*.json`, as PromptCraft writes them.
+//!
+//! Fields are optional where a higher layer may leave them out; [`super::catalog`] merges
+//! layers and fills defaults. Strategies are parsed flat and then checked per type, so a
+//! missing or misplaced field gets a precise diagnostic.
+
+use super::size::ByteSize;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+
+/// `.mcp/discovery-config.yaml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DiscoveryFile {
+    pub version: Option<String>,
+    #[serde(default)]
+    pub settings: SettingsPatch,
+    #[serde(default)]
+    pub servers: BTreeMap<String, ServerDiscovery>,
+    #[serde(default)]
+    pub resource_limits: ResourceLimitsPatch,
+    /// Overrides applied when the `production` profile is selected.
+    pub production: Option<ProductionPatch>,
+}
+
+/// Discovery settings; every field optional so layers can override single values.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct SettingsPatch {
+    pub cache_ttl_minutes: Option<u64>,
+    /// Seconds.
+    pub health_check_timeout: Option<f64>,
+    /// Seconds; an upper bound for one whole discovery round.
+    pub discovery_timeout: Option<f64>,
+    pub max_deployment_retries: Option<u32>,
+    pub resource_check_enabled: Option<bool>,
+    /// Seconds between discovery rounds of a running node.
+    pub discovery_interval: Option<f64>,
+}
+
+/// The `production` block: settings overrides plus policy switches.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct ProductionPatch {
+    #[serde(flatten)]
+    pub settings: SettingsPatch,
+    pub prefer_external: Option<bool>,
+    pub disable_embedded: Option<bool>,
+}
+
+/// Top-level `resource_limits`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct ResourceLimitsPatch {
+    pub total_memory_mb: Option<u64>,
+    pub max_concurrent_servers: Option<u32>,
+    pub max_embedded_servers: Option<u32>,
+}
+
+/// The discovery tiers, in the vocabulary of `priority_order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    ExternalDeployment,
+    UserInstallation,
+    DockerSidecar,
+    NpxCloud,
+    EmbeddedSubmodule,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 5] = [
+        Tier::ExternalDeployment,
+        Tier::UserInstallation,
+        Tier::DockerSidecar,
+        Tier::NpxCloud,
+        Tier::EmbeddedSubmodule,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::ExternalDeployment => "external_deployment",
+            Tier::UserInstallation => "user_installation",
+            Tier::DockerSidecar => "docker_sidecar",
+            Tier::NpxCloud => "npx_cloud",
+            Tier::EmbeddedSubmodule => "embedded_submodule",
+        }
+    }
+
+    /// The tier a `discovery_strategies` group key stands for (`external`, `user`, ...).
+    pub fn from_group(key: &str) -> Option<Tier> {
+        Some(match key {
+            "external" | "external_deployment" => Tier::ExternalDeployment,
+            "user" | "user_installation" => Tier::UserInstallation,
+            "docker" | "docker_sidecar" => Tier::DockerSidecar,
+            "npx" | "npx_cloud" => Tier::NpxCloud,
+            "embedded" | "embedded_submodule" => Tier::EmbeddedSubmodule,
+            _ => return None,
+        })
+    }
+}
+
+/// `priority_order`, written either as a list or as a map `{1: tier, 2: tier}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PriorityOrder(pub Vec<Tier>);
+
+impl<'de> Deserialize<'de> for PriorityOrder {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PriorityOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of tiers or a numbered map such as `1: external_deployment`")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<PriorityOrder, A::Error> {
+                let mut out = Vec::new();
+                while let Some(t) = seq.next_element::<Tier>()? {
+                    out.push(t);
+                }
+                Ok(PriorityOrder(out))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PriorityOrder, A::Error> {
+                let mut out: BTreeMap<u32, Tier> = BTreeMap::new();
+                while let Some(k) = map.next_key::<RankKey>()? {
+                    let t = map.next_value::<Tier>()?;
+                    if out.insert(k.0, t).is_some() {
+                        return Err(serde::de::Error::custom(format!("rank {} is given twice", k.0)));
+                    }
+                }
+                Ok(PriorityOrder(out.into_values().collect()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A rank in a numbered `priority_order` map: an integer, possibly written as a string.
+struct RankKey(u32);
+
+impl<'de> Deserialize<'de> for RankKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RankKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a rank number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RankKey, E> {
+                u32::try_from(v).map(RankKey).map_err(|_| E::custom("rank is too large"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RankKey, E> {
+                u32::try_from(v).map(RankKey).map_err(|_| E::custom("rank must be a positive number"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RankKey, E> {
+                v.trim().parse().map(RankKey).map_err(|_| E::custom(format!("rank `{v}` is not a number")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One server's entry under `servers:` in the discovery file.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServerDiscovery {
+    /// Other names of this server (e.g. `zen` in core.json for `zen-mcp` here).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub priority_order: PriorityOrder,
+    /// Strategy groups keyed by tier (`external`, `user`, `docker`, `npx`, `embedded`).
+    #[serde(default)]
+    pub discovery_strategies: BTreeMap<String, Vec<RawStrategy>>,
+    pub resource_requirements: Option<ResourceRequirements>,
+    pub deployment_config: Option<DeploymentConfig>,
+    /// Name of the environment variable holding the API key the server needs.
+    pub requires_api_key: Option<String>,
+}
+
+/// A strategy as written: a `type` plus the fields of every type, checked by [`RawStrategy::check`].
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawStrategy {
+    #[serde(rename = "type")]
+    pub kind: StrategyKind,
+    pub ports: Option<Vec<u16>>,
+    pub health_endpoint: Option<String>,
+    /// Path of the MCP streamable-HTTP endpoint (default `/mcp`).
+    pub mcp_path: Option<String>,
+    pub host: Option<String>,
+    pub variables: Option<Vec<String>>,
+    pub patterns: Option<Vec<String>>,
+    pub paths: Option<Vec<String>>,
+    pub package: Option<String>,
+    pub names: Option<Vec<String>>,
+    pub images: Option<Vec<String>>,
+    pub labels: Option<Vec<String>>,
+}
+
+/// The strategy types craftmesh implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    #[default]
+    PortCheck,
+    EnvVariable,
+    ProcessCheck,
+    PathCheck,
+    LockFile,
+    NpxAvailable,
+    Docker,
+}
+
+impl StrategyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::PortCheck => "port_check",
+            StrategyKind::EnvVariable => "env_variable",
+            StrategyKind::ProcessCheck => "process_check",
+            StrategyKind::PathCheck => "path_check",
+            StrategyKind::LockFile => "lock_file",
+            StrategyKind::NpxAvailable => "npx_available",
+            StrategyKind::Docker => "docker",
+        }
+    }
+}
+
+/// A checked strategy, ready to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Strategy {
+    PortCheck {
+        host: String,
+        ports: Vec<u16>,
+        health_endpoint: Option<String>,
+        mcp_path: String,
+    },
+    EnvVariable { variables: Vec<String>, mcp_path: String, health_endpoint: Option<String> },
+    ProcessCheck { patterns: Vec<String> },
+    PathCheck { paths: Vec<String> },
+    LockFile { patterns: Vec<String>, mcp_path: String, health_endpoint: Option<String> },
+    NpxAvailable { package: String },
+    Docker {
+        names: Vec<String>,
+        images: Vec<String>,
+        labels: Vec<String>,
+        mcp_path: String,
+        health_endpoint: Option<String>,
+    },
+}
+
+impl Strategy {
+    pub fn kind(&self) -> StrategyKind {
+        match self {
+            Strategy::PortCheck { .. } => StrategyKind::PortCheck,
+            Strategy::EnvVariable { .. } => StrategyKind::EnvVariable,
+            Strategy::ProcessCheck { .. } => StrategyKind::ProcessCheck,
+            Strategy::PathCheck { .. } => StrategyKind::PathCheck,
+            Strategy::LockFile { .. } => StrategyKind::LockFile,
+            Strategy::NpxAvailable { .. } => StrategyKind::NpxAvailable,
+            Strategy::Docker { .. } => StrategyKind::Docker,
+        }
+    }
+}
+
+/// Default path of an MCP streamable-HTTP endpoint (FastMCP, rmcp and most servers).
+pub const DEFAULT_MCP_PATH: &str = "/mcp";
+
+/// A problem with one strategy: the field it concerns and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrategyProblem {
+    pub field: &'static str,
+    pub message: String,
+    pub is_error: bool,
+}
+
+impl RawStrategy {
+    /// Checks required fields for the type and flags fields that do not belong to it.
+    pub fn check(&self) -> (Option<Strategy>, Vec<StrategyProblem>) {
+        let mut problems = Vec::new();
+        let kind = self.kind;
+        let allowed: &[&str] = match kind {
+            StrategyKind::PortCheck => &["ports", "health_endpoint", "mcp_path", "host"],
+            StrategyKind::EnvVariable => &["variables", "mcp_path", "health_endpoint"],
+            StrategyKind::ProcessCheck => &["patterns"],
+            StrategyKind::PathCheck => &["paths"],
+            StrategyKind::LockFile => &["patterns", "mcp_path", "health_endpoint"],
+            StrategyKind::NpxAvailable => &["package"],
+            StrategyKind::Docker => &["names", "images", "labels", "mcp_path", "health_endpoint"],
+        };
+        let present: [(&'static str, bool); 11] = [
+            ("ports", self.ports.is_some()),
+            ("health_endpoint", self.health_endpoint.is_some()),
+            ("mcp_path", self.mcp_path.is_some()),
+            ("host", self.host.is_some()),
+            ("variables", self.variables.is_some()),
+            ("patterns", self.patterns.is_some()),
+            ("paths", self.paths.is_some()),
+            ("package", self.package.is_some()),
+            ("names", self.names.is_some()),
+            ("images", self.images.is_some()),
+            ("labels", self.labels.is_some()),
+        ];
+        for (name, is) in present {
+            if is && !allowed.contains(&name) {
+                problems.push(StrategyProblem {
+                    field: name,
+                    message: format!("field `{name}` has no meaning for a `{}` strategy (ignored)", kind.as_str()),
+                    is_error: false,
+                });
+            }
+        }
+        let mut need = |field: &'static str, v: &Option<Vec<String>>| -> Vec<String> {
+            match v {
+                Some(v) if !v.is_empty() && v.iter().all(|s| !s.trim().is_empty()) => v.clone(),
+                Some(_) => {
+                    problems.push(StrategyProblem { field, message: format!("`{field}` must list at least one non-empty value"), is_error: true });
+                    Vec::new()
+                }
+                None => {
+                    problems.push(StrategyProblem { field, message: format!("a `{}` strategy needs `{field}`", kind.as_str()), is_error: true });
+                    Vec::new()
+                }
+            }
+        };
+        let mcp_path = self.mcp_path.clone().unwrap_or_else(|| DEFAULT_MCP_PATH.to_string());
+        let health_endpoint = self.health_endpoint.clone();
+        let s = match kind {
+            StrategyKind::PortCheck => {
+                let ports = match &self.ports {
+                    Some(p) if !p.is_empty() && !p.contains(&0) => p.clone(),
+                    Some(_) => {
+                        problems.push(StrategyProblem { field: "ports", message: "`ports` must list ports between 1 and 65535".into(), is_error: true });
+                        Vec::new()
+                    }
+                    None => {
+                        problems.push(StrategyProblem { field: "ports", message: "a `port_check` strategy needs `ports`".into(), is_error: true });
+                        Vec::new()
+                    }
+                };
+                Strategy::PortCheck {
+                    host: self.host.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
+                    ports,
+                    health_endpoint,
+                    mcp_path,
+                }
+            }
+            StrategyKind::EnvVariable => Strategy::EnvVariable { variables: need("variables", &self.variables), mcp_path, health_endpoint },
+            StrategyKind::ProcessCheck => Strategy::ProcessCheck { patterns: need("patterns", &self.patterns) },
+            StrategyKind::PathCheck => Strategy::PathCheck { paths: need("paths", &self.paths) },
+            StrategyKind::LockFile => Strategy::LockFile { patterns: need("patterns", &self.patterns), mcp_path, health_endpoint },
+            StrategyKind::NpxAvailable => match &self.package {
+                Some(p) if !p.trim().is_empty() => Strategy::NpxAvailable { package: p.clone() },
+                _ => {
+                    problems.push(StrategyProblem { field: "package", message: "an `npx_available` strategy needs a non-empty `package`".into(), is_error: true });
+                    Strategy::NpxAvailable { package: String::new() }
+                }
+            },
+            StrategyKind::Docker => {
+                let names = self.names.clone().unwrap_or_default();
+                let images = self.images.clone().unwrap_or_default();
+                let labels = self.labels.clone().unwrap_or_default();
+                if names.is_empty() && images.is_empty() && labels.is_empty() {
+                    problems.push(StrategyProblem { field: "names", message: "a `docker` strategy needs at least one of `names`, `images`, `labels`".into(), is_error: true });
+                }
+                Strategy::Docker { names, images, labels, mcp_path, health_endpoint }
+            }
+        };
+        for p in [&self.health_endpoint, &self.mcp_path].into_iter().flatten() {
+            if !p.starts_with('/') {
+                problems.push(StrategyProblem { field: if Some(p) == self.mcp_path.as_ref() { "mcp_path" } else { "health_endpoint" }, message: format!("path `{p}` must start with `/`"), is_error: true });
+            }
+        }
+        let ok = !problems.iter().any(|p| p.is_error);
+        (ok.then_some(s), problems)
+    }
+}
+
+/// `resource_requirements` of a server.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct ResourceRequirements {
+    pub memory_mb: Option<u64>,
+    pub cpu_cores: Option<f64>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub dependencies: Vec<String>,
+}
+
+/// `deployment_config` of a server.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct DeploymentConfig {
+    pub prevent_duplicate: Option<bool>,
+    pub auto_restart: Option<bool>,
+    /// Seconds.
+    pub health_check_interval: Option<u64>,
+    #[serde(rename = "type")]
+    pub kind: Option<DeploymentType>,
+    pub on_demand: Option<bool>,
+    /// Accepted here too, as the PromptCraft files place it.
+    pub requires_api_key: Option<String>,
+}
+
+/// How a server is deployed when craftmesh has to start it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentType {
+    Npx,
+    Docker,
+    Process,
+    External,
+    Embedded,
+}
+
+/// `.mcp/servers/core.json` or `optional.json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServersFile {
+    pub version: Option<String>,
+    pub description: Option<String>,
+    #[serde(rename = "mcpServers", default)]
+    pub mcp_servers: BTreeMap<String, ServerLaunch>,
+    #[serde(default)]
+    pub global_settings: GlobalSettings,
+}
+
+/// One entry of `mcpServers`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct ServerLaunch {
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// URL of a remote (HTTP) server instead of a command.
+    pub url: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub priority: Option<u32>,
+    /// Seconds.
+    pub timeout: Option<u64>,
+    pub retry_attempts: Option<u32>,
+    #[serde(default)]
+    pub docker_compatible: bool,
+    pub memory_requirement: Option<ByteSize>,
+    pub deployment_preference: Option<DeploymentPreference>,
+    #[serde(default)]
+    pub docker_features: Vec<String>,
+    #[serde(default)]
+    pub self_hosted_features: Vec<String>,
+    #[serde(default)]
+    pub npx_features: Vec<String>,
+    pub health_check: Option<HealthCheck>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `deployment_preference` of a server entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentPreference {
+    Auto,
+    Npx,
+    Docker,
+    User,
+    External,
+    Embedded,
+}
+
+/// `health_check` of a server entry.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct HealthCheck {
+    pub endpoint: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<HealthCheckType>,
+    /// Seconds.
+    pub interval: Option<u64>,
+    /// Seconds.
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub required_env: Vec<String>,
+}
+
+/// What a health check verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckType {
+    Mcp,
+    Http,
+    Tcp,
+    ApiKeyRequired,
+}
+
+/// `global_settings` of a servers file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct GlobalSettings {
+    pub parallel_execution: Option<bool>,
+    pub max_concurrent_servers: Option<u32>,
+    pub health_check_interval: Option<u64>,
+    pub auto_restart: Option<bool>,
+    pub discovery_enabled: Option<bool>,
+    pub graceful_degradation: Option<bool>,
+    pub fallback_enabled: Option<bool>,
+}

@@ -1,0 +1,12 @@
+//! Configuration: the PromptCraft files' types, located parsing, layering and validation.
+
+pub mod agents;
+pub mod catalog;
+pub mod diag;
+pub mod mcp;
+pub mod size;
+pub mod source;
+
+pub use catalog::{load, Config, LayerFiles, LayerKind, Profile, ServerSpec, Settings, TextFile};
+pub use diag::{Diagnostic, Diagnostics, Severity};
+pub use size::ByteSize;

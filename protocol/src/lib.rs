@@ -1,0 +1,10 @@
+//! craftmesh protocol: every decision as pure code.
+//!
+//! No tokio, no sockets, no clock, no environment, no files: callers pass text, time and
+//! observations in and act on what comes out. This keeps configuration handling,
+//! discovery ranking and (later) membership and claims testable without a runtime.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod report;
+pub mod select;

@@ -1,0 +1,175 @@
+//! Decisions over findings: how a probe's observations classify an endpoint, which
+//! finding serves a name, and whether a cached result may still be used.
+
+use crate::config::catalog::ServerSpec;
+use crate::config::mcp::Tier;
+use crate::report::{Finding, Protocol, ServerInfo, Status, ToolsSummary};
+use sha2::{Digest, Sha256};
+
+/// What a probe of one URL observed, in the order it tried things.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// TCP connect result; `Err` holds the reason.
+    pub connect: Result<(), String>,
+    /// MCP initialize (and tools/list) result, if attempted.
+    pub mcp: Option<Result<(ServerInfo, Option<ToolsSummary>), String>>,
+    /// HTTP health check: status code, or the reason no status came back.
+    pub http: Option<Result<u16, String>>,
+}
+
+/// The verdict for one observed endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub protocol: Option<Protocol>,
+    pub status: Status,
+    pub healthy: bool,
+    pub server_info: Option<ServerInfo>,
+    pub tools: Option<ToolsSummary>,
+    pub detail: Option<String>,
+}
+
+/// Classifies an observation. `expect_mcp` says the configured server is an MCP server,
+/// so an endpoint that answers only plain HTTP is `not_mcp` and never healthy MCP.
+pub fn classify(obs: &Observation, expect_mcp: bool) -> Verdict {
+    if let Err(e) = &obs.connect {
+        return Verdict { protocol: None, status: Status::Unreachable, healthy: false, server_info: None, tools: None, detail: Some(e.clone()) };
+    }
+    if let Some(Ok((info, tools))) = &obs.mcp {
+        return Verdict { protocol: Some(Protocol::Mcp), status: Status::Healthy, healthy: true, server_info: Some(info.clone()), tools: tools.clone(), detail: None };
+    }
+    let mcp_err = match &obs.mcp {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    };
+    match &obs.http {
+        Some(Ok(code)) => {
+            let ok = (200..300).contains(code);
+            let (status, healthy) = match (expect_mcp, ok) {
+                (true, _) => (Status::NotMcp, false),
+                (false, true) => (Status::Healthy, true),
+                (false, false) => (Status::Unhealthy, false),
+            };
+            let mut detail = format!("HTTP health answered {code}");
+            if let Some(e) = mcp_err {
+                detail.push_str(&format!("; MCP initialize failed: {e}"));
+            }
+            Verdict { protocol: Some(Protocol::Http), status, healthy, server_info: None, tools: None, detail: Some(detail) }
+        }
+        other => {
+            let mut parts = Vec::new();
+            if let Some(e) = mcp_err {
+                parts.push(format!("MCP initialize failed: {e}"));
+            }
+            if let Some(Err(e)) = other {
+                parts.push(format!("HTTP failed: {e}"));
+            }
+            let status = if expect_mcp { Status::NotMcp } else { Status::Unhealthy };
+            Verdict { protocol: Some(Protocol::Tcp), status, healthy: false, server_info: None, tools: None, detail: (!parts.is_empty()).then(|| parts.join("; ")) }
+        }
+    }
+}
+
+/// Order in which tiers are tried for `spec`, honouring `prefer_external`.
+pub fn tier_order(spec: &ServerSpec, prefer_external: bool) -> Vec<Tier> {
+    let mut order = spec.priority_order.clone();
+    if prefer_external {
+        if let Some(i) = order.iter().position(|t| *t == Tier::ExternalDeployment) {
+            let t = order.remove(i);
+            order.insert(0, t);
+        }
+    }
+    order
+}
+
+/// Sorts findings best first: healthy with a URL first, then by tier rank, then MCP over
+/// HTTP over TCP, then lower latency. Stable for equal keys.
+pub fn rank(findings: &mut [Finding], order: &[Tier]) {
+    let tier_rank = |t: Tier| order.iter().position(|o| *o == t).unwrap_or(usize::MAX);
+    findings.sort_by(|a, b| {
+        let ka = (!(a.healthy && a.url.is_some()), tier_rank(a.tier), a.protocol.map_or(3, |p| p as u8));
+        let kb = (!(b.healthy && b.url.is_some()), tier_rank(b.tier), b.protocol.map_or(3, |p| p as u8));
+        ka.cmp(&kb).then_with(|| a.latency_ms.unwrap_or(f64::MAX).total_cmp(&b.latency_ms.unwrap_or(f64::MAX)))
+    });
+}
+
+/// The finding that serves a name: the first healthy one with a URL after [`rank`].
+pub fn best(findings: &[Finding]) -> Option<&Finding> {
+    findings.iter().find(|f| f.healthy && f.url.is_some())
+}
+
+/// Whether a result checked at `checked_at_ms` may still be used at `now_ms`.
+/// Even a fresh result is re-verified before it is handed out; this only says whether
+/// the whole strategy set must run again.
+pub fn is_fresh(checked_at_ms: u64, now_ms: u64, ttl_minutes: u64) -> bool {
+    now_ms.saturating_sub(checked_at_ms) < ttl_minutes.saturating_mul(60_000)
+}
+
+/// Hash of a tool list, independent of the order the server listed them in.
+/// Each tool is given as (name, canonical JSON of its input schema).
+pub fn tools_hash(tools: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = tools.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    for (name, schema) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((schema.len() as u64).to_le_bytes());
+        h.update(schema.as_bytes());
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ServerInfo {
+        ServerInfo { name: "s".into(), version: "1".into(), protocol_version: "2025-06-18".into() }
+    }
+
+    #[test]
+    fn plain_http_is_never_healthy_mcp() {
+        let obs = Observation { connect: Ok(()), mcp: Some(Err("404".into())), http: Some(Ok(200)) };
+        let v = classify(&obs, true);
+        assert_eq!(v.status, Status::NotMcp);
+        assert!(!v.healthy);
+        assert_eq!(v.protocol, Some(Protocol::Http));
+        let v = classify(&obs, false);
+        assert!(v.healthy);
+    }
+
+    #[test]
+    fn mcp_answer_is_healthy_mcp() {
+        let obs = Observation { connect: Ok(()), mcp: Some(Ok((info(), None))), http: None };
+        let v = classify(&obs, true);
+        assert_eq!((v.status, v.healthy, v.protocol), (Status::Healthy, true, Some(Protocol::Mcp)));
+    }
+
+    #[test]
+    fn refused_connection_is_unreachable() {
+        let obs = Observation { connect: Err("refused".into()), mcp: None, http: None };
+        assert_eq!(classify(&obs, true).status, Status::Unreachable);
+    }
+
+    #[test]
+    fn silent_port_is_tcp_and_not_healthy() {
+        let obs = Observation { connect: Ok(()), mcp: Some(Err("timeout".into())), http: Some(Err("timeout".into())) };
+        let v = classify(&obs, false);
+        assert_eq!((v.protocol, v.healthy), (Some(Protocol::Tcp), false));
+    }
+
+    #[test]
+    fn tools_hash_ignores_order() {
+        let a = vec![("a".to_string(), "{}".to_string()), ("b".to_string(), "{\"x\":1}".to_string())];
+        let b = vec![a[1].clone(), a[0].clone()];
+        assert_eq!(tools_hash(&a), tools_hash(&b));
+        assert_ne!(tools_hash(&a), tools_hash(&a[..1]));
+    }
+
+    #[test]
+    fn freshness_follows_ttl() {
+        assert!(is_fresh(0, 59_999, 1));
+        assert!(!is_fresh(0, 60_000, 1));
+        assert!(is_fresh(100, 50, 1), "clock going back keeps the result");
+    }
+}
