@@ -1,1 +1,12 @@
-pub fn _x(){}
+//! craftmesh node: every effect (files, sockets, processes, Docker) lives here; the
+//! decisions it acts on come from `craftmesh_protocol`.
+
+pub mod config_files;
+pub mod datadir;
+pub mod discovery;
+pub mod host;
+pub mod identity;
+pub mod api;
+pub mod driver;
+pub mod cli;
+pub mod node;

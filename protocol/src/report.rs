@@ -108,6 +108,9 @@ pub struct Finding {
     /// Time the check took, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub latency_ms: Option<f64>,
+    /// The HTTP health URL used for plain HTTP services (kept for re-verification).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub health_url: Option<String>,
     /// Why it is not healthy, or a note.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub detail: Option<String>,

@@ -1,0 +1,395 @@
+//! Command-line interface: argument parsing and the commands' output (human by default,
+//! stable JSON with `--json`).
+
+use crate::api::{self, Client, ClientError};
+use crate::config_files::{self, Sources};
+use crate::datadir::{self, DataDir};
+use crate::discovery::Discoverer;
+use crate::host::HostMonitor;
+use clap::{Args, Parser, Subcommand};
+use craftmesh_protocol::config::{Config, Diagnostics, Profile};
+use craftmesh_protocol::report::{Finding, Report};
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Exit codes: 0 ok, 1 not found / unhealthy, 2 bad configuration or usage, 3 node unreachable.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const NOT_FOUND: i32 = 1;
+    pub const CONFIG: i32 = 2;
+    pub const UNREACHABLE: i32 = 3;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "craftmesh", version, about = "LAN mesh for MCP servers, shared services and agent capacity")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command understands, so `craftmesh services` finds the node `up` started.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Project directory holding .mcp/ and .agents/ (default: the current directory if it has them).
+    #[arg(long, global = true, env = "CRAFTMESH_CONFIG_DIR", value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Data directory (default: $XDG_DATA_HOME/craftmesh or ~/.local/share/craftmesh).
+    #[arg(long, global = true, env = "CRAFTMESH_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the local API (default: the running node's, else 127.0.0.1:7410).
+    #[arg(long, global = true, env = "CRAFTMESH_API", value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Configuration profile: default or production.
+    #[arg(long, global = true, env = "CRAFTMESH_PROFILE", value_name = "NAME", default_value = "default")]
+    pub profile: String,
+    /// Log filter (tracing env-filter syntax), e.g. `debug` or `craftmesh=trace`.
+    #[arg(long, global = true, env = "CRAFTMESH_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node: periodic discovery, local API.
+    Up,
+    /// List the services the running node knows.
+    Services {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the URL of a healthy instance of NAME (verified just now).
+    Resolve {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run discovery without a node and print what it finds.
+    Discover {
+        /// Run one round and exit (without it, repeat every discovery_interval).
+        #[arg(long)]
+        once: bool,
+        #[arg(long)]
+        json: bool,
+        /// Only these servers (name or alias); repeatable.
+        #[arg(long = "server", value_name = "NAME")]
+        servers: Vec<String>,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate every configuration file; errors name file, line, column and field.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// Loads the configuration, printing diagnostics to stderr. `None` means errors were printed.
+pub fn load_config(g: &Global, quiet_warnings: bool) -> Result<(Config, Sources, Diagnostics), (i32, Diagnostics)> {
+    let profile: Profile = match g.profile.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: --profile: {e}");
+            return Err((exit::CONFIG, Diagnostics::default()));
+        }
+    };
+    let sources = Sources::resolve(g.config_dir.clone(), profile, &env);
+    let (cfg, diags) = config_files::load(&sources, &env);
+    match cfg {
+        Some(c) => {
+            if !quiet_warnings {
+                for d in diags.warnings() {
+                    eprintln!("{d}");
+                }
+            }
+            Ok((c, sources, diags))
+        }
+        None => Err((exit::CONFIG, diags)),
+    }
+}
+
+fn print_diags(d: &Diagnostics) {
+    for x in &d.0 {
+        eprintln!("{x}");
+    }
+    let e = d.errors().count();
+    if e > 0 {
+        eprintln!("{e} error(s) in configuration; run `craftmesh config check` for the full list");
+    }
+}
+
+fn data_dir(g: &Global) -> PathBuf {
+    g.data_dir.clone().unwrap_or_else(|| datadir::default_path(&env))
+}
+
+/// The API address: --api / CRAFTMESH_API, else what the node wrote in the data dir, else the default.
+fn api_addr(g: &Global) -> String {
+    if let Some(a) = &g.api {
+        return a.clone();
+    }
+    let f = DataDir::api_addr_file(&data_dir(g));
+    std::fs::read_to_string(f).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty() && s.len() < 200).unwrap_or_else(|| api::DEFAULT_API.to_string())
+}
+
+/// `craftmesh up`.
+pub async fn up(g: &Global) -> anyhow::Result<i32> {
+    let (cfg, sources, _) = match load_config(g, false) {
+        Ok(x) => x,
+        Err((code, d)) => {
+            print_diags(&d);
+            return Ok(code);
+        }
+    };
+    let dd = data_dir(g);
+    let data = match DataDir::open(&dd) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let (kp, created) = crate::identity::load_or_create(data.path())?;
+    let peer_id = crate::identity::peer_id(&kp).to_string();
+    if created {
+        tracing::info!(%peer_id, dir = %data.path().display(), "created node identity");
+    }
+    let addr = g.api.clone().unwrap_or_else(|| api::DEFAULT_API.to_string());
+    let listener = match tokio::net::TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e} (another node? choose another with --api)");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let base_dir = sources.project_dir.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    let setup = crate::node::Setup { config: Arc::new(cfg), base_dir, data_dir: data, peer_id };
+    crate::node::run(setup, listener, crate::node::shutdown_signal()).await?;
+    Ok(exit::OK)
+}
+
+/// `craftmesh discover [--once]`.
+pub async fn discover(g: &Global, once: bool, json: bool, only: &[String]) -> anyhow::Result<i32> {
+    let (cfg, sources, _) = match load_config(g, json) {
+        Ok(x) => x,
+        Err((code, d)) => {
+            print_diags(&d);
+            return Ok(code);
+        }
+    };
+    for n in only {
+        if cfg.server(n).is_none() {
+            eprintln!("error: no server named `{n}` is configured");
+            return Ok(exit::CONFIG);
+        }
+    }
+    let cfg = Arc::new(cfg);
+    let base_dir = sources.project_dir.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
+    let d = Discoverer::new(cfg.clone(), base_dir);
+    let mut host = HostMonitor::new();
+    loop {
+        let progress = std::io::stderr().is_terminal() && !json;
+        let specs: Vec<_> = cfg.servers.values().filter(|s| only.is_empty() || only.iter().any(|n| s.answers_to(n))).collect();
+        if progress {
+            eprint!("discovering {} servers…\r", specs.len());
+        }
+        let start = std::time::Instant::now();
+        let h = host.snapshot();
+        let (servers, probes) = d.discover(&specs).await;
+        let report = Report { host: h, servers, probes, elapsed_ms: start.elapsed().as_secs_f64() * 1000.0, finished_at_ms: crate::discovery::now_ms() };
+        if progress {
+            eprint!("\x1b[2K");
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print_report(&report);
+        }
+        if once {
+            return Ok(exit::OK);
+        }
+        tokio::time::sleep(Duration::from_millis(cfg.settings.discovery_interval_ms)).await;
+    }
+}
+
+/// `craftmesh services`.
+pub async fn services(g: &Global, json: bool) -> anyhow::Result<i32> {
+    let c = Client::new(&api_addr(g), Duration::from_secs(10));
+    match c.get::<Vec<Finding>>("/v1/services").await {
+        Ok(list) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_findings(&list);
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => Ok(client_error(e)),
+    }
+}
+
+/// `craftmesh resolve NAME`.
+pub async fn resolve(g: &Global, name: &str, json: bool) -> anyhow::Result<i32> {
+    let c = Client::new(&api_addr(g), Duration::from_secs(60));
+    match c.get::<Finding>(&format!("/v1/resolve/{}", urlencode(name))).await {
+        Ok(f) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&f)?);
+            } else {
+                println!("{}", f.url.unwrap_or_default());
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => Ok(client_error(e)),
+    }
+}
+
+fn client_error(e: ClientError) -> i32 {
+    eprintln!("error: {e}");
+    match e {
+        ClientError::Unreachable { .. } | ClientError::Bad(_) => exit::UNREACHABLE,
+        ClientError::Api(_) => exit::NOT_FOUND,
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// `craftmesh config check`.
+pub fn config_check(g: &Global, json: bool) -> anyhow::Result<i32> {
+    let profile: Profile = match g.profile.parse() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: --profile: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let sources = Sources::resolve(g.config_dir.clone(), profile, &env);
+    let (cfg, diags) = config_files::load(&sources, &env);
+    let errors: Vec<_> = diags.errors().collect();
+    let warnings: Vec<_> = diags.warnings().collect();
+    if json {
+        let v = serde_json::json!({
+            "ok": cfg.is_some(),
+            "errors": errors,
+            "warnings": warnings,
+            "files": cfg.as_ref().map(|c| c.files.clone()).unwrap_or_default(),
+            "servers": cfg.as_ref().map(|c| c.servers.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+            "agents": cfg.as_ref().map(|c| c.agents.agents.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+            "profile": profile,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for d in &diags.0 {
+            println!("{d}");
+        }
+        match &cfg {
+            Some(c) => println!(
+                "ok: {} files, {} servers ({}), {} agents ({}); {} warning(s)",
+                c.files.len(),
+                c.servers.len(),
+                c.servers.keys().cloned().collect::<Vec<_>>().join(", "),
+                c.agents.agents.len(),
+                c.agents.agents.keys().cloned().collect::<Vec<_>>().join(", "),
+                warnings.len()
+            ),
+            None => println!("{} error(s), {} warning(s)", errors.len(), warnings.len()),
+        }
+    }
+    Ok(if cfg.is_some() { exit::OK } else { exit::CONFIG })
+}
+
+fn print_report(r: &Report) {
+    let gb = |b: u64| b as f64 / 1e9;
+    println!(
+        "host {}: {} CPUs, load {:.2}, memory {:.1}/{:.1} GB available",
+        r.host.hostname,
+        r.host.cpu_count,
+        r.host.load_average_1m,
+        gb(r.host.memory_available_bytes),
+        gb(r.host.memory_total_bytes)
+    );
+    for s in &r.servers {
+        let aliases = if s.aliases.is_empty() { String::new() } else { format!(" (also {})", s.aliases.join(", ")) };
+        let state = match &s.resolved {
+            Some(u) => format!("→ {u}"),
+            None => "not found".to_string(),
+        };
+        println!("\n{}{aliases}: {state}{}", s.name, if s.enabled { "" } else { " [disabled]" });
+        for f in &s.findings {
+            println!("  {}", finding_line(f));
+        }
+        for n in &s.notes {
+            println!("  note: {n}");
+        }
+    }
+    println!("\n{} probes in {:.0} ms", r.probes, r.elapsed_ms);
+}
+
+fn print_findings(list: &[Finding]) {
+    if list.is_empty() {
+        println!("no services found");
+        return;
+    }
+    for f in list {
+        println!("{:<16} {}", f.name, finding_line(f));
+    }
+}
+
+fn finding_line(f: &Finding) -> String {
+    let status = serde_json::to_value(f.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let proto = f.protocol.map(|p| format!("{p:?}").to_lowercase()).unwrap_or_else(|| "-".into());
+    let mut s = format!("{:<11} {:<4} {:<32} via {}", status, proto, f.url.as_deref().unwrap_or("-"), f.source.as_str());
+    let e = &f.evidence;
+    let mut ev = Vec::new();
+    if let Some(p) = e.port { ev.push(format!("port {p}")); }
+    if let Some(p) = e.pid { ev.push(format!("pid {p}")); }
+    if let Some(c) = &e.container_id { ev.push(format!("container {c}")); }
+    if let Some(v) = &e.env_var { ev.push(format!("${v}")); }
+    if let Some(l) = &e.lock_path { ev.push(format!("lock {l}")); }
+    if let Some(p) = &e.path { ev.push(p.clone()); }
+    if !ev.is_empty() {
+        s.push_str(&format!(" [{}]", ev.join(", ")));
+    }
+    if let Some(i) = &f.server_info {
+        s.push_str(&format!(" {} {} (MCP {})", i.name, i.version, i.protocol_version));
+    }
+    if let Some(t) = &f.tools {
+        s.push_str(&format!(", {} tools #{}", t.count, t.hash));
+    }
+    if let Some(p) = &f.process {
+        s.push_str(&format!(" {} {:.0} MB {:.1}% CPU", p.name, p.memory_bytes as f64 / 1e6, p.cpu_percent));
+    }
+    if let Some(l) = f.latency_ms {
+        s.push_str(&format!(" {l:.1} ms"));
+    }
+    if let Some(d) = &f.detail {
+        s.push_str(&format!(" — {d}"));
+    }
+    s
+}
+
+/// Runs the parsed command; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let _ = std::io::stdout().flush();
+    match &cli.command {
+        Command::Up => up(&cli.global).await,
+        Command::Services { json } => services(&cli.global, *json).await,
+        Command::Resolve { name, json } => resolve(&cli.global, name, *json).await,
+        Command::Discover { once, json, servers } => discover(&cli.global, *once, *json, servers).await,
+        Command::Config { command: ConfigCommand::Check { json } } => config_check(&cli.global, *json),
+    }
+}

@@ -1,0 +1,94 @@
+//! `craftmesh up`: wires the data dir, identity, discovery driver and API together.
+
+use crate::api;
+use crate::datadir::DataDir;
+use crate::discovery::{now_ms, Discoverer};
+use crate::driver::{self, NodeInfo};
+use craftmesh_protocol::config::Config;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Everything `up` needs, prepared by the caller so tests can inject a listener and a
+/// shutdown future.
+#[derive(Debug)]
+pub struct Setup {
+    pub config: Arc<Config>,
+    pub base_dir: PathBuf,
+    pub data_dir: DataDir,
+    pub peer_id: String,
+}
+
+/// Errors that stop the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("API server failed: {0}")]
+    Api(std::io::Error),
+}
+
+/// Runs the node until `shutdown` resolves, then stops cleanly (API drained, `api.addr` removed).
+pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let addr = listener.local_addr().map_err(NodeError::Api)?;
+    let addr_file = DataDir::api_addr_file(setup.data_dir.path());
+    if let Err(e) = std::fs::write(&addr_file, format!("{addr}\n")) {
+        tracing::warn!(file = %addr_file.display(), error = %e, "cannot write API address file; the CLI will need --api");
+    }
+    let info = NodeInfo {
+        peer_id: setup.peer_id.clone(),
+        hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        profile: format!("{:?}", setup.config.profile).to_lowercase(),
+        data_dir: setup.data_dir.path().display().to_string(),
+        api: addr.to_string(),
+        started_at_ms: now_ms(),
+        config_files: setup.config.files.clone(),
+        servers_configured: setup.config.servers.len(),
+        agents_configured: setup.config.agents.agents.len(),
+    };
+    let discoverer = Arc::new(Discoverer::new(setup.config.clone(), setup.base_dir.clone()));
+    let (handle, rx) = driver::channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let driver_task = tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, stopped(stop_rx.clone())));
+    tracing::info!(api = %addr, peer_id = %setup.peer_id, servers = setup.config.servers.len(), "craftmesh node up");
+    let app = api::router(handle, discoverer);
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
+    let server_task = tokio::spawn(async move { server.await });
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let api_result = match tokio::time::timeout(std::time::Duration::from_secs(5), server_task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) | Err(_) => Ok(()),
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver_task).await;
+    let _ = std::fs::remove_file(&addr_file);
+    drop(setup.data_dir);
+    api_result.map_err(NodeError::Api)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! {
+                    _ = i.recv() => {}
+                    _ = t.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
