@@ -8,3 +8,5 @@
 pub mod config;
 pub mod report;
 pub mod select;
+pub mod wire;
+pub mod state;

@@ -1,0 +1,222 @@
+//! The mesh's view of node records and the merge rule: newest valid version wins;
+//! bad signatures, other meshes, stale versions and replays after a leave are rejected.
+//!
+//! Merging is order-independent and idempotent (see the property tests), so records may
+//! arrive by gossip, by full sync, twice, or out of order.
+
+use crate::wire::{self, NodeRecord, SignedLeave, SignedRecord, VerifyError};
+use std::collections::BTreeMap;
+
+/// A verified record and the signed bytes it came in (kept for relaying in syncs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub record: NodeRecord,
+    pub signed: SignedRecord,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merged {
+    /// First record seen from this peer.
+    New,
+    /// A newer version replaced `previous`.
+    Updated { previous: u64 },
+}
+
+/// Why a record was not merged. State is unchanged in every case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error(transparent)]
+    Invalid(#[from] VerifyError),
+    #[error("version {got} is not newer than known version {have}")]
+    Stale { have: u64, got: u64 },
+    #[error("peer left at version {left}; version {got} is a replay")]
+    AfterLeave { left: u64, got: u64 },
+    #[error("a record about ourselves from elsewhere")]
+    Own,
+}
+
+/// Records of every known peer of one mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records {
+    mesh_id: String,
+    self_id: String,
+    entries: BTreeMap<String, Entry>,
+    /// Peer → version at which it left; older or equal records are replays.
+    left: BTreeMap<String, u64>,
+}
+
+impl Records {
+    pub fn new(mesh_id: impl Into<String>, self_id: impl Into<String>) -> Self {
+        Records { mesh_id: mesh_id.into(), self_id: self_id.into(), entries: BTreeMap::new(), left: BTreeMap::new() }
+    }
+
+    pub fn mesh_id(&self) -> &str {
+        &self.mesh_id
+    }
+
+    /// Verifies and merges a signed record.
+    pub fn merge(&mut self, signed: &SignedRecord) -> Result<Merged, Rejected> {
+        let record = wire::verify_record(signed, &self.mesh_id)?;
+        if record.peer_id == self.self_id {
+            return Err(Rejected::Own);
+        }
+        if let Some(&l) = self.left.get(&record.peer_id) {
+            if record.version <= l {
+                return Err(Rejected::AfterLeave { left: l, got: record.version });
+            }
+        }
+        match self.entries.get(&record.peer_id) {
+            Some(e) if e.record.version >= record.version => Err(Rejected::Stale { have: e.record.version, got: record.version }),
+            Some(e) => {
+                let previous = e.record.version;
+                self.left.remove(&record.peer_id);
+                self.entries.insert(record.peer_id.clone(), Entry { record, signed: signed.clone() });
+                Ok(Merged::Updated { previous })
+            }
+            None => {
+                self.left.remove(&record.peer_id);
+                self.entries.insert(record.peer_id.clone(), Entry { record, signed: signed.clone() });
+                Ok(Merged::New)
+            }
+        }
+    }
+
+    /// Applies a verified leave: the peer's record is dropped and older records become replays.
+    pub fn leave(&mut self, l: &SignedLeave) -> Result<bool, Rejected> {
+        wire::verify_leave(l, &self.mesh_id)?;
+        if let Some(e) = self.entries.get(&l.peer_id) {
+            if e.record.version > l.version {
+                return Err(Rejected::Stale { have: e.record.version, got: l.version });
+            }
+        }
+        let prev = self.left.get(&l.peer_id).copied().unwrap_or(0);
+        self.left.insert(l.peer_id.clone(), prev.max(l.version));
+        Ok(self.entries.remove(&l.peer_id).is_some())
+    }
+
+    pub fn get(&self, peer: &str) -> Option<&Entry> {
+        self.entries.get(peer)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// (peer, version) of everything known, for a sync request.
+    pub fn summary(&self) -> Vec<(String, u64)> {
+        self.entries.values().map(|e| (e.record.peer_id.clone(), e.record.version)).collect()
+    }
+
+    /// Records the asker lacks or has older versions of, given its summary (the asker's own
+    /// record excluded). Bounded by `max` records.
+    pub fn newer_than(&self, have: &[(String, u64)], asker: &str, max: usize) -> Vec<SignedRecord> {
+        let have: BTreeMap<&str, u64> = have.iter().map(|(p, v)| (p.as_str(), *v)).collect();
+        self.entries
+            .values()
+            .filter(|e| e.record.peer_id != asker)
+            .filter(|e| have.get(e.record.peer_id.as_str()).is_none_or(|v| *v < e.record.version))
+            .take(max)
+            .map(|e| e.signed.clone())
+            .collect()
+    }
+
+    /// Drops a peer's record (e.g. declared dead long ago).
+    pub fn forget(&mut self, peer: &str) -> bool {
+        self.entries.remove(peer).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{sign_leave, sign_record, Capacity};
+    use libp2p_identity::Keypair;
+    use proptest::prelude::*;
+
+    fn rec(k: &Keypair, version: u64, mesh: &str) -> SignedRecord {
+        let r = NodeRecord {
+            peer_id: k.public().to_peer_id().to_base58(),
+            mesh_id: mesh.into(),
+            version,
+            issued_at_ms: version,
+            name: format!("n{version}"),
+            addrs: vec![],
+            api_port: 1,
+            services: vec![],
+            capacity: Capacity::default(),
+            tags: vec![],
+            software_version: "t".into(),
+        };
+        sign_record(&r, k).expect("sign")
+    }
+
+    #[test]
+    fn newest_version_wins_and_stale_is_rejected() {
+        let k = Keypair::generate_ed25519();
+        let mut r = Records::new("m", "self");
+        assert_eq!(r.merge(&rec(&k, 2, "m")), Ok(Merged::New));
+        assert_eq!(r.merge(&rec(&k, 1, "m")), Err(Rejected::Stale { have: 2, got: 1 }));
+        assert_eq!(r.merge(&rec(&k, 2, "m")), Err(Rejected::Stale { have: 2, got: 2 }));
+        assert_eq!(r.merge(&rec(&k, 5, "m")), Ok(Merged::Updated { previous: 2 }));
+        assert!(matches!(r.merge(&rec(&k, 9, "other")), Err(Rejected::Invalid(VerifyError::OtherMesh(_)))));
+    }
+
+    #[test]
+    fn records_after_a_leave_are_replays_until_a_newer_version() {
+        let k = Keypair::generate_ed25519();
+        let pid = k.public().to_peer_id().to_base58();
+        let mut r = Records::new("m", "self");
+        r.merge(&rec(&k, 3, "m")).expect("merge");
+        assert_eq!(r.leave(&sign_leave(&pid, "m", 3, &k).expect("sign")), Ok(true));
+        assert_eq!(r.merge(&rec(&k, 3, "m")), Err(Rejected::AfterLeave { left: 3, got: 3 }));
+        assert_eq!(r.merge(&rec(&k, 4, "m")), Ok(Merged::New), "a restarted node rejoins with a newer version");
+    }
+
+    #[test]
+    fn sync_returns_what_the_asker_lacks() {
+        let a = Keypair::generate_ed25519();
+        let b = Keypair::generate_ed25519();
+        let mut r = Records::new("m", "self");
+        r.merge(&rec(&a, 2, "m")).expect("merge");
+        r.merge(&rec(&b, 7, "m")).expect("merge");
+        let have = vec![(a.public().to_peer_id().to_base58(), 2), (b.public().to_peer_id().to_base58(), 3)];
+        let out = r.newer_than(&have, "asker", 10);
+        assert_eq!(out.len(), 1);
+        assert_eq!(wire::verify_record(&out[0], "m").expect("ok").version, 7);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any order and any duplication of the same records gives the same state.
+        #[test]
+        fn merge_is_order_independent_and_idempotent(versions in proptest::collection::vec((0usize..3, 1u64..20), 1..24), seed in any::<u64>()) {
+            let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+            let signed: Vec<SignedRecord> = versions.iter().map(|(k, v)| rec(&keys[*k], *v, "m")).collect();
+            let mut a = Records::new("m", "self");
+            for s in &signed { let _ = a.merge(s); }
+            // a seeded shuffle, applied twice over
+            let mut order: Vec<usize> = (0..signed.len()).collect();
+            let mut x = seed | 1;
+            for i in (1..order.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut b = Records::new("m", "self");
+            for _ in 0..2 { for &i in &order { let _ = b.merge(&signed[i]); } }
+            prop_assert_eq!(&a, &b);
+            for (k, key) in keys.iter().enumerate() {
+                let max = versions.iter().filter(|(kk, _)| *kk == k).map(|(_, v)| *v).max();
+                prop_assert_eq!(a.get(&key.public().to_peer_id().to_base58()).map(|e| e.record.version), max);
+            }
+        }
+    }
+}
