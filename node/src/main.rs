@@ -8,7 +8,8 @@ fn main() {
     let cli = Cli::parse();
     let default = if matches!(cli.command, Command::Up) { "info" } else { "warn" };
     let filter = cli.global.log.clone().map(EnvFilter::new).unwrap_or_else(|| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
     // One thread is plenty for a node's I/O and keeps its memory small; blocking scans
     // (processes) go to tokio's blocking pool.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

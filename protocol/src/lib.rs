@@ -10,3 +10,4 @@ pub mod report;
 pub mod select;
 pub mod wire;
 pub mod state;
+pub mod membership;

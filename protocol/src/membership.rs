@@ -1,0 +1,785 @@
+//! Membership: alive / suspect / dead / left, decided from observations fed in with `now`.
+//!
+//! SWIM and Lifeguard ideas, shaped for a LAN mesh of long-lived connections:
+//! - a connection reset followed by a refused redial is proof of a crash: dead at once;
+//! - missed pings make a peer *suspect*; it becomes dead only when the suspicion is not
+//!   refuted before a deadline that shrinks as other peers confirm it (Lifeguard);
+//! - before suspecting on our own evidence we ask other peers to check (indirect probes),
+//!   so a lossy link between two nodes does not kill a healthy third party's view;
+//! - a node that hears it is suspected refutes with a higher incarnation.
+//! Nothing here reads a clock: every input carries `now` in milliseconds.
+
+use crate::wire::Rumor;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Timing knobs; the defaults meet "crash ≤ 100 ms, cut off ≤ 1.5 s, no false deaths at 10% loss".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// Every period this node probes one peer (round robin), so the whole mesh probes
+    /// each node about once per period whatever its size (SWIM's constant load).
+    pub probe_period_ms: u64,
+    /// A direct probe not acknowledged within this is a miss.
+    pub probe_timeout_ms: u64,
+    /// Indirect probes (through other peers) get this long to answer.
+    pub indirect_timeout_ms: u64,
+    /// Suspicion deadline with no confirmations.
+    pub suspicion_max_ms: u64,
+    /// Suspicion deadline with `confirmations` or more independent confirmations.
+    pub suspicion_min_ms: u64,
+    pub confirmations: u32,
+    /// How long a redial may take before the peer is suspected.
+    pub redial_timeout_ms: u64,
+    /// How often dead peers are redialled (they come back when a link returns).
+    pub dead_redial_every_ms: u64,
+    /// Dead or left peers are forgotten after this long.
+    pub forget_after_ms: u64,
+    /// Indirect probes sent per suspicion.
+    pub indirect_probes: usize,
+    /// Rumors of suspicion are ignored for peers we heard from within this.
+    pub alive_evidence_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            probe_period_ms: 300,
+            probe_timeout_ms: 250,
+            indirect_timeout_ms: 450,
+            suspicion_max_ms: 1200,
+            suspicion_min_ms: 300,
+            confirmations: 2,
+            redial_timeout_ms: 400,
+            dead_redial_every_ms: 1000,
+            forget_after_ms: 10 * 60_000,
+            indirect_probes: 3,
+            alive_evidence_ms: 300,
+        }
+    }
+}
+
+/// A member's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Alive,
+    Suspect,
+    Dead,
+    Left,
+}
+
+/// What we know of one peer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    pub state: State,
+    pub incarnation: u64,
+    pub connected: bool,
+    pub last_seen_ms: u64,
+    pub rtt_ms: Option<f64>,
+    pub state_since_ms: u64,
+    #[serde(skip)]
+    suspicion_deadline: Option<u64>,
+    #[serde(skip)]
+    confirmations: BTreeSet<String>,
+    #[serde(skip)]
+    redial_deadline: Option<u64>,
+    /// A reset was seen and a redial is pending: a refusal now proves a crash.
+    #[serde(skip)]
+    reset_pending: bool,
+    #[serde(skip)]
+    next_redial: Option<u64>,
+}
+
+impl Member {
+    fn new(now: u64) -> Member {
+        Member {
+            state: State::Alive,
+            incarnation: 0,
+            connected: false,
+            last_seen_ms: now,
+            rtt_ms: None,
+            state_since_ms: now,
+            suspicion_deadline: None,
+            confirmations: BTreeSet::new(),
+            redial_deadline: None,
+            reset_pending: false,
+            next_redial: None,
+        }
+    }
+}
+
+/// Something the app must know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Changed { peer: String, from: Option<State>, to: State },
+    Forgotten { peer: String },
+}
+
+/// Something the node must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send a probe (ping) to `peer`; answer with `handle_ack(peer, seq, ..)`.
+    Probe { peer: String, seq: u64 },
+    /// Answer `origin`'s indirect probe request `req` about `target`.
+    ProbeReply { origin: String, req: u64, target: String, alive: bool },
+    /// Dial the peer again (its last known addresses).
+    Redial { peer: String },
+    /// Ask `via` to probe `target`; its answer comes to `handle_probe_reply(via, seq, ..)`.
+    IndirectProbe { via: String, target: String, seq: u64 },
+    /// Tell the mesh our view of `peer`.
+    Broadcast { peer: String, incarnation: u64, rumor: Rumor },
+}
+
+/// The membership state machine of one node.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    me: String,
+    my_incarnation: u64,
+    cfg: Config,
+    members: BTreeMap<String, Member>,
+    events: VecDeque<Event>,
+    actions: VecDeque<Action>,
+    /// Our probes in flight, by sequence number.
+    outstanding: BTreeMap<u64, Outstanding>,
+    /// Probes we send on behalf of others: our seq → (origin, their request id, target, deadline).
+    relays: BTreeMap<u64, (String, u64, String, u64)>,
+    next_seq: u64,
+    next_probe_at: u64,
+    probe_order: Vec<String>,
+    probe_idx: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Outstanding {
+    target: String,
+    deadline: u64,
+    phase: Phase,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Direct,
+    Indirect { asked: usize, said_no: BTreeSet<String> },
+}
+
+impl Membership {
+    pub fn new(me: impl Into<String>, cfg: Config) -> Self {
+        Membership {
+            me: me.into(),
+            my_incarnation: 0,
+            cfg,
+            members: BTreeMap::new(),
+            events: VecDeque::new(),
+            actions: VecDeque::new(),
+            outstanding: BTreeMap::new(),
+            relays: BTreeMap::new(),
+            next_seq: 1,
+            next_probe_at: 0,
+            probe_order: Vec::new(),
+            probe_idx: 0,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.my_incarnation
+    }
+
+    pub fn get(&self, peer: &str) -> Option<&Member> {
+        self.members.get(peer)
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
+        self.members.iter()
+    }
+
+    fn set(&mut self, peer: &str, to: State, now: u64) {
+        let Some(m) = self.members.get_mut(peer) else { return };
+        if m.state == to {
+            return;
+        }
+        let from = m.state;
+        m.state = to;
+        m.state_since_ms = now;
+        match to {
+            State::Alive => {
+                m.suspicion_deadline = None;
+                m.confirmations.clear();
+                m.next_redial = None;
+            }
+            State::Suspect => {}
+            State::Dead | State::Left => {
+                m.suspicion_deadline = None;
+                m.redial_deadline = None;
+                m.reset_pending = false;
+                m.next_redial = (to == State::Dead).then_some(now + self.cfg.dead_redial_every_ms);
+            }
+        }
+        self.events.push_back(Event::Changed { peer: peer.to_string(), from: Some(from), to });
+    }
+
+    fn entry(&mut self, peer: &str, now: u64) -> &mut Member {
+        if !self.members.contains_key(peer) {
+            self.members.insert(peer.to_string(), Member::new(now));
+            self.events.push_back(Event::Changed { peer: peer.to_string(), from: None, to: State::Alive });
+        }
+        self.members.get_mut(peer).expect("inserted above")
+    }
+
+    /// A connection to `peer` is established.
+    pub fn handle_connected(&mut self, peer: &str, now: u64) {
+        if peer == self.me {
+            return;
+        }
+        let m = self.entry(peer, now);
+        m.connected = true;
+        m.last_seen_ms = now;
+        m.redial_deadline = None;
+        m.reset_pending = false;
+        self.set(peer, State::Alive, now);
+    }
+
+    /// The last connection to `peer` closed; `reset` when it was reset or hit EOF without a leave.
+    pub fn handle_disconnected(&mut self, peer: &str, reset: bool, now: u64) {
+        let redial_timeout = self.cfg.redial_timeout_ms;
+        let Some(m) = self.members.get_mut(peer) else { return };
+        m.connected = false;
+        if matches!(m.state, State::Dead | State::Left) {
+            return;
+        }
+        m.reset_pending = reset;
+        m.redial_deadline = Some(now + redial_timeout);
+        self.actions.push_back(Action::Redial { peer: peer.to_string() });
+    }
+
+    /// A dial to `peer` failed; `refused` when the host answered with a refusal (RST).
+    pub fn handle_dial_failed(&mut self, peer: &str, refused: bool, now: u64) {
+        let Some(m) = self.members.get(peer) else { return };
+        if m.connected || matches!(m.state, State::Dead | State::Left) {
+            return;
+        }
+        if refused {
+            // The host is up and nothing listens: the process is gone.
+            self.set(peer, State::Dead, now);
+            self.actions.push_back(Action::Broadcast { peer: peer.to_string(), incarnation: self.members[peer].incarnation, rumor: Rumor::Dead });
+        } else {
+            self.suspect(peer, 0, now);
+        }
+    }
+
+    /// Any sign of life from `peer` other than a probe ack (a message, a record).
+    pub fn handle_heard_from(&mut self, peer: &str, now: u64) {
+        if let Some(m) = self.members.get_mut(peer) {
+            m.last_seen_ms = m.last_seen_ms.max(now);
+        }
+    }
+
+    /// `peer` acknowledged probe `seq` after `rtt_ms`.
+    pub fn handle_ack(&mut self, peer: &str, seq: u64, rtt_ms: f64, now: u64) {
+        if let Some((origin, req, target, _)) = self.relays.remove(&seq) {
+            self.actions.push_back(Action::ProbeReply { origin, req, target, alive: true });
+        }
+        if self.outstanding.get(&seq).is_some_and(|o| o.target == peer) {
+            self.outstanding.remove(&seq);
+        }
+        let Some(m) = self.members.get_mut(peer) else { return };
+        m.last_seen_ms = m.last_seen_ms.max(now);
+        m.rtt_ms = Some(rtt_ms);
+        self.alive_evidence(peer, now);
+    }
+
+    /// Probe `seq` to `peer` failed at once (the stream could not be opened or was reset).
+    pub fn handle_probe_failed(&mut self, peer: &str, seq: u64, now: u64) {
+        if let Some((origin, req, target, _)) = self.relays.remove(&seq) {
+            self.actions.push_back(Action::ProbeReply { origin, req, target, alive: false });
+        }
+        if self.outstanding.get(&seq).is_some_and(|o| o.target == peer && matches!(o.phase, Phase::Direct)) {
+            self.direct_missed(seq, now);
+        }
+    }
+
+    /// `origin` asks us to probe `target` (request id `req`).
+    pub fn handle_probe_request(&mut self, origin: &str, req: u64, target: &str, now: u64) {
+        let reachable = self.members.get(target).is_some_and(|m| m.connected && matches!(m.state, State::Alive | State::Suspect));
+        if !reachable {
+            self.actions.push_back(Action::ProbeReply { origin: origin.to_string(), req, target: target.to_string(), alive: false });
+            return;
+        }
+        let seq = self.seq();
+        self.relays.insert(seq, (origin.to_string(), req, target.to_string(), now + self.cfg.probe_timeout_ms));
+        self.actions.push_back(Action::Probe { peer: target.to_string(), seq });
+    }
+
+    /// `via`'s answer to our indirect probe `seq` about `target`.
+    pub fn handle_probe_reply(&mut self, via: &str, seq: u64, target: &str, alive: bool, now: u64) {
+        let Some(o) = self.outstanding.get_mut(&seq) else { return };
+        if o.target != target {
+            return;
+        }
+        if alive {
+            self.outstanding.remove(&seq);
+            self.alive_evidence(target, now);
+            return;
+        }
+        if let Phase::Indirect { asked, said_no } = &mut o.phase {
+            said_no.insert(via.to_string());
+            if said_no.len() >= *asked {
+                let confirmations = said_no.len();
+                self.outstanding.remove(&seq);
+                self.suspect(target, confirmations, now);
+            }
+        }
+    }
+
+    /// Fresh evidence that `peer` is alive.
+    fn alive_evidence(&mut self, peer: &str, now: u64) {
+        let Some(m) = self.members.get(peer) else { return };
+        if m.state == State::Suspect && m.connected {
+            let inc = m.incarnation;
+            self.set(peer, State::Alive, now);
+            self.actions.push_back(Action::Broadcast { peer: peer.to_string(), incarnation: inc, rumor: Rumor::Alive });
+        }
+    }
+
+    fn seq(&mut self) -> u64 {
+        let s = self.next_seq;
+        self.next_seq += 1;
+        s
+    }
+
+    /// A direct probe went unanswered: ask others, or suspect if there is nobody to ask.
+    fn direct_missed(&mut self, seq: u64, now: u64) {
+        let Some(o) = self.outstanding.get(&seq) else { return };
+        let target = o.target.clone();
+        let vias = self.pick_vias(&target);
+        if vias.is_empty() {
+            self.outstanding.remove(&seq);
+            self.suspect(&target, 0, now);
+            return;
+        }
+        let deadline = now + self.cfg.indirect_timeout_ms;
+        if let Some(o) = self.outstanding.get_mut(&seq) {
+            o.phase = Phase::Indirect { asked: vias.len(), said_no: BTreeSet::new() };
+            o.deadline = deadline;
+        }
+        for via in vias {
+            self.actions.push_back(Action::IndirectProbe { via, target: target.clone(), seq });
+        }
+    }
+
+    /// Starts the next probe of the round robin.
+    fn start_probe(&mut self, now: u64) {
+        let candidates: Vec<String> = self.members.iter().filter(|(_, m)| m.connected && matches!(m.state, State::Alive | State::Suspect)).map(|(p, _)| p.clone()).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        if self.probe_idx >= self.probe_order.len() || self.probe_order.iter().any(|p| !candidates.contains(p)) || candidates.len() != self.probe_order.len() {
+            // New round: rotate the order by a step derived from our name and the round,
+            // so nodes do not all probe the same peer at once.
+            let mut order = candidates;
+            let shift = (self.me.bytes().map(usize::from).sum::<usize>() + (self.next_seq as usize)) % order.len();
+            order.rotate_left(shift);
+            self.probe_order = order;
+            self.probe_idx = 0;
+        }
+        let target = self.probe_order[self.probe_idx].clone();
+        self.probe_idx += 1;
+        if self.outstanding.values().any(|o| o.target == target) {
+            return; // still probing it
+        }
+        let seq = self.seq();
+        self.outstanding.insert(seq, Outstanding { target: target.clone(), deadline: now + self.cfg.probe_timeout_ms, phase: Phase::Direct });
+        self.actions.push_back(Action::Probe { peer: target, seq });
+    }
+
+    /// A rumor from `from` about `peer`.
+    pub fn handle_rumor(&mut self, from: &str, peer: &str, incarnation: u64, rumor: Rumor, now: u64) {
+        if peer == self.me {
+            if matches!(rumor, Rumor::Suspect | Rumor::Dead) && incarnation >= self.my_incarnation {
+                self.my_incarnation = incarnation + 1;
+                self.actions.push_back(Action::Broadcast { peer: self.me.clone(), incarnation: self.my_incarnation, rumor: Rumor::Alive });
+            }
+            return;
+        }
+        let Some(m) = self.members.get_mut(peer) else { return };
+        match rumor {
+            Rumor::Alive => {
+                if incarnation > m.incarnation {
+                    m.incarnation = incarnation;
+                    if m.state == State::Suspect {
+                        self.set(peer, State::Alive, now);
+                    }
+                }
+            }
+            Rumor::Suspect | Rumor::Dead => {
+                if incarnation < m.incarnation {
+                    return;
+                }
+                match m.state {
+                    State::Suspect => {
+                        m.confirmations.insert(from.to_string());
+                        let deadline = m.state_since_ms + suspicion_timeout(&self.cfg, m.confirmations.len() as u32);
+                        m.suspicion_deadline = Some(m.suspicion_deadline.map_or(deadline, |d| d.min(deadline)));
+                    }
+                    State::Alive if !m.connected || now.saturating_sub(m.last_seen_ms) > self.cfg.alive_evidence_ms => {
+                        // No fresh evidence of our own: join the suspicion (counting it
+                        // as one confirmation) and check for ourselves.
+                        self.suspect(peer, 1, now);
+                        if let Some(m) = self.members.get_mut(peer) {
+                            m.confirmations.insert(from.to_string());
+                        }
+                        let seq = self.seq();
+                        if self.members.get(peer).is_some_and(|m| m.connected) {
+                            self.outstanding.insert(seq, Outstanding { target: peer.to_string(), deadline: now + self.cfg.probe_timeout_ms, phase: Phase::Direct });
+                            self.actions.push_back(Action::Probe { peer: peer.to_string(), seq });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A signed leave from `peer` was verified.
+    pub fn handle_leave(&mut self, peer: &str, now: u64) {
+        if self.members.contains_key(peer) {
+            self.set(peer, State::Left, now);
+        }
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: u64) {
+        if now >= self.next_probe_at {
+            self.next_probe_at = now + self.cfg.probe_period_ms;
+            self.start_probe(now);
+        }
+        let expired: Vec<u64> = self.outstanding.iter().filter(|(_, o)| now >= o.deadline).map(|(s, _)| *s).collect();
+        for seq in expired {
+            let Some(o) = self.outstanding.get(&seq) else { continue };
+            match &o.phase {
+                Phase::Direct => self.direct_missed(seq, now),
+                Phase::Indirect { said_no, .. } => {
+                    let (target, confirmations) = (o.target.clone(), said_no.len());
+                    self.outstanding.remove(&seq);
+                    self.suspect(&target, confirmations, now);
+                }
+            }
+        }
+        let relays: Vec<u64> = self.relays.iter().filter(|(_, r)| now >= r.3).map(|(s, _)| *s).collect();
+        for seq in relays {
+            if let Some((origin, req, target, _)) = self.relays.remove(&seq) {
+                self.actions.push_back(Action::ProbeReply { origin, req, target, alive: false });
+            }
+        }
+        let mut to_suspect = Vec::new();
+        let mut to_dead = Vec::new();
+        let mut to_forget = Vec::new();
+        let mut redial = Vec::new();
+        for (p, m) in self.members.iter_mut() {
+            if let Some(d) = m.redial_deadline {
+                if now >= d && !m.connected {
+                    m.redial_deadline = None;
+                    to_suspect.push(p.clone());
+                }
+            }
+            if let Some(d) = m.suspicion_deadline {
+                if now >= d && m.state == State::Suspect {
+                    to_dead.push(p.clone());
+                }
+            }
+            if matches!(m.state, State::Dead | State::Left) && now.saturating_sub(m.state_since_ms) >= self.cfg.forget_after_ms {
+                to_forget.push(p.clone());
+            }
+            if let Some(r) = m.next_redial {
+                if now >= r && m.state == State::Dead {
+                    m.next_redial = Some(now + self.cfg.dead_redial_every_ms);
+                    redial.push(p.clone());
+                }
+            }
+        }
+        for p in to_suspect {
+            self.suspect(&p, 0, now);
+        }
+        for p in to_dead {
+            let inc = self.members[&p].incarnation;
+            self.set(&p, State::Dead, now);
+            self.actions.push_back(Action::Broadcast { peer: p, incarnation: inc, rumor: Rumor::Dead });
+        }
+        for p in to_forget {
+            self.members.remove(&p);
+            self.events.push_back(Event::Forgotten { peer: p });
+        }
+        for p in redial {
+            self.actions.push_back(Action::Redial { peer: p });
+        }
+    }
+
+    /// The next time `handle_timeout` has work.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let probing = self.members.values().any(|m| m.connected).then_some(self.next_probe_at);
+        self.members
+            .values()
+            .flat_map(|m| {
+                let forget = matches!(m.state, State::Dead | State::Left).then_some(m.state_since_ms + self.cfg.forget_after_ms);
+                [m.redial_deadline, m.suspicion_deadline, m.next_redial, forget]
+            })
+            .chain(self.outstanding.values().map(|o| Some(o.deadline)))
+            .chain(self.relays.values().map(|r| Some(r.3)))
+            .chain([probing])
+            .flatten()
+            .min()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Suspects `peer`, with `confirmations` independent observers already agreeing.
+    fn suspect(&mut self, peer: &str, confirmations: usize, now: u64) {
+        let Some(m) = self.members.get(peer) else { return };
+        if m.state != State::Alive {
+            return;
+        }
+        let inc = m.incarnation;
+        self.set(peer, State::Suspect, now);
+        let deadline = now + suspicion_timeout(&self.cfg, confirmations as u32);
+        if let Some(m) = self.members.get_mut(peer) {
+            m.suspicion_deadline = Some(deadline);
+        }
+        self.actions.push_back(Action::Broadcast { peer: peer.to_string(), incarnation: inc, rumor: Rumor::Suspect });
+    }
+
+    /// Up to `indirect_probes` alive, connected peers other than `target`, chosen
+    /// deterministically (spread by the target's name so different targets use different vias).
+    fn pick_vias(&self, target: &str) -> Vec<String> {
+        let mut c: Vec<&String> = self.members.iter().filter(|(p, m)| p.as_str() != target && m.connected && m.state == State::Alive).map(|(p, _)| p).collect();
+        if c.is_empty() {
+            return Vec::new();
+        }
+        let shift = target.bytes().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize)) % c.len();
+        c.rotate_left(shift);
+        c.into_iter().take(self.cfg.indirect_probes).cloned().collect()
+    }
+}
+
+/// Lifeguard's suspicion timeout: from `max` with no confirmations down to `min` with `k`.
+pub fn suspicion_timeout(cfg: &Config, confirmations: u32) -> u64 {
+    if cfg.confirmations == 0 || confirmations >= cfg.confirmations {
+        return cfg.suspicion_min_ms;
+    }
+    let frac = ((confirmations as f64) + 1.0).ln() / ((cfg.confirmations as f64) + 1.0).ln();
+    let span = cfg.suspicion_max_ms.saturating_sub(cfg.suspicion_min_ms) as f64;
+    cfg.suspicion_max_ms - (span * frac).round() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(m: &mut Membership) -> (Vec<Event>, Vec<Action>) {
+        let mut e = Vec::new();
+        let mut a = Vec::new();
+        while let Some(x) = m.poll_event() {
+            e.push(x);
+        }
+        while let Some(x) = m.poll_action() {
+            a.push(x);
+        }
+        (e, a)
+    }
+
+    fn state(m: &Membership, p: &str) -> State {
+        m.get(p).expect("member").state
+    }
+
+    /// Runs timers until the next probe of `target` is sent; returns its seq and the time.
+    /// Probes of other peers are acknowledged at once.
+    fn next_probe_of(m: &mut Membership, target: &str, mut now: u64) -> (u64, u64) {
+        for _ in 0..100 {
+            m.handle_timeout(now);
+            let (_, a) = drain(m);
+            for x in a {
+                if let Action::Probe { peer, seq } = x {
+                    if peer == target {
+                        return (seq, now);
+                    }
+                    m.handle_ack(&peer, seq, 1.0, now);
+                }
+            }
+            now = m.poll_timeout().expect("a timer").max(now + 1);
+        }
+        panic!("no probe of {target}");
+    }
+
+    #[test]
+    fn reset_then_refused_redial_is_dead_at_once() {
+        let mut m = Membership::new("me", Config::default());
+        m.handle_connected("b", 0);
+        drain(&mut m);
+        m.handle_disconnected("b", true, 100);
+        let (_, a) = drain(&mut m);
+        assert_eq!(a, vec![Action::Redial { peer: "b".into() }]);
+        m.handle_dial_failed("b", true, 103);
+        assert_eq!(state(&m, "b"), State::Dead);
+        let (e, _) = drain(&mut m);
+        assert!(e.contains(&Event::Changed { peer: "b".into(), from: Some(State::Alive), to: State::Dead }));
+    }
+
+    #[test]
+    fn unanswered_probe_with_nobody_to_ask_suspects_then_kills() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        let (_, t) = next_probe_of(&mut m, "b", 0);
+        m.handle_timeout(t + cfg.probe_timeout_ms);
+        assert_eq!(state(&m, "b"), State::Suspect);
+        let since = m.get("b").expect("b").state_since_ms;
+        m.handle_timeout(since + cfg.suspicion_max_ms - 1);
+        assert_eq!(state(&m, "b"), State::Suspect);
+        m.handle_timeout(since + cfg.suspicion_max_ms);
+        assert_eq!(state(&m, "b"), State::Dead);
+    }
+
+    #[test]
+    fn acked_probes_keep_a_peer_alive_and_record_rtt() {
+        let mut m = Membership::new("me", Config::default());
+        m.handle_connected("b", 0);
+        let mut now = 0;
+        for _ in 0..5 {
+            let (seq, t) = next_probe_of(&mut m, "b", now);
+            m.handle_ack("b", seq, 1.5, t + 2);
+            now = t + 3;
+        }
+        m.handle_timeout(now + 10_000);
+        assert_eq!(state(&m, "b"), State::Alive);
+        assert_eq!(m.get("b").expect("b").rtt_ms, Some(1.5));
+    }
+
+    #[test]
+    fn indirect_probe_answer_saves_a_peer_on_a_lossy_link() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        m.handle_connected("c", 0);
+        let (seq, t) = next_probe_of(&mut m, "b", 0);
+        m.handle_timeout(t + cfg.probe_timeout_ms);
+        let (_, a) = drain(&mut m);
+        assert!(a.contains(&Action::IndirectProbe { via: "c".into(), target: "b".into(), seq }), "{a:?}");
+        assert_eq!(state(&m, "b"), State::Alive, "not suspected while the indirect probe is out");
+        m.handle_probe_reply("c", seq, "b", true, t + cfg.probe_timeout_ms + 5);
+        m.handle_timeout(t + cfg.probe_timeout_ms + cfg.indirect_timeout_ms + 1);
+        assert_eq!(state(&m, "b"), State::Alive);
+    }
+
+    #[test]
+    fn failed_indirect_probes_confirm_and_kill_quickly() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        for p in ["b", "c", "d"] {
+            m.handle_connected(p, 0);
+        }
+        let (seq, t) = next_probe_of(&mut m, "b", 0);
+        let t1 = t + cfg.probe_timeout_ms;
+        m.handle_timeout(t1);
+        m.handle_probe_reply("c", seq, "b", false, t1 + 100);
+        assert_eq!(state(&m, "b"), State::Alive);
+        m.handle_probe_reply("d", seq, "b", false, t1 + 110);
+        assert_eq!(state(&m, "b"), State::Suspect);
+        m.handle_timeout(t1 + 110 + cfg.suspicion_min_ms);
+        assert_eq!(state(&m, "b"), State::Dead, "two independent confirmations: minimum suspicion");
+    }
+
+    #[test]
+    fn relayed_probe_answers_the_origin() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("t", 0);
+        m.handle_connected("o", 0);
+        drain(&mut m);
+        m.handle_probe_request("o", 77, "t", 10);
+        let (_, a) = drain(&mut m);
+        let Some(Action::Probe { seq, .. }) = a.into_iter().find(|x| matches!(x, Action::Probe { peer, .. } if peer == "t")) else { panic!("no relay probe") };
+        m.handle_ack("t", seq, 1.0, 12);
+        let (_, a) = drain(&mut m);
+        assert!(a.contains(&Action::ProbeReply { origin: "o".into(), req: 77, target: "t".into(), alive: true }));
+        // and an unanswered relay says "no" at the probe timeout
+        m.handle_probe_request("o", 78, "t", 20);
+        drain(&mut m);
+        m.handle_timeout(20 + cfg.probe_timeout_ms);
+        let (_, a) = drain(&mut m);
+        assert!(a.contains(&Action::ProbeReply { origin: "o".into(), req: 78, target: "t".into(), alive: false }), "{a:?}");
+    }
+
+    #[test]
+    fn suspected_node_refutes_with_a_higher_incarnation() {
+        let mut m = Membership::new("me", Config::default());
+        m.handle_rumor("c", "me", 0, Rumor::Suspect, 10);
+        assert_eq!(m.incarnation(), 1);
+        let (_, a) = drain(&mut m);
+        assert_eq!(a, vec![Action::Broadcast { peer: "me".into(), incarnation: 1, rumor: Rumor::Alive }]);
+        let cfg = Config::default();
+        let mut other = Membership::new("x", cfg.clone());
+        other.handle_connected("me", 0);
+        other.handle_disconnected("me", false, 5);
+        other.handle_timeout(5 + cfg.redial_timeout_ms);
+        assert_eq!(state(&other, "me"), State::Suspect);
+        other.handle_rumor("me", "me", 1, Rumor::Alive, 500);
+        assert_eq!(state(&other, "me"), State::Alive);
+    }
+
+    #[test]
+    fn fresh_evidence_ignores_a_suspicion_rumor() {
+        let mut m = Membership::new("me", Config::default());
+        m.handle_connected("b", 0);
+        m.handle_heard_from("b", 1000);
+        m.handle_rumor("c", "b", 0, Rumor::Suspect, 1100);
+        assert_eq!(state(&m, "b"), State::Alive);
+        m.handle_rumor("c", "b", 0, Rumor::Suspect, 5000);
+        assert_eq!(state(&m, "b"), State::Suspect, "stale evidence joins the suspicion");
+    }
+
+    #[test]
+    fn dead_peer_is_redialled_and_comes_back_alive() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        m.handle_disconnected("b", true, 10);
+        m.handle_dial_failed("b", true, 12);
+        drain(&mut m);
+        m.handle_timeout(12 + cfg.dead_redial_every_ms);
+        let (_, a) = drain(&mut m);
+        assert!(a.contains(&Action::Redial { peer: "b".into() }), "{a:?}");
+        m.handle_connected("b", 2000);
+        assert_eq!(state(&m, "b"), State::Alive);
+    }
+
+    #[test]
+    fn left_peer_stays_left_and_is_forgotten() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        m.handle_leave("b", 10);
+        m.handle_disconnected("b", true, 11);
+        assert_eq!(state(&m, "b"), State::Left);
+        let (_, a) = drain(&mut m);
+        assert!(!a.iter().any(|x| matches!(x, Action::Redial { .. })), "no redial of a peer that said goodbye: {a:?}");
+        m.handle_timeout(10 + cfg.forget_after_ms);
+        assert!(m.get("b").is_none());
+    }
+
+    #[test]
+    fn suspicion_timeout_goes_from_max_to_min() {
+        let cfg = Config::default();
+        assert_eq!(suspicion_timeout(&cfg, 0), cfg.suspicion_max_ms);
+        let one = suspicion_timeout(&cfg, 1);
+        assert!(one < cfg.suspicion_max_ms && one > cfg.suspicion_min_ms);
+        assert_eq!(suspicion_timeout(&cfg, 2), cfg.suspicion_min_ms);
+    }
+}
