@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The test command: sets up a fresh Debian machine (as root) and runs every test.
+#
+#   bash tests/scripts/run-tests.sh
+#
+# Idempotent and quick on re-runs: apt and pip run only when something is missing.
+# Steps:
+#   1. system packages the tests need (apt-get, only when missing)
+#   2. $REPO/.venv with the MCP Python SDK (tests/fixtures/requirements.txt)
+#   3. cargo build --workspace --bins (tests run the real target/debug/craftmesh)
+#   4. cargo nextest run --workspace --no-fail-fast (or cargo test --workspace)
+# With CI=true, tests that lack a prerequisite (python MCP SDK, docker) fail instead of skipping.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$REPO"
+
+step() { printf '\n==> %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+
+# ---------------------------------------------------------------------------------------
+step "1/4 system packages"
+# What the tests use, as "command-or-check:package":
+#   python3 + venv/ensurepip  -> the MCP fixture's virtualenv
+#   cc + libc.a               -> linking craftmesh, and the static stub_http for the docker test
+#   docker                    -> preinstalled and running (not installed here)
+# iproute2, nftables and procps are not used by these tests, so they are not installed.
+missing=()
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
+if [ "${#missing[@]}" -gt 0 ]; then
+    info "installing: ${missing[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: need root to install ${missing[*]} (or install them yourself)" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    info "all present (python3, python3-venv, cc, libc6-dev)"
+fi
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    info "docker: engine $(docker info --format '{{.ServerVersion}}') running"
+else
+    info "docker: not available (docker tests will skip, or fail when CI=true)"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "2/4 python venv with the MCP SDK ($REPO/.venv)"
+VENV="$REPO/.venv"
+REQ="$REPO/tests/fixtures/requirements.txt"
+PY="$VENV/bin/python"
+check_mcp='import importlib.metadata as m; from mcp.server.fastmcp import FastMCP; v = m.version("mcp"); assert v.split(".")[0] == "1", v; print("mcp", v)'
+if [ ! -x "$PY" ]; then
+    info "creating $VENV with $(python3 --version)"
+    python3 -m venv "$VENV"
+fi
+if "$PY" -c "$check_mcp" >/dev/null 2>&1; then
+    info "already installed: $("$PY" -c "$check_mcp")"
+else
+    info "pip install -r tests/fixtures/requirements.txt"
+    "$PY" -m pip install --disable-pip-version-check -q -r "$REQ"
+fi
+info "import check: $("$PY" -c "$check_mcp")"
+export CRAFTMESH_TEST_PYTHON="$PY"
+
+# ---------------------------------------------------------------------------------------
+step "3/4 cargo build --workspace --bins"
+cargo build --workspace --bins
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO/$TARGET_DIR" ;; esac
+export CRAFTMESH_BIN="$TARGET_DIR/debug/craftmesh"
+[ -x "$CRAFTMESH_BIN" ] || { echo "error: $CRAFTMESH_BIN was not built" >&2; exit 1; }
+info "CRAFTMESH_BIN=$CRAFTMESH_BIN"
+info "CRAFTMESH_TEST_PYTHON=$CRAFTMESH_TEST_PYTHON"
+info "CI=${CI:-}"
+
+# ---------------------------------------------------------------------------------------
+if cargo nextest --version >/dev/null 2>&1; then
+    step "4/4 cargo nextest run --workspace --no-fail-fast"
+    cargo nextest run --workspace --no-fail-fast --config-file "$REPO/tests/nextest.toml" "$@"
+else
+    step "4/4 cargo test --workspace --no-fail-fast (cargo-nextest not installed)"
+    cargo test --workspace --no-fail-fast "$@"
+fi
