@@ -9,6 +9,7 @@
 #   2. $REPO/.venv with the MCP Python SDK (tests/fixtures/requirements.txt)
 #   3. cargo build --workspace --bins (tests run the real target/debug/craftmesh)
 #   4. cargo nextest run --workspace --no-fail-fast (or cargo test --workspace)
+# Extra arguments go to nextest (or cargo test), e.g. `-E 'test(closed_port)'`.
 # With CI=true, tests that lack a prerequisite (python MCP SDK, docker) fail instead of skipping.
 set -euo pipefail
 
@@ -26,8 +27,13 @@ step "1/4 system packages"
 #   docker                    -> preinstalled and running (not installed here)
 # iproute2, nftables and procps are not used by these tests, so they are not installed.
 missing=()
-command -v python3 >/dev/null 2>&1 || missing+=(python3)
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
+command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# Debian's python3 makes venvs with pip only when python3-venv is installed; try one for real.
+if command -v python3 >/dev/null 2>&1 && [ ! -x "$REPO/.venv/bin/python" ]; then
+    probe="$(mktemp -d)"
+    python3 -m venv "$probe/venv" >/dev/null 2>&1 || missing+=(python3-venv)
+    rm -rf "$probe"
+fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
 if [ "${#missing[@]}" -gt 0 ]; then
