@@ -48,12 +48,12 @@ impl Default for Config {
             indirect_timeout_ms: 450,
             suspicion_max_ms: 1200,
             suspicion_min_ms: 300,
-            confirmations: 2,
+            confirmations: 3,
             redial_timeout_ms: 400,
             dead_redial_every_ms: 1000,
             forget_after_ms: 10 * 60_000,
             indirect_probes: 3,
-            alive_evidence_ms: 300,
+            alive_evidence_ms: 500,
         }
     }
 }
@@ -88,6 +88,12 @@ pub struct Member {
     reset_pending: bool,
     #[serde(skip)]
     next_redial: Option<u64>,
+    /// Our own direct probes that failed while the peer was suspect.
+    #[serde(skip)]
+    own_misses: u32,
+    /// When we last sent this peer a direct probe.
+    #[serde(skip)]
+    last_probe_ms: u64,
 }
 
 impl Member {
@@ -104,6 +110,8 @@ impl Member {
             redial_deadline: None,
             reset_pending: false,
             next_redial: None,
+            own_misses: 0,
+            last_probe_ms: 0,
         }
     }
 }
@@ -206,6 +214,7 @@ impl Membership {
         m.state_since_ms = now;
         match to {
             State::Alive => {
+                m.own_misses = 0;
                 m.suspicion_deadline = None;
                 m.confirmations.clear();
                 m.next_redial = None;
@@ -354,6 +363,14 @@ impl Membership {
     fn direct_missed(&mut self, seq: u64, now: u64) {
         let Some(o) = self.outstanding.get(&seq) else { return };
         let target = o.target.clone();
+        if self.members.get(&target).is_none_or(|m| m.state != State::Alive) {
+            // Already suspected (or gone): the suspicion timer decides, not another round of asking.
+            self.outstanding.remove(&seq);
+            if let Some(m) = self.members.get_mut(&target) {
+                m.own_misses += 1;
+            }
+            return;
+        }
         let vias = self.pick_vias(&target);
         if vias.is_empty() {
             self.outstanding.remove(&seq);
@@ -368,6 +385,16 @@ impl Membership {
         for via in vias {
             self.actions.push_back(Action::IndirectProbe { via, target: target.clone(), seq });
         }
+    }
+
+    /// Sends a direct probe to `peer` and tracks it.
+    fn send_probe(&mut self, peer: &str, now: u64) {
+        let seq = self.seq();
+        self.outstanding.insert(seq, Outstanding { target: peer.to_string(), deadline: now + self.cfg.probe_timeout_ms, phase: Phase::Direct });
+        if let Some(m) = self.members.get_mut(peer) {
+            m.last_probe_ms = now;
+        }
+        self.actions.push_back(Action::Probe { peer: peer.to_string(), seq });
     }
 
     /// Starts the next probe of the round robin.
@@ -390,9 +417,7 @@ impl Membership {
         if self.outstanding.values().any(|o| o.target == target) {
             return; // still probing it
         }
-        let seq = self.seq();
-        self.outstanding.insert(seq, Outstanding { target: target.clone(), deadline: now + self.cfg.probe_timeout_ms, phase: Phase::Direct });
-        self.actions.push_back(Action::Probe { peer: target, seq });
+        self.send_probe(&target, now);
     }
 
     /// A rumor from `from` about `peer`.
@@ -418,23 +443,28 @@ impl Membership {
                 if incarnation < m.incarnation {
                     return;
                 }
-                match m.state {
-                    State::Suspect => {
+                let fresh = m.connected && now.saturating_sub(m.last_seen_ms) <= self.cfg.alive_evidence_ms;
+                match (m.state, rumor) {
+                    (State::Suspect, Rumor::Dead) if m.own_misses > 0 => {
+                        // Our own probes failed too: agree now.
+                        self.set(peer, State::Dead, now);
+                    }
+                    (State::Suspect, _) => {
                         m.confirmations.insert(from.to_string());
-                        let deadline = m.state_since_ms + suspicion_timeout(&self.cfg, m.confirmations.len() as u32);
+                        let n = if rumor == Rumor::Dead { self.cfg.confirmations } else { m.confirmations.len() as u32 };
+                        let deadline = m.state_since_ms + suspicion_timeout(&self.cfg, n);
                         m.suspicion_deadline = Some(m.suspicion_deadline.map_or(deadline, |d| d.min(deadline)));
                     }
-                    State::Alive if !m.connected || now.saturating_sub(m.last_seen_ms) > self.cfg.alive_evidence_ms => {
-                        // No fresh evidence of our own: join the suspicion (counting it
-                        // as one confirmation) and check for ourselves.
-                        self.suspect(peer, 1, now);
+                    (State::Alive, _) if !fresh => {
+                        // No fresh evidence of our own: echo the suspicion (without
+                        // broadcasting it) and check for ourselves.
+                        let n = if rumor == Rumor::Dead { self.cfg.confirmations as usize } else { 1 };
+                        self.suspect_with(peer, n, now, false);
                         if let Some(m) = self.members.get_mut(peer) {
                             m.confirmations.insert(from.to_string());
                         }
-                        let seq = self.seq();
                         if self.members.get(peer).is_some_and(|m| m.connected) {
-                            self.outstanding.insert(seq, Outstanding { target: peer.to_string(), deadline: now + self.cfg.probe_timeout_ms, phase: Phase::Direct });
-                            self.actions.push_back(Action::Probe { peer: peer.to_string(), seq });
+                            self.send_probe(peer, now);
                         }
                     }
                     _ => {}
@@ -467,6 +497,17 @@ impl Membership {
                     self.suspect(&target, confirmations, now);
                 }
             }
+        }
+        // Suspects get a direct probe every half period: each ack is a chance to refute.
+        let every = (self.cfg.probe_period_ms / 2).max(1);
+        let suspects: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == State::Suspect && m.connected && now >= m.last_probe_ms + every)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in suspects {
+            self.send_probe(&p, now);
         }
         let relays: Vec<u64> = self.relays.iter().filter(|(_, r)| now >= r.3).map(|(s, _)| *s).collect();
         for seq in relays {
@@ -524,7 +565,8 @@ impl Membership {
             .values()
             .flat_map(|m| {
                 let forget = matches!(m.state, State::Dead | State::Left).then_some(m.state_since_ms + self.cfg.forget_after_ms);
-                [m.redial_deadline, m.suspicion_deadline, m.next_redial, forget]
+                let reprobe = (m.state == State::Suspect && m.connected).then_some(m.last_probe_ms + (self.cfg.probe_period_ms / 2).max(1));
+                [m.redial_deadline, m.suspicion_deadline, m.next_redial, forget, reprobe]
             })
             .chain(self.outstanding.values().map(|o| Some(o.deadline)))
             .chain(self.relays.values().map(|r| Some(r.3)))
@@ -543,6 +585,12 @@ impl Membership {
 
     /// Suspects `peer`, with `confirmations` independent observers already agreeing.
     fn suspect(&mut self, peer: &str, confirmations: usize, now: u64) {
+        self.suspect_with(peer, confirmations, now, true);
+    }
+
+    /// Suspects `peer`; `broadcast` is false when we only echo someone else's suspicion,
+    /// so echoes never count as independent confirmations elsewhere.
+    fn suspect_with(&mut self, peer: &str, confirmations: usize, now: u64, broadcast: bool) {
         let Some(m) = self.members.get(peer) else { return };
         if m.state != State::Alive {
             return;
@@ -553,7 +601,9 @@ impl Membership {
         if let Some(m) = self.members.get_mut(peer) {
             m.suspicion_deadline = Some(deadline);
         }
-        self.actions.push_back(Action::Broadcast { peer: peer.to_string(), incarnation: inc, rumor: Rumor::Suspect });
+        if broadcast {
+            self.actions.push_back(Action::Broadcast { peer: peer.to_string(), incarnation: inc, rumor: Rumor::Suspect });
+        }
     }
 
     /// Up to `indirect_probes` alive, connected peers other than `target`, chosen
@@ -682,18 +732,19 @@ mod tests {
     fn failed_indirect_probes_confirm_and_kill_quickly() {
         let cfg = Config::default();
         let mut m = Membership::new("me", cfg.clone());
-        for p in ["b", "c", "d"] {
+        for p in ["b", "c", "d", "e"] {
             m.handle_connected(p, 0);
         }
         let (seq, t) = next_probe_of(&mut m, "b", 0);
         let t1 = t + cfg.probe_timeout_ms;
         m.handle_timeout(t1);
         m.handle_probe_reply("c", seq, "b", false, t1 + 100);
-        assert_eq!(state(&m, "b"), State::Alive);
-        m.handle_probe_reply("d", seq, "b", false, t1 + 110);
+        m.handle_probe_reply("d", seq, "b", false, t1 + 105);
+        assert_eq!(state(&m, "b"), State::Alive, "one via still to answer");
+        m.handle_probe_reply("e", seq, "b", false, t1 + 110);
         assert_eq!(state(&m, "b"), State::Suspect);
         m.handle_timeout(t1 + 110 + cfg.suspicion_min_ms);
-        assert_eq!(state(&m, "b"), State::Dead, "two independent confirmations: minimum suspicion");
+        assert_eq!(state(&m, "b"), State::Dead, "three independent confirmations: minimum suspicion");
     }
 
     #[test]
@@ -780,6 +831,6 @@ mod tests {
         assert_eq!(suspicion_timeout(&cfg, 0), cfg.suspicion_max_ms);
         let one = suspicion_timeout(&cfg, 1);
         assert!(one < cfg.suspicion_max_ms && one > cfg.suspicion_min_ms);
-        assert_eq!(suspicion_timeout(&cfg, 2), cfg.suspicion_min_ms);
+        assert_eq!(suspicion_timeout(&cfg, cfg.confirmations), cfg.suspicion_min_ms);
     }
 }

@@ -10,6 +10,8 @@
 //!
 //! Every wait here has a deadline, and every spawned process or thread is stopped on drop.
 
+pub mod sim;
+
 use serde_json::Value;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
