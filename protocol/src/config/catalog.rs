@@ -201,7 +201,8 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
     let mut discovery: Vec<(LayerKind, String, String, DiscoveryFile)> = Vec::new();
     let mut servers_files: Vec<(LayerKind, String, String, ServersFile)> = Vec::new();
     let mut agent_disc: Vec<(String, AgentsDiscoveryFile)> = Vec::new();
-    let mut agent_defs: Vec<(LayerKind, AgentSource, String, String, AgentDefinition)> = Vec::new();
+    // (layer, source in the cascade, directory the file came from, path, text, definition)
+    let mut agent_defs: Vec<AgentDefEntry> = Vec::new();
     let mut context_files: BTreeSet<String> = BTreeSet::new();
     for layer in layers {
         if let Some(f) = &layer.mcp_discovery {
@@ -222,11 +223,11 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
                 agent_disc.push((f.path.clone(), v));
             }
         }
-        for (src, f) in &layer.agent_defs {
+        for (dir, f) in &layer.agent_defs {
             files.push(f.path.clone());
             if let Some(v) = parse_into::<AgentDefinition>(f, &mut diags) {
-                let src = if layer.kind == LayerKind::User { AgentSource::UserOverride } else if layer.kind == LayerKind::Builtin { AgentSource::BundledDefault } else { *src };
-                agent_defs.push((layer.kind, src, f.path.clone(), f.text.clone(), v));
+                let src = if layer.kind == LayerKind::User { AgentSource::UserOverride } else if layer.kind == LayerKind::Builtin { AgentSource::BundledDefault } else { *dir };
+                agent_defs.push((layer.kind, src, *dir, f.path.clone(), f.text.clone(), v));
             }
         }
         context_files.extend(layer.context_files.iter().cloned());
@@ -237,26 +238,34 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
     let mut prefer_external = None;
     let mut disable_embedded = None;
     let mut limits = ResourceLimits { total_memory_mb: 2048, max_concurrent_servers: 8, max_embedded_servers: 3 };
-    for (_, _, _, d) in &discovery {
+    // Where each setting's effective value came from, so a bad value is reported in the
+    // file (or variable) that set it.
+    let mut origins: Origins<'_> = BTreeMap::new();
+    for (_, path, text, d) in &discovery {
         merge_settings(&mut patch, &d.settings);
+        note_origins(&mut origins, &d.settings, path, text, "settings");
         if let Some(v) = d.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
         if let Some(v) = d.resource_limits.max_concurrent_servers { limits.max_concurrent_servers = v; }
         if let Some(v) = d.resource_limits.max_embedded_servers { limits.max_embedded_servers = v; }
     }
     if profile == Profile::Production {
-        for (_, _, _, d) in &discovery {
+        for (_, path, text, d) in &discovery {
             if let Some(p) = &d.production {
                 merge_settings(&mut patch, &p.settings);
+                note_origins(&mut origins, &p.settings, path, text, "production");
                 prefer_external = p.prefer_external.or(prefer_external);
                 disable_embedded = p.disable_embedded.or(disable_embedded);
             }
         }
     }
-    apply_env(&mut patch, env, &mut diags);
-    let settings = finish_settings(&patch, prefer_external, disable_embedded, discovery.last().map(|(_, p, t, _)| (p.as_str(), t.as_str())), &mut diags);
+    apply_env(&mut patch, env, &mut origins, &mut diags);
+    let settings = finish_settings(&patch, prefer_external, disable_embedded, &origins, &mut diags);
 
     // --- servers
-    let servers = merge_servers(&discovery, &servers_files, env, &limits, &mut diags);
+    // When a discovery file did not parse, its servers are unknown; saying that a JSON
+    // server "has no entry" there would only mislead.
+    let discovery_complete = discovery.len() == layers.iter().filter(|l| l.mcp_discovery.is_some()).count();
+    let servers = merge_servers(&discovery, &servers_files, env, &limits, discovery_complete, &mut diags);
 
     // --- agents
     let agents = merge_agents(&agent_disc, &agent_defs, &context_files, profile, &mut diags);
@@ -264,6 +273,10 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
     let cfg = Config { profile, settings, resource_limits: limits, servers, agents, files };
     if diags.has_errors() { (None, diags) } else { (Some(cfg), diags) }
 }
+
+/// A parsed agent definition: (layer, source in the cascade, directory it came from,
+/// path, text, definition).
+type AgentDefEntry = (LayerKind, AgentSource, AgentSource, String, String, AgentDefinition);
 
 fn parse_into<T: serde::de::DeserializeOwned>(f: &TextFile, diags: &mut Diagnostics) -> Option<T> {
     match source::parse::<T>(&f.path, &f.text, Format::from_path(&f.path)) {
@@ -287,7 +300,33 @@ fn merge_settings(into: &mut SettingsPatch, from: &SettingsPatch) {
     into.resource_check_enabled = from.resource_check_enabled.or(into.resource_check_enabled);
 }
 
-fn apply_env(patch: &mut SettingsPatch, env: &dyn Fn(&str) -> Option<String>, diags: &mut Diagnostics) {
+/// Where a setting's value came from: a field in a file, or an environment variable.
+#[derive(Debug, Clone)]
+enum Origin<'a> {
+    File { path: &'a str, text: &'a str, field: String },
+    Env(&'static str),
+}
+
+type Origins<'a> = BTreeMap<&'static str, Origin<'a>>;
+
+/// Records `block.NAME` of `path` as the origin of every setting `p` sets.
+fn note_origins<'a>(origins: &mut Origins<'a>, p: &SettingsPatch, path: &'a str, text: &'a str, block: &str) {
+    let set = [
+        ("cache_ttl_minutes", p.cache_ttl_minutes.is_some()),
+        ("health_check_timeout", p.health_check_timeout.is_some()),
+        ("discovery_timeout", p.discovery_timeout.is_some()),
+        ("discovery_interval", p.discovery_interval.is_some()),
+        ("max_deployment_retries", p.max_deployment_retries.is_some()),
+        ("resource_check_enabled", p.resource_check_enabled.is_some()),
+    ];
+    for (name, is_set) in set {
+        if is_set {
+            origins.insert(name, Origin::File { path, text, field: format!("{block}.{name}") });
+        }
+    }
+}
+
+fn apply_env(patch: &mut SettingsPatch, env: &dyn Fn(&str) -> Option<String>, origins: &mut Origins<'_>, diags: &mut Diagnostics) {
     fn num<T: std::str::FromStr>(name: &str, env: &dyn Fn(&str) -> Option<String>, diags: &mut Diagnostics) -> Option<T> {
         let v = env(name)?;
         match v.trim().parse::<T>() {
@@ -298,26 +337,30 @@ fn apply_env(patch: &mut SettingsPatch, env: &dyn Fn(&str) -> Option<String>, di
             }
         }
     }
-    if let Some(v) = num::<u64>("CRAFTMESH_CACHE_TTL_MINUTES", env, diags) { patch.cache_ttl_minutes = Some(v); }
-    if let Some(v) = num::<f64>("CRAFTMESH_HEALTH_CHECK_TIMEOUT", env, diags) { patch.health_check_timeout = Some(v); }
-    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_TIMEOUT", env, diags) { patch.discovery_timeout = Some(v); }
-    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_INTERVAL", env, diags) { patch.discovery_interval = Some(v); }
-    if let Some(v) = num::<u32>("CRAFTMESH_MAX_DEPLOYMENT_RETRIES", env, diags) { patch.max_deployment_retries = Some(v); }
-    if let Some(v) = num::<bool>("CRAFTMESH_RESOURCE_CHECK_ENABLED", env, diags) { patch.resource_check_enabled = Some(v); }
+    if let Some(v) = num::<u64>("CRAFTMESH_CACHE_TTL_MINUTES", env, diags) { patch.cache_ttl_minutes = Some(v); origins.insert("cache_ttl_minutes", Origin::Env("CRAFTMESH_CACHE_TTL_MINUTES")); }
+    if let Some(v) = num::<f64>("CRAFTMESH_HEALTH_CHECK_TIMEOUT", env, diags) { patch.health_check_timeout = Some(v); origins.insert("health_check_timeout", Origin::Env("CRAFTMESH_HEALTH_CHECK_TIMEOUT")); }
+    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_TIMEOUT", env, diags) { patch.discovery_timeout = Some(v); origins.insert("discovery_timeout", Origin::Env("CRAFTMESH_DISCOVERY_TIMEOUT")); }
+    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_INTERVAL", env, diags) { patch.discovery_interval = Some(v); origins.insert("discovery_interval", Origin::Env("CRAFTMESH_DISCOVERY_INTERVAL")); }
+    if let Some(v) = num::<u32>("CRAFTMESH_MAX_DEPLOYMENT_RETRIES", env, diags) { patch.max_deployment_retries = Some(v); origins.insert("max_deployment_retries", Origin::Env("CRAFTMESH_MAX_DEPLOYMENT_RETRIES")); }
+    if let Some(v) = num::<bool>("CRAFTMESH_RESOURCE_CHECK_ENABLED", env, diags) { patch.resource_check_enabled = Some(v); origins.insert("resource_check_enabled", Origin::Env("CRAFTMESH_RESOURCE_CHECK_ENABLED")); }
 }
 
-fn finish_settings(p: &SettingsPatch, prefer_external: Option<bool>, disable_embedded: Option<bool>, last: Option<(&str, &str)>, diags: &mut Diagnostics) -> Settings {
+fn finish_settings(p: &SettingsPatch, prefer_external: Option<bool>, disable_embedded: Option<bool>, origins: &Origins<'_>, diags: &mut Diagnostics) -> Settings {
     let d = Settings::default();
-    let mut secs = |field: &str, v: Option<f64>, default_ms: u64, min: f64, max: f64| -> u64 {
+    let mut secs = |field: &'static str, v: Option<f64>, default_ms: u64, min: f64, max: f64| -> u64 {
         match v {
             None => default_ms,
             Some(s) if s.is_finite() && s >= min && s <= max => (s * 1000.0).round() as u64,
             Some(s) => {
-                let (file, line, col) = match last {
-                    Some((f, t)) => { let (l, c) = locate(t, &format!("settings.{field}")); (f, l, c) }
-                    None => ("env", 0, 0),
-                };
-                diags.push(Diagnostic::error(file, line, col, format!("settings.{field}"), format!("{s} seconds is out of range ({min}..={max})")));
+                let msg = format!("{s} seconds is out of range ({min}..={max})");
+                diags.push(match origins.get(field) {
+                    Some(Origin::File { path, text, field: f }) => {
+                        let (l, c) = locate(text, f);
+                        Diagnostic::error(path, l, c, f.clone(), msg)
+                    }
+                    Some(Origin::Env(var)) => Diagnostic::error("env", 0, 0, *var, msg),
+                    None => Diagnostic::error("env", 0, 0, format!("settings.{field}"), msg),
+                });
                 default_ms
             }
         }
@@ -339,6 +382,7 @@ fn merge_servers(
     servers_files: &[(LayerKind, String, String, ServersFile)],
     env: &dyn Fn(&str) -> Option<String>,
     limits: &ResourceLimits,
+    discovery_complete: bool,
     diags: &mut Diagnostics,
 ) -> BTreeMap<String, ServerSpec> {
     let mut out: BTreeMap<String, ServerSpec> = BTreeMap::new();
@@ -493,7 +537,7 @@ fn merge_servers(
     }
     // Name mismatches: a JSON server with no discovery entry, next to a discovery entry
     // with no launch entry whose name looks the same.
-    for (jname, path, text) in &unlinked_json {
+    for (jname, path, text) in unlinked_json.iter().filter(|_| discovery_complete) {
         let similar = out.values().find(|s| s.launch.is_none() && similar_names(&s.name, jname)).map(|s| s.name.clone());
         let (l, c) = locate(text, &format!("mcpServers.{jname}"));
         let msg = match similar {
@@ -539,7 +583,7 @@ fn find_text(text: &str, needle: &str, near: &(usize, usize)) -> (usize, usize) 
 
 fn merge_agents(
     disc: &[(String, AgentsDiscoveryFile)],
-    defs: &[(LayerKind, AgentSource, String, String, AgentDefinition)],
+    defs: &[AgentDefEntry],
     context_files: &BTreeSet<String>,
     profile: Profile,
     diags: &mut Diagnostics,
@@ -558,6 +602,7 @@ fn merge_agents(
         for (k, v) in &d.agents { per_agent.insert(k.clone(), v.clone()); }
         if profile == Profile::Production {
             if let Some(p) = &d.production {
+                if let Some(v) = p.resource_limits.max_concurrent_agents { limits.max_concurrent_agents = v; }
                 if let Some(v) = p.max_concurrent_agents { limits.max_concurrent_agents = v; }
                 if let Some(v) = p.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
                 if let Some(v) = &p.resource_limits.model_limits { limits.model_limits.extend(v.clone()); }
@@ -565,8 +610,12 @@ fn merge_agents(
         }
     }
     // Candidates per id.
-    let mut by_id: BTreeMap<String, Vec<(AgentSource, LayerKind, &str, &str, &AgentDefinition)>> = BTreeMap::new();
-    for (kind, src, path, text, def) in defs {
+    // Candidates keep the directory they came from: every built-in definition counts as
+    // `bundled_default`, and the directory orders built-in copies of one agent (the
+    // embedded `core/` and `defaults/` may both define it).
+    type Candidate<'a> = (AgentSource, LayerKind, AgentSource, &'a str, &'a str, &'a AgentDefinition);
+    let mut by_id: BTreeMap<String, Vec<Candidate<'_>>> = BTreeMap::new();
+    for (kind, src, dir, path, text, def) in defs {
         let id = def.metadata.id.trim();
         let stem = std::path::Path::new(path).file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if id.is_empty() {
@@ -602,12 +651,12 @@ fn merge_agents(
             }
         }
         let list = by_id.entry(id.to_string()).or_default();
-        if list.iter().any(|(s, k, ..)| s == src && k == kind) {
+        if list.iter().any(|(s, k, d, ..)| s == src && k == kind && d == dir) {
             let (l, c) = locate(text, "metadata.id");
             diags.push(Diagnostic::error(path, l, c, "metadata.id", format!("agent `{id}` is defined twice in the same place")));
             continue;
         }
-        list.push((*src, *kind, path, text, def));
+        list.push((*src, *kind, *dir, path, text, def));
     }
     for (name, _) in &per_agent {
         if !by_id.contains_key(name) {
@@ -623,8 +672,8 @@ fn merge_agents(
             let explicit_core = order.contains(&AgentSource::ProjectCore);
             order.iter().position(|o| *o == s || (*o == AgentSource::ProjectSpecific && s == AgentSource::ProjectCore && !explicit_core)).map(|p| p * 2 + usize::from(s == AgentSource::ProjectCore)).unwrap_or(usize::MAX)
         };
-        cands.sort_by_key(|(s, k, ..)| (rank(*s), std::cmp::Reverse(*k)));
-        let Some((src, _, path, _, def)) = cands.first().copied() else { continue };
+        cands.sort_by_key(|(s, k, d, ..)| (rank(*s), std::cmp::Reverse(*k), rank(*d), AgentSource::CASCADE.iter().position(|c| c == d)));
+        let Some((src, _, _, path, _, def)) = cands.first().copied() else { continue };
         if rank(src) == usize::MAX {
             continue; // no allowed source for this agent
         }
@@ -634,7 +683,7 @@ fn merge_agents(
             file: path.to_string(),
             definition: def.clone(),
             discovery: per_agent.get(&id).cloned(),
-            candidates: cands.iter().map(|(s, _, p, ..)| (*s, p.to_string())).collect(),
+            candidates: cands.iter().map(|(s, _, _, p, ..)| (*s, p.to_string())).collect(),
         });
     }
     AgentsConfig { cache_ttl_minutes: cache_ttl, default_priority_order: default_order, limits, agents, context_files: context_files.iter().cloned().collect() }

@@ -37,12 +37,47 @@ pub struct SettingsPatch {
 }
 
 /// The `production` block: settings overrides plus policy switches.
+///
+/// Written flat in the file (`health_check_timeout: 15` next to `prefer_external: true`).
+/// It is read through [`ProductionFile`] rather than `#[serde(flatten)]`, because a
+/// flattened struct swallows unknown keys silently and loses field paths in errors.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(from = "ProductionFile")]
 pub struct ProductionPatch {
     #[serde(flatten)]
     pub settings: SettingsPatch,
     pub prefer_external: Option<bool>,
     pub disable_embedded: Option<bool>,
+}
+
+/// The `production` block exactly as written; see [`ProductionPatch`].
+#[derive(Debug, Clone, Default, Deserialize)]
+struct ProductionFile {
+    cache_ttl_minutes: Option<u64>,
+    health_check_timeout: Option<f64>,
+    discovery_timeout: Option<f64>,
+    max_deployment_retries: Option<u32>,
+    resource_check_enabled: Option<bool>,
+    discovery_interval: Option<f64>,
+    prefer_external: Option<bool>,
+    disable_embedded: Option<bool>,
+}
+
+impl From<ProductionFile> for ProductionPatch {
+    fn from(f: ProductionFile) -> Self {
+        ProductionPatch {
+            settings: SettingsPatch {
+                cache_ttl_minutes: f.cache_ttl_minutes,
+                health_check_timeout: f.health_check_timeout,
+                discovery_timeout: f.discovery_timeout,
+                max_deployment_retries: f.max_deployment_retries,
+                resource_check_enabled: f.resource_check_enabled,
+                discovery_interval: f.discovery_interval,
+            },
+            prefer_external: f.prefer_external,
+            disable_embedded: f.disable_embedded,
+        }
+    }
 }
 
 /// Top-level `resource_limits`.
@@ -360,9 +395,9 @@ impl RawStrategy {
                 Strategy::Docker { names, images, labels, mcp_path, health_endpoint }
             }
         };
-        for p in [&self.health_endpoint, &self.mcp_path].into_iter().flatten() {
-            if !p.starts_with('/') {
-                problems.push(StrategyProblem { field: if Some(p) == self.mcp_path.as_ref() { "mcp_path" } else { "health_endpoint" }, message: format!("path `{p}` must start with `/`"), is_error: true });
+        for (field, p) in [("health_endpoint", &self.health_endpoint), ("mcp_path", &self.mcp_path)] {
+            if let Some(p) = p.as_ref().filter(|p| !p.starts_with('/')) {
+                problems.push(StrategyProblem { field, message: format!("path `{p}` must start with `/`"), is_error: true });
             }
         }
         let ok = !problems.iter().any(|p| p.is_error);

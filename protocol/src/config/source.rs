@@ -10,6 +10,9 @@ use serde::de::DeserializeOwned;
 /// Largest configuration file accepted, checked before parsing.
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 
+/// Unknown-field warnings reported one by one per file; the rest are summed up in one.
+pub const MAX_UNKNOWN_FIELD_WARNINGS: usize = 100;
+
 /// The text formats configuration comes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -39,7 +42,7 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str, format: Format) -> Res
         ));
     }
     let mut ignored: Vec<String> = Vec::new();
-    let mut cb = |p: serde_ignored::Path<'_>| ignored.push(p.to_string());
+    let mut cb = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
     let result: Result<T, (String, Option<(usize, usize)>, String)> = match format {
         Format::Yaml => {
             if text.trim().is_empty() {
@@ -51,7 +54,8 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str, format: Format) -> Res
                 let path = clean_path(&e.path().to_string());
                 let inner = e.into_inner();
                 let loc = inner.location().map(|l| (l.line(), l.column()));
-                (path, loc, strip_location(&inner.to_string()))
+                let msg = strip_location(&inner.to_string());
+                (path.clone(), loc, strip_path_prefix(&msg, &path))
             })
         }
         Format::Json => {
@@ -74,14 +78,23 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str, format: Format) -> Res
     drop(cb);
     match result {
         Ok(v) => {
-            let warnings = ignored
-                .into_iter()
+            // Each warning is located by a scan of the text, so a file made of thousands of
+            // unknown keys would take quadratic time; past the cap one summary is enough.
+            let extra = ignored.len().saturating_sub(MAX_UNKNOWN_FIELD_WARNINGS);
+            let mut warnings: Vec<Diagnostic> = ignored
+                .iter()
+                .take(MAX_UNKNOWN_FIELD_WARNINGS)
                 .map(|p| {
-                    let p = clean_path(&p);
+                    let p = clean_path(p);
                     let (line, col) = locate(text, &p);
                     Diagnostic::warning(file, line, col, p.clone(), "unknown field (ignored)")
                 })
                 .collect();
+            if extra > 0 {
+                let p = clean_path(&ignored[MAX_UNKNOWN_FIELD_WARNINGS]);
+                let (line, col) = locate(text, &p);
+                warnings.push(Diagnostic::warning(file, line, col, p, format!("{extra} more unknown fields (ignored), starting here")));
+            }
             Ok((v, warnings))
         }
         Err((path, loc, msg)) => {
@@ -94,8 +107,53 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str, format: Format) -> Res
     }
 }
 
+/// Normalises a serde_path_to_error path: the root `.` becomes empty and `?` segments
+/// (positions the deserializer could not name, e.g. after a JSON syntax error) are dropped.
 fn clean_path(p: &str) -> String {
-    if p == "." { String::new() } else { p.to_string() }
+    if p == "." {
+        return String::new();
+    }
+    p.split('.').filter(|s| *s != "?" && !s.is_empty()).collect::<Vec<_>>().join(".")
+}
+
+/// Renders a serde_ignored path in the same dotted form as serde_path_to_error
+/// (`a.b[0].c`): sequence indexes in brackets, `Option`/newtype wrappers left out.
+/// (serde_ignored's own `Display` writes `a.b.0.?.c`, which [`locate`] cannot follow.)
+fn ignored_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    let mut segs: Vec<String> = Vec::new();
+    let mut cur = p;
+    loop {
+        match cur {
+            Path::Root => break,
+            Path::Seq { parent, index } => {
+                segs.push(format!("[{index}]"));
+                cur = parent;
+            }
+            Path::Map { parent, key } => {
+                segs.push(key.clone());
+                cur = parent;
+            }
+            Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => cur = parent,
+        }
+    }
+    let mut out = String::new();
+    for seg in segs.iter().rev() {
+        if !out.is_empty() && !seg.starts_with('[') {
+            out.push('.');
+        }
+        out.push_str(seg);
+    }
+    out
+}
+
+/// serde_yaml_ng starts some messages with the field path, which the diagnostic already
+/// carries in `field`; drops that prefix.
+fn strip_path_prefix(msg: &str, path: &str) -> String {
+    if path.is_empty() {
+        return msg.to_string();
+    }
+    msg.strip_prefix(path).and_then(|m| m.strip_prefix(": ")).unwrap_or(msg).to_string()
 }
 
 /// Removes the " at line X column Y" suffix both serde_yaml and serde_json append,
@@ -117,23 +175,48 @@ pub fn locate(text: &str, path: &str) -> (usize, usize) {
     let mut pos = 0usize; // index of the line to start searching from
     let mut parent_indent: isize = -1;
     let mut found: (usize, usize) = (0, 0);
+    // Whether `pos` is the line of a key (its children start below it) rather than the
+    // start of the file or a `- ` item (whose first key may sit on the same line).
+    let mut after_key = false;
     for seg in split_path(path) {
         match seg {
             Seg::Key(key) => {
-                let mut hit = None;
-                for (i, line) in lines.iter().enumerate().skip(pos) {
+                // A direct child sits at the block's child column: the column of the first
+                // key in the block. Deeper keys with the same name (a `health_endpoint`
+                // inside a strategy, below a misplaced one) and the parent's own line must
+                // not match; when nothing matches at the child column (flow style,
+                // irregular indentation) the shallowest match in the block is used.
+                let start = if after_key { pos + 1 } else { pos };
+                let (plain, double, single) = (format!("{key}:"), format!("\"{key}\""), format!("'{key}'"));
+                let mut child_col: Option<usize> = None;
+                let mut hit: Option<(usize, usize)> = None;
+                for (i, line) in lines.iter().enumerate().skip(start) {
                     let indent = line.len() - line.trim_start().len();
                     let t = line.trim_start().trim_start_matches("- ");
                     let dash_extra = line.trim_start().len() - t.len();
-                    if (indent as isize) <= parent_indent && !t.is_empty() && !t.starts_with('#') && i > pos {
+                    if t.is_empty() || t.starts_with('#') {
+                        continue;
+                    }
+                    let only_brackets = t.chars().all(|c| matches!(c, '{' | '}' | '[' | ']' | ',') || c.is_whitespace());
+                    if (indent as isize) <= parent_indent && i > pos {
                         // left the parent's block
                         if !(t.starts_with('}') || t.starts_with(']')) {
                             break;
                         }
                     }
-                    if t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\"")) || t.starts_with(&format!("'{key}'")) {
-                        hit = Some((i, indent + dash_extra));
-                        break;
+                    if only_brackets {
+                        continue;
+                    }
+                    let col = indent + dash_extra;
+                    let child = *child_col.get_or_insert(col);
+                    if t.starts_with(&plain) || t.starts_with(&double) || t.starts_with(&single) {
+                        if col == child {
+                            hit = Some((i, col));
+                            break;
+                        }
+                        if hit.is_none_or(|(_, c)| col < c) {
+                            hit = Some((i, col));
+                        }
                     }
                 }
                 match hit {
@@ -141,6 +224,7 @@ pub fn locate(text: &str, path: &str) -> (usize, usize) {
                         found = (i + 1, col + 1);
                         pos = i;
                         parent_indent = col as isize;
+                        after_key = true;
                     }
                     None => return found,
                 }
@@ -172,6 +256,7 @@ pub fn locate(text: &str, path: &str) -> (usize, usize) {
                         pos = i;
                         // keys of this item sit two columns right of the dash
                         parent_indent = col as isize;
+                        after_key = false;
                     }
                     None => return found,
                 }
@@ -267,6 +352,56 @@ mod tests {
         assert_eq!(locate(text, "a.list[1].z"), (7, 7));
         assert_eq!(locate(text, "a.list[1]"), (6, 5));
         assert_eq!(locate(text, "a.missing"), (1, 1));
+    }
+
+    #[test]
+    fn locate_prefers_direct_children_over_deeper_or_parent_keys() {
+        // `a.a` is the child, not the parent's own line.
+        assert_eq!(locate("a:\n  a: 1\n", "a.a"), (2, 3));
+        // a misplaced key below a nested one of the same name
+        let text = "s:\n  strategies:\n    - health_endpoint: /h\n  health_endpoint: /x\n";
+        assert_eq!(locate(text, "s.health_endpoint"), (4, 3));
+        // a top-level key after a nested one of the same name
+        let text = "servers:\n  x:\n    version: 2\nversion: 1\n";
+        assert_eq!(locate(text, "version"), (4, 1));
+        // keys of a sequence item, first on the dash line and below it
+        let text = "list:\n  - type: a\n    ports: [1]\n  - type: b\n    ports: [2]\n";
+        assert_eq!(locate(text, "list[1].ports"), (5, 5));
+        assert_eq!(locate(text, "list[1].type"), (4, 5));
+    }
+
+    #[test]
+    fn parse_reports_unknown_fields_with_clean_paths_and_lines() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            x: Option<u32>,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            opt: Option<Inner>,
+            list: Vec<Inner>,
+        }
+        let text = "opt:\n  x: 1\n  typo: 2\nlist:\n  - x: 1\n  - x: 2\n    typo2: 3\n";
+        let (_, w) = parse::<Outer>("f.yaml", text, Format::Yaml).expect("parses");
+        let got: Vec<(String, usize)> = w.iter().map(|d| (d.field.clone(), d.line)).collect();
+        assert_eq!(got, [("opt.typo".to_string(), 3), ("list[1].typo2".to_string(), 7)]);
+    }
+
+    #[test]
+    fn parse_errors_do_not_repeat_the_path_in_the_message() {
+        let e = parse::<std::collections::BTreeMap<String, u32>>("f.yaml", "a: 1\nb: x\n", Format::Yaml).expect_err("type error");
+        assert_eq!((e.field.as_str(), e.line), ("b", 2));
+        assert!(!e.message.starts_with("b:"), "{}", e.message);
+        // a JSON syntax error names the field it happened in, without `?` segments
+        let e = parse::<std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>>(
+            "f.json",
+            "{\n  \"a\": {\n    \"b\": 1\n    \"c\": 2\n  }\n}\n",
+            Format::Json,
+        )
+        .expect_err("syntax error");
+        assert_eq!((e.field.as_str(), e.line), ("a", 4));
     }
 
     #[test]
