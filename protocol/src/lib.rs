@@ -11,3 +11,4 @@ pub mod select;
 pub mod wire;
 pub mod state;
 pub mod membership;
+pub mod lockfile;

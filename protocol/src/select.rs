@@ -6,15 +6,32 @@ use crate::config::mcp::Tier;
 use crate::report::{Finding, Protocol, ServerInfo, Status, ToolsSummary};
 use sha2::{Digest, Sha256};
 
+/// Why a check failed: `silent` when nothing came back before the timeout (a hung or
+/// slow server), as opposed to an answer that was not what the check needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub silent: bool,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn silent(message: impl Into<String>) -> Self {
+        Failure { silent: true, message: message.into() }
+    }
+    pub fn answered(message: impl Into<String>) -> Self {
+        Failure { silent: false, message: message.into() }
+    }
+}
+
 /// What a probe of one URL observed, in the order it tried things.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     /// TCP connect result; `Err` holds the reason.
     pub connect: Result<(), String>,
     /// MCP initialize (and tools/list) result, if attempted.
-    pub mcp: Option<Result<(ServerInfo, Option<ToolsSummary>), String>>,
-    /// HTTP health check: status code, or the reason no status came back.
-    pub http: Option<Result<u16, String>>,
+    pub mcp: Option<Result<(ServerInfo, Option<ToolsSummary>), Failure>>,
+    /// HTTP health check: status code, or why no status came back.
+    pub http: Option<Result<u16, Failure>>,
 }
 
 /// The verdict for one observed endpoint.
@@ -38,7 +55,7 @@ pub fn classify(obs: &Observation, expect_mcp: bool) -> Verdict {
         return Verdict { protocol: Some(Protocol::Mcp), status: Status::Healthy, healthy: true, server_info: Some(info.clone()), tools: tools.clone(), detail: None };
     }
     let mcp_err = match &obs.mcp {
-        Some(Err(e)) => Some(e.clone()),
+        Some(Err(e)) => Some(e.message.clone()),
         _ => None,
     };
     match &obs.http {
@@ -61,9 +78,11 @@ pub fn classify(obs: &Observation, expect_mcp: bool) -> Verdict {
                 parts.push(format!("MCP initialize failed: {e}"));
             }
             if let Some(Err(e)) = other {
-                parts.push(format!("HTTP failed: {e}"));
+                parts.push(format!("HTTP failed: {}", e.message));
             }
-            let status = if expect_mcp { Status::NotMcp } else { Status::Unhealthy };
+            // Nothing answered at all: a hung server, not proof that it is not MCP.
+            let silent = [obs.mcp.as_ref().map(|r| matches!(r, Err(f) if f.silent)), other.as_ref().map(|r| matches!(r, Err(f) if f.silent))].into_iter().flatten().all(|s| s);
+            let status = if expect_mcp && !silent { Status::NotMcp } else { Status::Unhealthy };
             Verdict { protocol: Some(Protocol::Tcp), status, healthy: false, server_info: None, tools: None, detail: (!parts.is_empty()).then(|| parts.join("; ")) }
         }
     }
@@ -129,7 +148,7 @@ mod tests {
 
     #[test]
     fn plain_http_is_never_healthy_mcp() {
-        let obs = Observation { connect: Ok(()), mcp: Some(Err("404".into())), http: Some(Ok(200)) };
+        let obs = Observation { connect: Ok(()), mcp: Some(Err(Failure::answered("404"))), http: Some(Ok(200)) };
         let v = classify(&obs, true);
         assert_eq!(v.status, Status::NotMcp);
         assert!(!v.healthy);
@@ -152,10 +171,17 @@ mod tests {
     }
 
     #[test]
-    fn silent_port_is_tcp_and_not_healthy() {
-        let obs = Observation { connect: Ok(()), mcp: Some(Err("timeout".into())), http: Some(Err("timeout".into())) };
-        let v = classify(&obs, false);
-        assert_eq!((v.protocol, v.healthy), (Some(Protocol::Tcp), false));
+    fn silent_port_is_unhealthy_not_declared_non_mcp() {
+        let obs = Observation { connect: Ok(()), mcp: Some(Err(Failure::silent("timeout"))), http: None };
+        let v = classify(&obs, true);
+        assert_eq!((v.protocol, v.status, v.healthy), (Some(Protocol::Tcp), Status::Unhealthy, false));
+    }
+
+    #[test]
+    fn garbage_answer_is_not_mcp() {
+        let obs = Observation { connect: Ok(()), mcp: Some(Err(Failure::answered("invalid HTTP"))), http: Some(Err(Failure::answered("invalid HTTP"))) };
+        let v = classify(&obs, true);
+        assert_eq!((v.status, v.healthy), (Status::NotMcp, false));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! response a size cap, so a silent or flooding port cannot hold discovery.
 
 use craftmesh_protocol::report::{ServerInfo, ToolsSummary};
-use craftmesh_protocol::select::{self, Observation};
+use craftmesh_protocol::select::{self, Failure, Observation};
 use futures::StreamExt as _;
 use rmcp::ServiceExt as _;
 use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
@@ -102,12 +102,14 @@ pub async fn probe(client: &reqwest::Client, target: &Target, expect: Expect, ti
     if obs.connect.is_ok() {
         if expect == Expect::Mcp {
             obs.mcp = Some(match tokio::time::timeout(timeout, mcp_initialize(client.clone(), &target.mcp_url)).await {
-                Ok(r) => r,
-                Err(_) => Err(format!("no MCP answer within {timeout:?}")),
+                Ok(r) => r.map_err(Failure::answered),
+                Err(_) => Err(Failure::silent(format!("no MCP answer within {timeout:?}"))),
             });
         }
         let mcp_ok = matches!(obs.mcp, Some(Ok(_)));
-        if !mcp_ok && expect != Expect::Tcp {
+        // A server silent to MCP would be silent to HTTP too: do not wait a second time.
+        let mcp_silent = matches!(&obs.mcp, Some(Err(f)) if f.silent);
+        if !mcp_ok && !mcp_silent && expect != Expect::Tcp {
             if let Some(h) = &target.health_url {
                 obs.http = Some(http_status(client, h, timeout).await);
             }
@@ -154,9 +156,9 @@ pub async fn mcp_initialize(client: reqwest::Client, url: &str) -> Result<(Serve
 }
 
 /// GET `url`, returning the status code; reads at most [`MAX_HEALTH_BODY`] of the body.
-pub async fn http_status(client: &reqwest::Client, url: &str, timeout: Duration) -> Result<u16, String> {
+pub async fn http_status(client: &reqwest::Client, url: &str, timeout: Duration) -> Result<u16, Failure> {
     let fut = async {
-        let resp = client.get(url).send().await.map_err(|e| short(&describe(&e)))?;
+        let resp = client.get(url).send().await.map_err(|e| if e.is_timeout() { Failure::silent(short(&describe(&e))) } else { Failure::answered(short(&describe(&e))) })?;
         let status = resp.status().as_u16();
         let mut stream = resp.bytes_stream();
         let mut read = 0usize;
@@ -175,7 +177,7 @@ pub async fn http_status(client: &reqwest::Client, url: &str, timeout: Duration)
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no HTTP answer within {timeout:?}")),
+        Err(_) => Err(Failure::silent(format!("no HTTP answer within {timeout:?}"))),
     }
 }
 
@@ -191,8 +193,19 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
-/// Keeps error text readable in tables: one line, at most 200 characters.
+/// Keeps error text readable in tables: one line, generic type parameters (`Foo<Bar>`)
+/// removed, at most 200 characters.
 fn short(s: &str) -> String {
-    let one = s.replace('\n', " ");
+    let mut one = String::with_capacity(s.len());
+    let mut depth = 0usize;
+    for c in s.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth > 0 => depth -= 1,
+            '\n' if depth == 0 => one.push(' '),
+            _ if depth == 0 => one.push(c),
+            _ => {}
+        }
+    }
     if one.chars().count() > 200 { format!("{}…", one.chars().take(200).collect::<String>()) } else { one }
 }

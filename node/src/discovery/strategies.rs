@@ -117,28 +117,24 @@ impl<'a> Ctx<'a> {
                         match read_small(&path) {
                             Err(e) => notes.push(format!("lock file {shown}: {e}")),
                             Ok(content) => {
-                                let content = content.trim();
-                                if content.starts_with("http") {
-                                    let url = content.lines().next().unwrap_or("").trim();
-                                    match Target::from_url(url, mcp_path, health) {
+                                let lock = craftmesh_protocol::lockfile::parse(&content);
+                                match (lock.url, lock.pid) {
+                                    (Some(url), pid) => match Target::from_url(&url, mcp_path, health) {
                                         Ok(target) => {
                                             let r = probe::probe(&client, &target, expect, timeout).await;
-                                            let mut f = finding(spec, tier, StrategyKind::LockFile, Status::Unreachable, Evidence { lock_path: Some(shown), port: port_of(&target), ..Default::default() });
+                                            let mut f = finding(spec, tier, StrategyKind::LockFile, Status::Unreachable, Evidence { lock_path: Some(shown), port: port_of(&target), pid, ..Default::default() });
                                             checked(&mut f, &target, &r, expect);
                                             findings.push(f);
                                         }
                                         Err(e) => notes.push(format!("lock file {shown}: {e}")),
-                                    }
-                                } else if let Ok(pid) = content.parse::<u32>() {
-                                    if crate::host::pid_alive(pid) {
+                                    },
+                                    (None, Some(pid)) if crate::host::pid_alive(pid) => {
                                         let mut f = finding(spec, tier, StrategyKind::LockFile, Status::Running, Evidence { lock_path: Some(shown), pid: Some(pid), ..Default::default() });
                                         f.detail = Some(format!("lock file names running pid {pid}; no URL to verify"));
                                         findings.push(f);
-                                    } else {
-                                        notes.push(format!("lock file {shown} is stale: pid {pid} is not running"));
                                     }
-                                } else {
-                                    notes.push(format!("lock file {shown} holds neither a URL nor a pid"));
+                                    (None, Some(pid)) => notes.push(format!("lock file {shown} is stale: pid {pid} is not running")),
+                                    (None, None) => notes.push(format!("lock file {shown} holds neither a URL nor a pid")),
                                 }
                             }
                         }
