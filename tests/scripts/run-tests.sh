@@ -24,9 +24,12 @@ step "1/4 system packages"
 # What the tests use, as "command-or-check:package":
 #   python3 + venv/ensurepip  -> the MCP fixture's virtualenv
 #   cc + libc.a               -> linking craftmesh, and the static stub_http for the docker test
+#   ip (iproute2)             -> the network-namespace rig (tests/src/netns.rs), as root
+#   nft (nftables)            -> packet loss in that rig (Rig::set_loss)
 #   docker                    -> preinstalled and running (not installed here)
-# iproute2, nftables and procps are not used by these tests, so they are not installed.
 missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
 # Debian's python3 makes venvs with pip only when python3-venv is installed; try one for real.
 if command -v python3 >/dev/null 2>&1 && [ ! -x "$REPO/.venv/bin/python" ]; then
@@ -46,7 +49,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
-    info "all present (python3, python3-venv, cc, libc6-dev)"
+    info "all present (python3, python3-venv, cc, libc6-dev, iproute2, nftables)"
 fi
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     info "docker: engine $(docker info --format '{{.ServerVersion}}') running"
