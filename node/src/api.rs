@@ -1,7 +1,11 @@
 //! Local HTTP API (axum), bound to loopback by default, and the CLI's client for it.
 
 use crate::discovery::{now_ms, Discoverer};
-use crate::driver::{DriverHandle, Input};
+use crate::driver::{ApiEvent, DriverHandle, Input, Snapshot};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use craftmesh_protocol::config::mcp::{StrategyKind, Tier};
+use craftmesh_protocol::report::{Evidence, Status};
+use tokio::sync::broadcast;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +24,87 @@ pub const DEFAULT_API: &str = "127.0.0.1:7410";
 struct AppState {
     driver: DriverHandle,
     discoverer: Arc<Discoverer>,
+    events: broadcast::Sender<ApiEvent>,
+}
+
+/// A service anywhere in the mesh: a finding plus where it lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    #[serde(flatten)]
+    pub finding: Finding,
+    /// Peer id of the node hosting it (empty for external adverts).
+    pub node: String,
+    pub node_name: String,
+    pub local: bool,
+    /// Round-trip time to the hosting node, for remote services.
+    pub rtt_ms: Option<f64>,
+}
+
+fn local_views(snap: &Snapshot) -> Vec<ServiceView> {
+    let report = snap.report.as_ref();
+    report
+        .map(|r| r.services().cloned().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|finding| ServiceView { finding, node: snap.node.peer_id.clone(), node_name: snap.node.hostname.clone(), local: true, rtt_ms: None })
+        .collect()
+}
+
+fn remote_views(snap: &Snapshot) -> Vec<ServiceView> {
+    let Some(m) = &snap.mesh else { return Vec::new() };
+    let mut out: Vec<ServiceView> = m
+        .remote
+        .iter()
+        .map(|r| ServiceView {
+            finding: Finding {
+                name: r.service.name.clone(),
+                url: Some(r.service.url.clone()),
+                protocol: Some(r.service.protocol),
+                healthy: r.service.healthy,
+                status: if r.service.healthy { Status::Healthy } else { Status::Unhealthy },
+                source: StrategyKind::Mesh,
+                tier: Tier::ExternalDeployment,
+                evidence: Evidence::default(),
+                server_info: r.service.server_info.clone(),
+                tools: r.service.tools.clone(),
+                process: None,
+                latency_ms: None,
+                health_url: None,
+                detail: None,
+                checked_at_ms: 0,
+            },
+            node: r.node.clone(),
+            node_name: r.node_name.clone(),
+            local: false,
+            rtt_ms: r.rtt_ms,
+        })
+        .collect();
+    for e in &m.externals {
+        out.push(ServiceView {
+            finding: Finding {
+                name: e.name.clone(),
+                url: Some(e.url.clone()),
+                protocol: None,
+                healthy: false,
+                status: Status::Unreachable,
+                source: StrategyKind::Mdns,
+                tier: Tier::ExternalDeployment,
+                evidence: Evidence::default(),
+                server_info: None,
+                tools: None,
+                process: None,
+                latency_ms: None,
+                health_url: None,
+                detail: Some("external, unverified: resolvable only after it passes the MCP health check".into()),
+                checked_at_ms: 0,
+            },
+            node: String::new(),
+            node_name: String::new(),
+            local: false,
+            rtt_ms: None,
+        });
+    }
+    out
 }
 
 /// Error body of every non-2xx answer.
@@ -35,12 +120,45 @@ fn err(code: StatusCode, msg: impl Into<String>, name: Option<&str>) -> Response
 }
 
 /// The API router.
-pub fn router(driver: DriverHandle, discoverer: Arc<Discoverer>) -> Router {
+pub fn router(driver: DriverHandle, discoverer: Arc<Discoverer>, events: broadcast::Sender<ApiEvent>) -> Router {
     Router::new()
         .route("/v1/node", get(node))
         .route("/v1/services", get(services))
+        .route("/v1/members", get(members))
+        .route("/v1/events", get(events_stream))
         .route("/v1/resolve/{name}", get(resolve))
-        .with_state(AppState { driver, discoverer })
+        .with_state(AppState { driver, discoverer, events })
+}
+
+async fn members(State(s): State<AppState>) -> Response {
+    match s.driver.snapshot().await {
+        Ok(snap) => Json(snap.mesh.map(|m| m.members).unwrap_or_default()).into_response(),
+        Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+    }
+}
+
+/// Server-sent events: joins, leaves, state changes, records and service changes.
+async fn events_stream(State(s): State<AppState>) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
+    let rx = s.events.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let kind = match &ev {
+                        ApiEvent::Mesh(_) => "mesh",
+                        ApiEvent::Service { .. } => "service",
+                    };
+                    let data = serde_json::to_string(&ev).unwrap_or_default();
+                    return Some((Ok(SseEvent::default().event(kind).data(data)), rx));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    return Some((Ok(SseEvent::default().event("lagged").data(n.to_string())), rx));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn node(State(s): State<AppState>) -> Response {
@@ -48,11 +166,21 @@ async fn node(State(s): State<AppState>) -> Response {
         Ok(snap) => {
             let host = snap.report.as_ref().map(|r| r.host.clone());
             let uptime_s = now_ms().saturating_sub(snap.node.started_at_ms) / 1000;
+            let mesh = snap.mesh.as_ref().map(|m| {
+                serde_json::json!({
+                    "mesh_id": m.mesh_id,
+                    "listen_port": m.listen_port,
+                    "addresses": m.addresses,
+                    "members": m.members.len(),
+                    "stats": m.stats,
+                })
+            });
             Json(serde_json::json!({
                 "node": snap.node,
                 "uptime_s": uptime_s,
                 "stats": snap.stats,
                 "host": host,
+                "mesh": mesh,
                 "last_discovery_at_ms": snap.report.as_ref().map(|r| r.finished_at_ms),
             }))
             .into_response()
@@ -64,7 +192,8 @@ async fn node(State(s): State<AppState>) -> Response {
 async fn services(State(s): State<AppState>) -> Response {
     match s.driver.snapshot().await {
         Ok(snap) => {
-            let list: Vec<Finding> = snap.report.as_ref().map(|r| r.services().cloned().collect()).unwrap_or_default();
+            let mut list = local_views(&snap);
+            list.extend(remote_views(&snap));
             Json(list).into_response()
         }
         Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
@@ -75,12 +204,18 @@ async fn services(State(s): State<AppState>) -> Response {
 /// passes (or the cache is older than `cache_ttl_minutes`), the server is discovered again.
 async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let cfg = s.discoverer.config().clone();
-    let Some(spec) = cfg.server(&name) else {
-        return err(StatusCode::NOT_FOUND, format!("no server named `{name}` is configured"), Some(&name));
-    };
     let snap = match s.driver.snapshot().await {
         Ok(x) => x,
         Err(e) => return err(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Some(&name)),
+    };
+    let unconfigured;
+    let spec = match cfg.server(&name) {
+        Some(spec) => spec,
+        None if remote_views(&snap).iter().any(|v| v.finding.name == name) => {
+            unconfigured = craftmesh_protocol::config::ServerSpec::unconfigured(&name);
+            &unconfigured
+        }
+        None => return err(StatusCode::NOT_FOUND, format!("no server named `{name}` is configured or advertised"), Some(&name)),
     };
     if let Some(report) = snap.report.as_ref().filter(|r| select::is_fresh(r.finished_at_ms, now_ms(), cfg.settings.cache_ttl_minutes)) {
         if let Some(sr) = report.servers.iter().find(|x| x.name == spec.name) {
@@ -96,10 +231,22 @@ async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Respons
     let (reports, _) = s.discoverer.discover(&[spec]).await;
     let found = reports.first().and_then(|r| select::best(&r.findings).cloned());
     let _ = s.driver.send(Input::ServersRefreshed(reports)).await;
-    match found {
-        Some(f) => Json(f).into_response(),
-        None => err(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy instance of `{}` was found", spec.name), Some(&spec.name)),
+    if let Some(f) = found {
+        return Json(f).into_response();
     }
+    // Then the mesh: healthy remote instances, lowest RTT first, each verified from here.
+    let mut remote: Vec<ServiceView> = remote_views(&snap).into_iter().filter(|v| spec.answers_to(&v.finding.name) && (v.finding.healthy || v.finding.source == StrategyKind::Mdns)).collect();
+    remote.sort_by(|a, b| (a.finding.source == StrategyKind::Mdns).cmp(&(b.finding.source == StrategyKind::Mdns)).then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX))));
+    for v in remote.iter().take(8) {
+        let mut probe = v.finding.clone();
+        probe.name = spec.name.clone();
+        let checked = s.discoverer.reverify(spec, &probe).await;
+        if checked.healthy {
+            return Json(checked).into_response();
+        }
+        tracing::debug!(server = %spec.name, url = ?v.finding.url, "remote instance failed verification");
+    }
+    err(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy instance of `{}` was found", spec.name), Some(&spec.name))
 }
 
 /// A small client for the CLI.

@@ -51,10 +51,49 @@ pub struct Global {
     pub log: Option<String>,
 }
 
+/// Mesh options of `up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Pre-shared mesh key file (from `craftmesh keygen`); nodes without the same key cannot connect.
+    #[arg(long, env = "CRAFTMESH_MESH_KEY_FILE", value_name = "FILE")]
+    pub mesh_key: Option<PathBuf>,
+    /// TCP port of the mesh (0: any free port).
+    #[arg(long, env = "CRAFTMESH_LISTEN_PORT", default_value_t = 7411, value_name = "PORT")]
+    pub listen: u16,
+    /// Static peer to dial (multiaddr such as /ip4/10.0.0.2/tcp/7411), for networks without multicast; repeatable.
+    #[arg(long = "peer", env = "CRAFTMESH_PEERS", value_delimiter = ',', value_name = "MULTIADDR")]
+    pub peers: Vec<String>,
+    /// Only use these interfaces (prefix match, e.g. `eth0` or `veth*`); repeatable.
+    #[arg(long = "interface", env = "CRAFTMESH_INTERFACES", value_delimiter = ',', value_name = "NAME")]
+    pub interfaces: Vec<String>,
+    /// Never use these interfaces; repeatable.
+    #[arg(long = "deny-interface", env = "CRAFTMESH_DENY_INTERFACES", value_delimiter = ',', value_name = "NAME")]
+    pub deny_interfaces: Vec<String>,
+    /// Do not advertise or browse DNS-SD (static peers only).
+    #[arg(long, env = "CRAFTMESH_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_mdns: bool,
+    /// Run without the mesh: local discovery and API only.
+    #[arg(long, env = "CRAFTMESH_NO_MESH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_mesh: bool,
+    /// Tags published in this node's record; repeatable.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the node: periodic discovery, local API.
-    Up,
+    /// Run the node: periodic discovery, the mesh, the local API.
+    Up(UpArgs),
+    /// Write a new random mesh key (256-bit pre-shared key) to FILE.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// List the mesh members the running node knows.
+    Members {
+        #[arg(long)]
+        json: bool,
+    },
     /// List the services the running node knows.
     Services {
         #[arg(long)]
@@ -145,7 +184,7 @@ fn api_addr(g: &Global) -> String {
 }
 
 /// `craftmesh up`.
-pub async fn up(g: &Global) -> anyhow::Result<i32> {
+pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     let (cfg, sources, _) = match load_config(g, false) {
         Ok(x) => x,
         Err((code, d)) => {
@@ -166,6 +205,39 @@ pub async fn up(g: &Global) -> anyhow::Result<i32> {
     if created {
         tracing::info!(%peer_id, dir = %data.path().display(), "created node identity");
     }
+    let mesh = if a.no_mesh {
+        None
+    } else {
+        let key = match &a.mesh_key {
+            Some(p) => match crate::mesh::keys::load(p) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(exit::CONFIG);
+                }
+            },
+            None => None,
+        };
+        let mut static_peers = Vec::new();
+        for p in a.peers.iter().filter(|p| !p.trim().is_empty()) {
+            match p.trim().parse::<libp2p::Multiaddr>() {
+                Ok(m) => static_peers.push(m),
+                Err(e) => {
+                    eprintln!("error: --peer `{p}` is not a multiaddr ({e}); write it like /ip4/10.0.0.2/tcp/7411");
+                    return Ok(exit::CONFIG);
+                }
+            }
+        }
+        Some(crate::mesh::MeshOptions {
+            listen_port: a.listen,
+            key,
+            static_peers,
+            interfaces: crate::mesh::interfaces::InterfacePolicy { allow: a.interfaces.clone(), deny: a.deny_interfaces.clone() },
+            mdns: !a.no_mdns,
+            tags: a.tags.clone(),
+            membership: craftmesh_protocol::membership::Config::default(),
+        })
+    };
     let addr = g.api.clone().unwrap_or_else(|| api::DEFAULT_API.to_string());
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -175,7 +247,7 @@ pub async fn up(g: &Global) -> anyhow::Result<i32> {
         }
     };
     let base_dir = sources.project_dir.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-    let setup = crate::node::Setup { config: Arc::new(cfg), base_dir, data_dir: data, peer_id };
+    let setup = crate::node::Setup { config: Arc::new(cfg), base_dir, data_dir: data, keypair: kp, mesh };
     crate::node::run(setup, listener, crate::node::shutdown_signal()).await?;
     Ok(exit::OK)
 }
@@ -227,16 +299,65 @@ pub async fn discover(g: &Global, once: bool, json: bool, only: &[String]) -> an
 /// `craftmesh services`.
 pub async fn services(g: &Global, json: bool) -> anyhow::Result<i32> {
     let c = Client::new(&api_addr(g), Duration::from_secs(10));
-    match c.get::<Vec<Finding>>("/v1/services").await {
-        Ok(list) => {
+    match c.get::<serde_json::Value>("/v1/services").await {
+        Ok(v) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                print_findings(&list);
+                let list: Vec<api::ServiceView> = serde_json::from_value(v).unwrap_or_default();
+                print_services(&list);
             }
             Ok(exit::OK)
         }
         Err(e) => Ok(client_error(e)),
+    }
+}
+
+/// `craftmesh members`.
+pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
+    let c = Client::new(&api_addr(g), Duration::from_secs(10));
+    match c.get::<serde_json::Value>("/v1/members").await {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(exit::OK);
+            }
+            let list = v.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no other members");
+            }
+            for m in list {
+                let id = m["id"].as_str().unwrap_or("");
+                let short = &id[id.len().saturating_sub(8)..];
+                let cap = &m["capacity"];
+                let mem = cap["memory_available_bytes"].as_u64().map(|b| format!("{:.1} GB free", b as f64 / 1e9)).unwrap_or_default();
+                println!(
+                    "{:<20} …{short}  {:<7} rtt {:>7}  seen {:>6} ms ago  {}  {}",
+                    m["name"].as_str().unwrap_or("?"),
+                    m["state"].as_str().unwrap_or("?"),
+                    m["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into()),
+                    m["last_seen_ms_ago"].as_u64().unwrap_or(0),
+                    m["addresses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                    mem
+                );
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => Ok(client_error(e)),
+    }
+}
+
+/// `craftmesh keygen`.
+pub fn keygen(out: &std::path::Path) -> anyhow::Result<i32> {
+    match crate::mesh::keys::generate(out) {
+        Ok(k) => {
+            println!("wrote mesh key to {} (mesh id {}); copy it to every node and start them with --mesh-key {}", out.display(), crate::mesh::keys::mesh_id(Some(&k)), out.display());
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(exit::CONFIG)
+        }
     }
 }
 
@@ -339,13 +460,14 @@ fn print_report(r: &Report) {
     println!("\n{} probes in {:.0} ms", r.probes, r.elapsed_ms);
 }
 
-fn print_findings(list: &[Finding]) {
+fn print_services(list: &[api::ServiceView]) {
     if list.is_empty() {
         println!("no services found");
         return;
     }
-    for f in list {
-        println!("{:<16} {}", f.name, finding_line(f));
+    for v in list {
+        let place = if v.local { "local".to_string() } else if v.node_name.is_empty() { "lan".to_string() } else { v.node_name.clone() };
+        println!("{:<16} {:<12} {}", v.finding.name, place, finding_line(&v.finding));
     }
 }
 
@@ -386,7 +508,9 @@ fn finding_line(f: &Finding) -> String {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let _ = std::io::stdout().flush();
     match &cli.command {
-        Command::Up => up(&cli.global).await,
+        Command::Up(a) => up(&cli.global, a).await,
+        Command::Keygen { out } => keygen(out),
+        Command::Members { json } => members(&cli.global, *json).await,
         Command::Services { json } => services(&cli.global, *json).await,
         Command::Resolve { name, json } => resolve(&cli.global, name, *json).await,
         Command::Discover { once, json, servers } => discover(&cli.global, *once, *json, servers).await,

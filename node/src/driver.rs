@@ -2,11 +2,14 @@
 
 use crate::discovery::{now_ms, Discoverer};
 use crate::host::HostMonitor;
-use craftmesh_protocol::report::{Report, ServerReport};
+use crate::mesh::{External, MemberView, Mesh, MeshEvent, MeshStats};
+use craftmesh_protocol::config::Config;
+use craftmesh_protocol::report::{Protocol, Report, ServerReport};
+use craftmesh_protocol::wire::{Capacity, ServiceAd};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Facts about this node fixed at start-up.
 #[derive(Debug, Clone, Serialize)]
@@ -32,12 +35,42 @@ pub struct Stats {
     pub server_refreshes: u64,
 }
 
+/// A service another member offers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteService {
+    pub node: String,
+    pub node_name: String,
+    pub rtt_ms: Option<f64>,
+    pub service: ServiceAd,
+}
+
+/// The mesh part of a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct MeshSnapshot {
+    pub mesh_id: String,
+    pub listen_port: u16,
+    pub addresses: Vec<String>,
+    pub members: Vec<MemberView>,
+    pub remote: Vec<RemoteService>,
+    pub externals: Vec<External>,
+    pub stats: MeshStats,
+}
+
 /// What API handlers get: a consistent copy of the state.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub node: NodeInfo,
     pub stats: Stats,
     pub report: Option<Arc<Report>>,
+    pub mesh: Option<MeshSnapshot>,
+}
+
+/// Events streamed on `/v1/events`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApiEvent {
+    Mesh(MeshEvent),
+    Service { server: String, change: &'static str, url: Option<String>, previous: Option<String> },
 }
 
 /// Messages to the driver.
@@ -87,8 +120,11 @@ pub async fn run(
     handle: DriverHandle,
     discoverer: Arc<Discoverer>,
     node: NodeInfo,
+    mut mesh: Option<Mesh>,
+    events: broadcast::Sender<ApiEvent>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let api_port: u16 = node.api.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let interval = Duration::from_millis(discoverer.config().settings.discovery_interval_ms);
     let mut host = HostMonitor::new();
     let mut report: Option<Arc<Report>> = None;
@@ -98,8 +134,22 @@ pub async fn run(
     tokio::pin!(next_round);
     tokio::pin!(shutdown);
     loop {
+        let mesh_next = async {
+            match mesh.as_mut() {
+                Some(m) => Some(m.next().await),
+                None => futures::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut shutdown => break,
+            Some(input) = mesh_next => {
+                if let Some(m) = mesh.as_mut() {
+                    m.handle(input);
+                    while let Some(e) = m.poll_event() {
+                        let _ = events.send(ApiEvent::Mesh(e));
+                    }
+                }
+            }
             () = &mut next_round, if !round_running => {
                 round_running = true;
                 let d = discoverer.clone();
@@ -114,14 +164,18 @@ pub async fn run(
                 let Some(input) = input else { break };
                 match input {
                     Input::Snapshot(reply) => {
-                        let _ = reply.send(Snapshot { node: node.clone(), stats: stats.clone(), report: report.clone() });
+                        let mesh_snap = mesh.as_ref().map(mesh_snapshot);
+                        let _ = reply.send(Snapshot { node: node.clone(), stats: stats.clone(), report: report.clone(), mesh: mesh_snap });
                     }
                     Input::RoundDone(r) => {
                         round_running = false;
                         stats.discovery_rounds += 1;
                         stats.last_round_ms = r.elapsed_ms;
                         stats.last_round_probes = r.probes;
-                        log_changes(report.as_deref().map(|r| r.servers.as_slice()).unwrap_or(&[]), &r.servers);
+                        log_changes(report.as_deref().map(|r| r.servers.as_slice()).unwrap_or(&[]), &r.servers, &events);
+                        if let Some(m) = mesh.as_mut() {
+                            publish(m, &r, discoverer.config(), &node.hostname, api_port);
+                        }
                         report = Some(Arc::new(r));
                         next_round.as_mut().reset(tokio::time::Instant::now() + interval);
                     }
@@ -129,7 +183,7 @@ pub async fn run(
                         stats.server_refreshes += 1;
                         if let Some(current) = report.as_mut() {
                             let r = Arc::make_mut(current);
-                            log_changes(&r.servers, &list);
+                            log_changes(&r.servers, &list, &events);
                             for s in list {
                                 match r.servers.iter_mut().find(|x| x.name == s.name) {
                                     Some(slot) => *slot = s,
@@ -143,18 +197,78 @@ pub async fn run(
             }
         }
     }
+    if let Some(m) = mesh.take() {
+        m.leave().await;
+    }
     tracing::debug!("driver stopped");
 }
 
-/// Logs servers that became resolvable or stopped being so.
-fn log_changes(old: &[ServerReport], new: &[ServerReport]) {
+fn mesh_snapshot(m: &Mesh) -> MeshSnapshot {
+    MeshSnapshot {
+        mesh_id: m.mesh_id().to_string(),
+        listen_port: m.listen_port(),
+        addresses: m.advertised().iter().map(|a| a.to_string()).collect(),
+        members: m.members(),
+        remote: m.remote_services().into_iter().map(|(node, node_name, rtt_ms, service)| RemoteService { node, node_name, rtt_ms, service }).collect(),
+        externals: m.externals.values().cloned().collect(),
+        stats: m.stats.clone(),
+    }
+}
+
+/// Publishes this node's record and `_mcp._tcp` adverts after a discovery round.
+/// URLs on loopback are rewritten to the node's advertised address (a server bound to
+/// loopback only then fails remote verification, and is never handed out remotely).
+fn publish(m: &mut Mesh, r: &Report, cfg: &Config, hostname: &str, api_port: u16) {
+    let lan = m.advertised().iter().find(|a| a.is_ipv4()).map(|a| a.to_string());
+    let mut services = Vec::new();
+    let mut mcp = Vec::new();
+    for s in &r.servers {
+        let Some(f) = s.findings.iter().find(|f| f.healthy && f.url.is_some()) else { continue };
+        let Some(url) = f.url.as_deref() else { continue };
+        let url = match (&lan, reqwest::Url::parse(url)) {
+            (Some(lan), Ok(mut u)) if u.host_str().is_some_and(|h| h == "127.0.0.1" || h == "localhost" || h == "::1") => {
+                let _ = u.set_host(Some(lan));
+                u.to_string()
+            }
+            _ => url.to_string(),
+        };
+        if let (Some(craftmesh_protocol::report::Protocol::Mcp), Ok(u)) = (f.protocol, reqwest::Url::parse(&url)) {
+            if let Some(port) = u.port_or_known_default() {
+                mcp.push((s.name.clone(), port, u.path().to_string(), f.server_info.as_ref().map(|i| i.version.clone()).unwrap_or_default()));
+            }
+        }
+        services.push(ServiceAd { name: s.name.clone(), url, protocol: f.protocol.unwrap_or(Protocol::Tcp), healthy: true, server_info: f.server_info.clone(), tools: f.tools.clone() });
+    }
+    let capacity = Capacity {
+        memory_total_bytes: r.host.memory_total_bytes,
+        memory_available_bytes: r.host.memory_available_bytes,
+        cpu_count: r.host.cpu_count as u32,
+        load_milli: (r.host.load_average_1m * 1000.0) as u32,
+        agent_slots: cfg.agents.limits.model_limits.clone(),
+    };
+    m.publish_record(hostname, api_port, services, capacity);
+    m.advertise_mcp(&mcp);
+}
+
+/// Logs servers that became resolvable or stopped being so, and streams the change.
+fn log_changes(old: &[ServerReport], new: &[ServerReport], events: &broadcast::Sender<ApiEvent>) {
     for n in new {
         let before = old.iter().find(|o| o.name == n.name).and_then(|o| o.resolved.clone());
-        match (&before, &n.resolved) {
-            (None, Some(url)) => tracing::info!(server = %n.name, %url, "service available"),
-            (Some(url), None) => tracing::warn!(server = %n.name, %url, "service lost"),
-            (Some(a), Some(b)) if a != b => tracing::info!(server = %n.name, from = %a, to = %b, "service moved"),
-            _ => {}
-        }
+        let change = match (&before, &n.resolved) {
+            (None, Some(url)) => {
+                tracing::info!(server = %n.name, %url, "service available");
+                "available"
+            }
+            (Some(url), None) => {
+                tracing::warn!(server = %n.name, %url, "service lost");
+                "lost"
+            }
+            (Some(a), Some(b)) if a != b => {
+                tracing::info!(server = %n.name, from = %a, to = %b, "service moved");
+                "moved"
+            }
+            _ => continue,
+        };
+        let _ = events.send(ApiEvent::Service { server: n.name.clone(), change, url: n.resolved.clone(), previous: before });
     }
 }

@@ -10,3 +10,4 @@ pub mod api;
 pub mod driver;
 pub mod cli;
 pub mod node;
+pub mod mesh;

@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
-    let default = if matches!(cli.command, Command::Up) { "info" } else { "warn" };
+    let default = if matches!(cli.command, Command::Up(_)) { "info" } else { "warn" };
     let filter = cli.global.log.clone().map(EnvFilter::new).unwrap_or_else(|| EnvFilter::new(default));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();

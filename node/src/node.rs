@@ -17,7 +17,9 @@ pub struct Setup {
     pub config: Arc<Config>,
     pub base_dir: PathBuf,
     pub data_dir: DataDir,
-    pub peer_id: String,
+    pub keypair: libp2p_identity::Keypair,
+    /// `None` runs the node without a mesh (local discovery and API only).
+    pub mesh: Option<crate::mesh::MeshOptions>,
 }
 
 /// Errors that stop the node.
@@ -25,6 +27,8 @@ pub struct Setup {
 pub enum NodeError {
     #[error("API server failed: {0}")]
     Api(std::io::Error),
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::MeshError),
 }
 
 /// Runs the node until `shutdown` resolves, then stops cleanly (API drained, `api.addr` removed).
@@ -34,8 +38,13 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     if let Err(e) = std::fs::write(&addr_file, format!("{addr}\n")) {
         tracing::warn!(file = %addr_file.display(), error = %e, "cannot write API address file; the CLI will need --api");
     }
+    let peer_id = setup.keypair.public().to_peer_id().to_base58();
+    let mesh = match setup.mesh.clone() {
+        Some(opts) => Some(crate::mesh::Mesh::start(opts, setup.keypair.clone(), addr.port())?),
+        None => None,
+    };
     let info = NodeInfo {
-        peer_id: setup.peer_id.clone(),
+        peer_id: peer_id.clone(),
         hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
         version: env!("CARGO_PKG_VERSION").to_string(),
         profile: format!("{:?}", setup.config.profile).to_lowercase(),
@@ -52,9 +61,10 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let driver_task = tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, stopped(stop_rx.clone())));
-    tracing::info!(api = %addr, peer_id = %setup.peer_id, servers = setup.config.servers.len(), "craftmesh node up");
-    let app = api::router(handle, discoverer);
+    let (events_tx, _) = tokio::sync::broadcast::channel(256);
+    let driver_task = tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), stopped(stop_rx.clone())));
+    tracing::info!(api = %addr, %peer_id, servers = setup.config.servers.len(), "craftmesh node up");
+    let app = api::router(handle, discoverer, events_tx);
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
     let server_task = tokio::spawn(async move { server.await });
     shutdown.await;

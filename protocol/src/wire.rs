@@ -102,9 +102,12 @@ pub enum Message {
     SyncResponse { records: Vec<SignedRecord> },
     /// Membership rumor about `peer` at `incarnation`, from the sender's view.
     Member { peer: String, incarnation: u64, rumor: Rumor },
-    /// Indirect probe: please check `target` for me.
-    ProbeRequest { target: String },
-    ProbeResponse { target: String, alive: bool },
+    /// Direct probe and its acknowledgement (request-response).
+    Probe { seq: u64 },
+    Ack { seq: u64 },
+    /// Indirect probe: please check `target` for me (request id `req`).
+    ProbeRequest { req: u64, target: String },
+    ProbeResponse { req: u64, target: String, alive: bool },
 }
 
 /// Why bytes were not accepted. Nothing changes on any of these; each is counted.
@@ -282,7 +285,7 @@ mod tests {
 
     #[test]
     fn frames_with_bad_version_size_or_trailing_bytes_are_rejected() {
-        let f = encode(&Message::ProbeRequest { target: "x".into() });
+        let f = encode(&Message::ProbeRequest { req: 1, target: "x".into() });
         let mut bad = f.clone();
         bad[0] = 9;
         assert_eq!(decode(&bad), Err(DecodeError::UnknownVersion(9)));
@@ -321,7 +324,7 @@ mod tests {
 
         #[test]
         fn messages_round_trip(target in ".{0,64}", alive in any::<bool>(), inc in any::<u64>()) {
-            for m in [Message::ProbeResponse { target: target.clone(), alive }, Message::Member { peer: target.clone(), incarnation: inc, rumor: Rumor::Suspect }] {
+            for m in [Message::ProbeResponse { req: inc, target: target.clone(), alive }, Message::Member { peer: target.clone(), incarnation: inc, rumor: Rumor::Suspect }] {
                 prop_assert_eq!(decode(&encode(&m)), Ok(m));
             }
         }

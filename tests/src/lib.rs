@@ -669,6 +669,8 @@ impl ConfigDir {
             .args(args)
             .env("CRAFTMESH_USER_CONFIG_DIR", self.user_dir())
             .env("CRAFTMESH_NO_BUILTIN", "1")
+            // Host-level tests never start the mesh: no mDNS on the real network.
+            .env("CRAFTMESH_NO_MESH", "1")
             .env("CRAFTMESH_DATA_DIR", self.data_dir())
             .env("NO_COLOR", "1")
             .current_dir(self.dir.path());

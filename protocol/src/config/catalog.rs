@@ -126,6 +126,24 @@ pub struct ServerSpec {
 }
 
 impl ServerSpec {
+    /// A server known only by name (e.g. advertised on the LAN but not configured here):
+    /// no strategies, checked as an MCP server.
+    pub fn unconfigured(name: &str) -> ServerSpec {
+        ServerSpec {
+            name: name.to_string(),
+            aliases: Vec::new(),
+            enabled: true,
+            priority_order: Tier::ALL.to_vec(),
+            strategies: Vec::new(),
+            resource_requirements: None,
+            deployment: None,
+            requires_api_key: None,
+            launch: None,
+            missing_env: Vec::new(),
+            defined_in: Vec::new(),
+        }
+    }
+
     /// Whether `name` is this server's name or one of its aliases.
     pub fn answers_to(&self, name: &str) -> bool {
         self.name == name || self.aliases.iter().any(|a| a == name)

@@ -238,6 +238,10 @@ pub enum StrategyKind {
     LockFile,
     NpxAvailable,
     Docker,
+    /// Not configurable: a service another mesh member advertises in its signed record.
+    Mesh,
+    /// Not configurable: an `_mcp._tcp` DNS-SD advert from outside the mesh.
+    Mdns,
 }
 
 impl StrategyKind {
@@ -250,6 +254,8 @@ impl StrategyKind {
             StrategyKind::LockFile => "lock_file",
             StrategyKind::NpxAvailable => "npx_available",
             StrategyKind::Docker => "docker",
+            StrategyKind::Mesh => "mesh",
+            StrategyKind::Mdns => "mdns",
         }
     }
 }
@@ -308,7 +314,12 @@ impl RawStrategy {
     pub fn check(&self) -> (Option<Strategy>, Vec<StrategyProblem>) {
         let mut problems = Vec::new();
         let kind = self.kind;
+        if matches!(kind, StrategyKind::Mesh | StrategyKind::Mdns) {
+            problems.push(StrategyProblem { field: "type", message: format!("`{}` is not a configurable strategy; the mesh finds these by itself", kind.as_str()), is_error: true });
+            return (None, problems);
+        }
         let allowed: &[&str] = match kind {
+            StrategyKind::Mesh | StrategyKind::Mdns => &[],
             StrategyKind::PortCheck => &["ports", "health_endpoint", "mcp_path", "host"],
             StrategyKind::EnvVariable => &["variables", "mcp_path", "health_endpoint"],
             StrategyKind::ProcessCheck => &["patterns"],
@@ -385,6 +396,7 @@ impl RawStrategy {
                     Strategy::NpxAvailable { package: String::new() }
                 }
             },
+            StrategyKind::Mesh | StrategyKind::Mdns => return (None, problems),
             StrategyKind::Docker => {
                 let names = self.names.clone().unwrap_or_default();
                 let images = self.images.clone().unwrap_or_default();

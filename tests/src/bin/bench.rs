@@ -106,7 +106,7 @@ fn main() {
     let node_data = tmp.path().join("node-data");
     let child = Command::new(&bin)
         .current_dir(workspace_root())
-        .args(["up", "--api", &api])
+        .args(["up", "--no-mesh", "--api", &api])
         .env("CRAFTMESH_USER_CONFIG_DIR", &user_dir)
         .env("CRAFTMESH_DATA_DIR", &node_data)
         .env("CRAFTMESH_LOG", "warn")
