@@ -89,6 +89,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Show the running node: identity, mesh, counters, host resources.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// List the mesh members the running node knows.
     Members {
         #[arg(long)]
@@ -347,6 +352,29 @@ pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
     }
 }
 
+/// `craftmesh status`.
+pub async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
+    let c = Client::new(&api_addr(g), Duration::from_secs(10));
+    match c.get::<serde_json::Value>("/v1/node").await {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let n = &v["node"];
+                println!("node {} ({}) version {}, up {} s", n["hostname"].as_str().unwrap_or("?"), n["peer_id"].as_str().unwrap_or("?"), n["version"].as_str().unwrap_or("?"), v["uptime_s"]);
+                println!("api {}, data {}", n["api"].as_str().unwrap_or("?"), n["data_dir"].as_str().unwrap_or("?"));
+                match v["mesh"].as_object() {
+                    Some(m) => println!("mesh {} on port {} at {}, {} members; rejected: {}", m["mesh_id"].as_str().unwrap_or("?"), m["listen_port"], m["addresses"], m["members"], m["stats"]["rejected"]),
+                    None => println!("mesh off"),
+                }
+                println!("discovery: {} rounds, last {:.0} ms", v["stats"]["discovery_rounds"], v["stats"]["last_round_ms"].as_f64().unwrap_or(0.0));
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => Ok(client_error(e)),
+    }
+}
+
 /// `craftmesh keygen`.
 pub fn keygen(out: &std::path::Path) -> anyhow::Result<i32> {
     match crate::mesh::keys::generate(out) {
@@ -511,6 +539,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Up(a) => up(&cli.global, a).await,
         Command::Keygen { out } => keygen(out),
         Command::Members { json } => members(&cli.global, *json).await,
+        Command::Status { json } => status(&cli.global, *json).await,
         Command::Services { json } => services(&cli.global, *json).await,
         Command::Resolve { name, json } => resolve(&cli.global, name, *json).await,
         Command::Discover { once, json, servers } => discover(&cli.global, *once, *json, servers).await,

@@ -11,6 +11,7 @@
 //! Every wait here has a deadline, and every spawned process or thread is stopped on drop.
 
 pub mod netns;
+pub mod meshnode;
 pub mod sim;
 
 use serde_json::Value;

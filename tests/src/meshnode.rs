@@ -1,0 +1,109 @@
+//! craftmesh nodes running inside the hosts of a [`crate::netns::Rig`], driven through
+//! the real CLI (`up`, `status`, `members`, `services`, `resolve`) inside each host.
+
+use crate::netns::{Rig, Spawned};
+use crate::{CmdOutput, ConfigDir};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// Deadline of one CLI call against a node.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A node in host `index` of a rig, with its own project, user and data dirs.
+#[derive(Debug)]
+pub struct MeshNode {
+    pub index: usize,
+    pub cfg: ConfigDir,
+    pub proc: Option<Spawned>,
+    pub peer_id: String,
+    args: Vec<String>,
+}
+
+/// Discovery config with no servers (nodes only mesh).
+pub const EMPTY_CONFIG: &str = "settings:\n  discovery_interval: 2\nservers: {}\n";
+
+impl MeshNode {
+    /// Starts `craftmesh up` in host `i` with `yaml` as its discovery config and `extra`
+    /// arguments; waits until its API answers (panics after 30 s with the node's log).
+    pub fn start(rig: &Rig, i: usize, yaml: &str, extra: &[&str]) -> MeshNode {
+        let cfg = ConfigDir::new(yaml);
+        let mut n = MeshNode { index: i, cfg, proc: None, peer_id: String::new(), args: extra.iter().map(|s| s.to_string()).collect() };
+        n.restart(rig);
+        n
+    }
+
+    /// (Re)starts the process with the same data dir (same identity).
+    pub fn restart(&mut self, rig: &Rig) {
+        let mut args: Vec<&str> = vec!["up", "--api", "127.0.0.1:7410"];
+        args.extend(self.args.iter().map(String::as_str));
+        let mut cmd = self.cfg.command(&args);
+        cmd.env_remove("CRAFTMESH_NO_MESH");
+        cmd.env("CRAFTMESH_LOG", "info,craftmesh=debug");
+        let _ = std::fs::remove_file(self.cfg.data_dir().join("api.addr"));
+        self.proc = Some(rig.host(self.index).spawn_command(&cmd).expect("spawn craftmesh up"));
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.json(rig, &["status", "--json"]) {
+                self.peer_id = v["node"]["peer_id"].as_str().unwrap_or_default().to_string();
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(30) || self.proc.as_mut().and_then(|p| p.try_wait()).is_some() {
+                panic!("node {} did not come up:\n{}", self.index, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `craftmesh <args>` inside the node's host.
+    pub fn cli(&self, rig: &Rig, args: &[&str]) -> CmdOutput {
+        let cmd = self.cfg.command(args);
+        crate::run_with_timeout(&mut rig.host(self.index).wrap(&cmd), CLI_TIMEOUT)
+    }
+
+    /// Runs a `--json` CLI command and parses stdout; `None` when it failed.
+    pub fn json(&self, rig: &Rig, args: &[&str]) -> Option<Value> {
+        let out = self.cli(rig, args);
+        if !out.success() {
+            return None;
+        }
+        serde_json::from_str(&out.stdout).ok()
+    }
+
+    /// `members --json`, as a list.
+    pub fn members(&self, rig: &Rig) -> Vec<Value> {
+        self.json(rig, &["members", "--json"]).and_then(|v| v.as_array().cloned()).unwrap_or_default()
+    }
+
+    /// The state this node has for `peer` (`alive`, `suspect`, `dead`, `left`), if known.
+    pub fn state_of(&self, rig: &Rig, peer: &str) -> Option<String> {
+        self.members(rig).iter().find(|m| m["id"] == peer).and_then(|m| m["state"].as_str().map(str::to_string))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map(|p| p.pid()).unwrap_or(0)
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait (up to 10 s) for the exit code.
+    pub fn terminate(&mut self, rig: &Rig) -> Option<i32> {
+        let pid = self.pid();
+        let _ = rig.host(self.index).run("kill", ["-TERM", &pid.to_string()], Duration::from_secs(5));
+        self.proc.as_mut().and_then(|p| p.wait_timeout(Duration::from_secs(10))).and_then(|s| s.code())
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,194 @@
+//! The mesh across real hosts (network namespaces on one bridge, real multicast):
+//! joining, crash, cut-off, leave, wrong key, static peers, packet loss, and mesh-wide
+//! services. Timings are asserted only as generous deadlines; the bench measures them.
+
+use craftmesh_tests::meshnode::{wait_until, MeshNode, EMPTY_CONFIG};
+use craftmesh_tests::netns::{netns_available, nft_available, Rig};
+use craftmesh_tests::{fixture, free_port, python, python_has_mcp, require};
+use std::time::{Duration, Instant};
+
+const JOIN: Duration = Duration::from_secs(20);
+
+fn rig(n: usize) -> Option<Rig> {
+    if !require("network namespaces (root, iproute2)", netns_available()) {
+        return None;
+    }
+    Some(Rig::new(n).expect("build the rig"))
+}
+
+/// Waits until every node lists every other node as alive.
+fn all_alive(rig: &Rig, nodes: &[&MeshNode]) {
+    for n in nodes {
+        for other in nodes.iter().filter(|o| o.index != n.index) {
+            wait_until(&format!("node {} to see node {} alive", n.index, other.index), JOIN, || (n.state_of(rig, &other.peer_id).as_deref() == Some("alive")).then_some(()));
+        }
+    }
+}
+
+fn keygen(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let out = craftmesh_tests::run_with_timeout(std::process::Command::new(craftmesh_tests::craftmesh_bin()).args(["keygen", "--out"]).arg(&path), Duration::from_secs(10));
+    assert!(out.success(), "{}", out.describe());
+    path
+}
+
+#[test]
+fn three_nodes_see_each_other_and_each_others_mcp_servers() {
+    let Some(rig) = rig(3) else { return };
+    if !require("python with the mcp SDK", python_has_mcp()) {
+        return;
+    }
+    let port = free_port();
+    let mut mcp = rig.host(0).spawn(python(), [fixture("mcp_server.py").to_string_lossy().as_ref(), "--port", &port.to_string(), "--host", "0.0.0.0", "--name", "mesh-fixture"]).expect("spawn MCP fixture");
+    let yaml = format!("settings:\n  discovery_interval: 1\n  health_check_timeout: 3\nservers:\n  shared-mcp:\n    discovery_strategies:\n      external:\n        - type: port_check\n          ports: [{port}]\n");
+    let a = MeshNode::start(&rig, 0, &yaml, &[]);
+    let b = MeshNode::start(&rig, 1, &yaml, &[]);
+    let c = MeshNode::start(&rig, 2, &yaml, &[]);
+    all_alive(&rig, &[&a, &b, &c]);
+    // The server on host 0 is listed on host 2 as a remote service of node 0, with the
+    // LAN address (not 127.0.0.1), and resolves there after verification from host 2.
+    let url = format!("http://{}:{port}/mcp", rig.addr(0));
+    let listed = wait_until("node 2 to list node 0's MCP server", JOIN, || {
+        let v = c.json(&rig, &["services", "--json"])?;
+        v.as_array()?.iter().find(|s| s["name"] == "shared-mcp" && s["local"] == false && s["node"] == a.peer_id.as_str()).cloned()
+    });
+    assert_eq!(listed["url"], url.as_str(), "{listed}");
+    assert_eq!(listed["protocol"], "mcp");
+    assert_eq!(listed["server_info"]["name"], "mesh-fixture");
+    let out = c.cli(&rig, &["resolve", "shared-mcp"]);
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.describe(), c.log());
+    assert_eq!(out.stdout.trim(), url);
+    // On host 0 the local instance is preferred.
+    let out = a.cli(&rig, &["resolve", "shared-mcp"]);
+    assert_eq!(out.stdout.trim(), format!("http://127.0.0.1:{port}/mcp"), "{}", out.describe());
+    // Members carry capacity.
+    let m = b.members(&rig);
+    assert!(m.iter().all(|m| m["capacity"]["memory_total_bytes"].as_u64().unwrap_or(0) > 0), "{m:?}");
+    // When the server goes away, host 2 no longer resolves it.
+    let _ = mcp.try_wait();
+    drop(mcp);
+    wait_until("resolve to fail once the server is gone", JOIN, || (c.cli(&rig, &["resolve", "shared-mcp"]).code() != Some(0)).then_some(()));
+}
+
+#[test]
+fn killed_node_is_dead_on_every_other_node_and_rejoins_after_restart() {
+    let Some(rig) = rig(3) else { return };
+    let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    let b = MeshNode::start(&rig, 1, EMPTY_CONFIG, &[]);
+    let mut c = MeshNode::start(&rig, 2, EMPTY_CONFIG, &[]);
+    all_alive(&rig, &[&a, &b, &c]);
+    rig.kill9(c.pid()).expect("kill -9");
+    for n in [&a, &b] {
+        wait_until(&format!("node {} to see the killed node dead", n.index), Duration::from_secs(10), || (n.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(()));
+    }
+    let id = c.peer_id.clone();
+    c.restart(&rig);
+    assert_eq!(c.peer_id, id, "same identity after restart");
+    all_alive(&rig, &[&a, &b, &c]);
+}
+
+#[test]
+fn cut_off_node_is_dead_everywhere_and_alive_again_after_the_link_returns() {
+    let Some(rig) = rig(3) else { return };
+    let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    let b = MeshNode::start(&rig, 1, EMPTY_CONFIG, &[]);
+    let c = MeshNode::start(&rig, 2, EMPTY_CONFIG, &[]);
+    all_alive(&rig, &[&a, &b, &c]);
+    rig.cut_off(2).expect("cut off");
+    for n in [&a, &b] {
+        wait_until(&format!("node {} to see the cut-off node dead", n.index), Duration::from_secs(15), || (n.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(()));
+    }
+    rig.reconnect(2).expect("reconnect");
+    all_alive(&rig, &[&a, &b, &c]);
+}
+
+#[test]
+fn frozen_node_is_dead_and_comes_back_when_thawed() {
+    let Some(rig) = rig(3) else { return };
+    let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    let b = MeshNode::start(&rig, 1, EMPTY_CONFIG, &[]);
+    let c = MeshNode::start(&rig, 2, EMPTY_CONFIG, &[]);
+    all_alive(&rig, &[&a, &b, &c]);
+    rig.freeze(c.pid()).expect("SIGSTOP");
+    wait_until("the frozen node to be dead", Duration::from_secs(15), || (a.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(()));
+    rig.thaw(c.pid()).expect("SIGCONT");
+    all_alive(&rig, &[&a, &b, &c]);
+}
+
+#[test]
+fn node_leaving_on_sigterm_is_left_everywhere() {
+    let Some(rig) = rig(3) else { return };
+    let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    let b = MeshNode::start(&rig, 1, EMPTY_CONFIG, &[]);
+    let mut c = MeshNode::start(&rig, 2, EMPTY_CONFIG, &[]);
+    all_alive(&rig, &[&a, &b, &c]);
+    assert_eq!(c.terminate(&rig), Some(0), "clean exit on SIGTERM\n{}", c.log());
+    for n in [&a, &b] {
+        wait_until(&format!("node {} to see the node left", n.index), Duration::from_secs(10), || (n.state_of(&rig, &c.peer_id).as_deref() == Some("left")).then_some(()));
+    }
+}
+
+#[test]
+fn nodes_with_a_different_key_or_none_never_join() {
+    let Some(rig) = rig(4) else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let k1 = keygen(keys.path(), "a.key");
+    let k2 = keygen(keys.path(), "b.key");
+    let (k1, k2) = (k1.to_string_lossy().into_owned(), k2.to_string_lossy().into_owned());
+    let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &["--mesh-key", &k1]);
+    let b = MeshNode::start(&rig, 1, EMPTY_CONFIG, &["--mesh-key", &k1]);
+    let other = MeshNode::start(&rig, 2, EMPTY_CONFIG, &["--mesh-key", &k2]);
+    let open = MeshNode::start(&rig, 3, EMPTY_CONFIG, &[]);
+    all_alive(&rig, &[&a, &b]);
+    // Give the outsiders time to try (they see the adverts), then check nobody let them in.
+    std::thread::sleep(Duration::from_secs(4));
+    for n in [&a, &b] {
+        let ids: Vec<String> = n.members(&rig).iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect();
+        assert!(!ids.contains(&other.peer_id) && !ids.contains(&open.peer_id), "outsider joined node {}: {ids:?}", n.index);
+    }
+    assert!(other.members(&rig).is_empty(), "{:?}", other.members(&rig));
+    assert!(open.members(&rig).is_empty(), "{:?}", open.members(&rig));
+    // Different meshes ignore each other's adverts (counted), and the key never shows.
+    let st = a.json(&rig, &["status", "--json"]).expect("status");
+    let mesh_id = st["mesh"]["mesh_id"].as_str().expect("mesh id").to_string();
+    let key_text = std::fs::read_to_string(&k1).expect("key");
+    assert!(!key_text.contains(&mesh_id), "the mesh id must not be (part of) the key");
+    assert!(st["mesh"]["stats"]["rejected"]["advert_other_mesh"].as_u64().unwrap_or(0) > 0, "{st}");
+}
+
+#[test]
+fn static_peers_join_without_multicast() {
+    let Some(rig) = rig(3) else { return };
+    let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &["--no-mdns"]);
+    let peer = format!("/ip4/{}/tcp/7411", rig.addr(0));
+    let b = MeshNode::start(&rig, 1, EMPTY_CONFIG, &["--no-mdns", "--peer", &peer]);
+    let c = MeshNode::start(&rig, 2, EMPTY_CONFIG, &["--no-mdns", "--peer", &peer]);
+    // b and c learn of each other through a's records and sync.
+    all_alive(&rig, &[&a, &b, &c]);
+}
+
+#[test]
+fn no_false_deaths_under_ten_percent_packet_loss() {
+    let Some(rig) = rig(4) else { return };
+    if !require("nftables for packet loss", nft_available()) {
+        return;
+    }
+    let nodes: Vec<MeshNode> = (0..4).map(|i| MeshNode::start(&rig, i, EMPTY_CONFIG, &[])).collect();
+    let refs: Vec<&MeshNode> = nodes.iter().collect();
+    all_alive(&rig, &refs);
+    for i in 0..4 {
+        rig.set_loss(i, 10).expect("set loss");
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for i in 0..4 {
+        rig.set_loss(i, 0).expect("clear loss");
+    }
+    for n in &nodes {
+        let log = n.log();
+        let deaths: Vec<&str> = log.lines().filter(|l| l.contains("member state") && l.contains("to=Dead")).collect();
+        assert!(deaths.is_empty(), "node {} declared a live node dead under 10% loss:\n{}", n.index, deaths.join("\n"));
+    }
+}
