@@ -10,16 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Row {
-    figure: String,
-    n: usize,
-    median: String,
-    p99: String,
-    target: String,
-    verdict: &'static str,
+pub(crate) struct Row {
+    pub(crate) figure: String,
+    pub(crate) n: usize,
+    pub(crate) median: String,
+    pub(crate) p99: String,
+    pub(crate) target: String,
+    pub(crate) verdict: &'static str,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -27,7 +27,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn release_bin() -> PathBuf {
+mod mesh;
+
+pub(crate) fn release_bin() -> PathBuf {
     let root = workspace_root();
     eprintln!("building the release binary (cargo build --release -p craftmesh)…");
     let st = Command::new(env!("CARGO")).current_dir(&root).args(["build", "--release", "-p", "craftmesh", "--bin", "craftmesh"]).status().expect("run cargo");
@@ -63,7 +65,7 @@ fn time_discover(bin: &Path, user_dir: &Path, data_dir: &Path, env: &[(&str, Str
     v
 }
 
-fn rss_kb(pid: u32, key: &str) -> Option<u64> {
+pub(crate) fn rss_kb(pid: u32, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok())
 }
@@ -72,9 +74,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let what = args.first().map(String::as_str).unwrap_or("discover");
     let arg = |name: &str, default: u64| -> u64 { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default) };
-    if what != "discover" {
-        eprintln!("usage: bench discover [--runs N] [--rss-wait SECS]");
-        std::process::exit(2);
+    match what {
+        "discover" => {}
+        "mesh" => return mesh::run(&args),
+        "sim" => return mesh::sim(),
+        _ => {
+            eprintln!("usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim");
+            std::process::exit(2);
+        }
     }
     let runs = arg("--runs", 50) as usize;
     let rss_wait = arg("--rss-wait", 60);
@@ -130,9 +137,13 @@ fn main() {
     drop(node);
     rows.push(Row { figure: format!("craftmesh up idle RSS after {rss_wait} s (peak {hwm:.1} MB)"), n: 1, median: format!("{last:.1} MB"), p99: "-".into(), target: "≤ 10 MB".into(), verdict: if last <= 10.0 { "met" } else { "MISSED" } });
 
+    print_table(&rows);
+}
+
+pub(crate) fn print_table(rows: &[Row]) {
     println!("\n| figure | N | median | p99 | target | verdict |");
     println!("|---|---|---|---|---|---|");
-    for r in &rows {
+    for r in rows {
         println!("| {} | {} | {} | {} | {} | {} |", r.figure, r.n, r.median, r.p99, r.target, r.verdict);
     }
 }
