@@ -57,9 +57,9 @@ pub struct UpArgs {
     /// Pre-shared mesh key file (from `craftmesh keygen`); nodes without the same key cannot connect.
     #[arg(long, env = "CRAFTMESH_MESH_KEY_FILE", value_name = "FILE")]
     pub mesh_key: Option<PathBuf>,
-    /// TCP port of the mesh (0: any free port).
-    #[arg(long, env = "CRAFTMESH_LISTEN_PORT", default_value_t = 7411, value_name = "PORT")]
-    pub listen: u16,
+    /// TCP port of the mesh (0: any free port; default 7411 or `mesh.listen_port`).
+    #[arg(long, env = "CRAFTMESH_LISTEN_PORT", value_name = "PORT")]
+    pub listen: Option<u16>,
     /// Static peer to dial (multiaddr such as /ip4/10.0.0.2/tcp/7411), for networks without multicast; repeatable.
     #[arg(long = "peer", env = "CRAFTMESH_PEERS", value_delimiter = ',', value_name = "MULTIADDR")]
     pub peers: Vec<String>,
@@ -213,7 +213,14 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     let mesh = if a.no_mesh {
         None
     } else {
-        let key = match &a.mesh_key {
+        let mc = &cfg.mesh;
+        let key_path = a.mesh_key.clone().or_else(|| {
+            mc.key_file.as_ref().map(|k| {
+                let p = config_files::expand_home(k);
+                if p.is_absolute() { p } else { sources.project_dir.clone().unwrap_or_default().join(p) }
+            })
+        });
+        let key = match &key_path {
             Some(p) => match crate::mesh::keys::load(p) {
                 Ok(k) => Some(k),
                 Err(e) => {
@@ -224,7 +231,8 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             None => None,
         };
         let mut static_peers = Vec::new();
-        for p in a.peers.iter().filter(|p| !p.trim().is_empty()) {
+        let peers: Vec<String> = if a.peers.is_empty() { mc.static_peers.clone().unwrap_or_default() } else { a.peers.clone() };
+        for p in peers.iter().filter(|p| !p.trim().is_empty()) {
             match p.trim().parse::<libp2p::Multiaddr>() {
                 Ok(m) => static_peers.push(m),
                 Err(e) => {
@@ -233,13 +241,14 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
                 }
             }
         }
+        let or_cfg = |cli: &Vec<String>, cfg: &Option<Vec<String>>| if cli.is_empty() { cfg.clone().unwrap_or_default() } else { cli.clone() };
         Some(crate::mesh::MeshOptions {
-            listen_port: a.listen,
+            listen_port: a.listen.or(mc.listen_port).unwrap_or(7411),
             key,
             static_peers,
-            interfaces: crate::mesh::interfaces::InterfacePolicy { allow: a.interfaces.clone(), deny: a.deny_interfaces.clone() },
-            mdns: !a.no_mdns,
-            tags: a.tags.clone(),
+            interfaces: crate::mesh::interfaces::InterfacePolicy { allow: or_cfg(&a.interfaces, &mc.interfaces.allow), deny: or_cfg(&a.deny_interfaces, &mc.interfaces.deny) },
+            mdns: !a.no_mdns && mc.mdns.unwrap_or(true),
+            tags: or_cfg(&a.tags, &mc.tags),
             membership: craftmesh_protocol::membership::Config::default(),
         })
     };

@@ -185,6 +185,8 @@ pub struct AgentsConfig {
 pub struct Config {
     pub profile: Profile,
     pub settings: Settings,
+    /// The merged `mesh` block (higher layers override single fields).
+    pub mesh: super::mcp::MeshPatch,
     pub resource_limits: ResourceLimits,
     pub servers: BTreeMap<String, ServerSpec>,
     pub agents: AgentsConfig,
@@ -259,7 +261,16 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
     // Where each setting's effective value came from, so a bad value is reported in the
     // file (or variable) that set it.
     let mut origins: Origins<'_> = BTreeMap::new();
+    let mut mesh = super::mcp::MeshPatch::default();
     for (_, path, text, d) in &discovery {
+        let m = &d.mesh;
+        mesh.listen_port = m.listen_port.or(mesh.listen_port);
+        mesh.interfaces.allow = m.interfaces.allow.clone().or(mesh.interfaces.allow.take());
+        mesh.interfaces.deny = m.interfaces.deny.clone().or(mesh.interfaces.deny.take());
+        mesh.static_peers = m.static_peers.clone().or(mesh.static_peers.take());
+        mesh.mdns = m.mdns.or(mesh.mdns);
+        mesh.tags = m.tags.clone().or(mesh.tags.take());
+        mesh.key_file = m.key_file.clone().or(mesh.key_file.take());
         merge_settings(&mut patch, &d.settings);
         note_origins(&mut origins, &d.settings, path, text, "settings");
         if let Some(v) = d.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
@@ -288,7 +299,7 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
     // --- agents
     let agents = merge_agents(&agent_disc, &agent_defs, &context_files, profile, &mut diags);
 
-    let cfg = Config { profile, settings, resource_limits: limits, servers, agents, files };
+    let cfg = Config { profile, settings, mesh, resource_limits: limits, servers, agents, files };
     if diags.has_errors() { (None, diags) } else { (Some(cfg), diags) }
 }
 

@@ -20,6 +20,37 @@ pub struct DiscoveryFile {
     pub resource_limits: ResourceLimitsPatch,
     /// Overrides applied when the `production` profile is selected.
     pub production: Option<ProductionPatch>,
+    /// How this node joins the mesh (command-line flags override it).
+    #[serde(default)]
+    pub mesh: MeshPatch,
+}
+
+/// The `mesh` block: node-level mesh settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct MeshPatch {
+    /// TCP port of the mesh (default 7411; 0 picks a free one).
+    pub listen_port: Option<u16>,
+    /// Interfaces to advertise and listen on: `allow` (only these) and `deny` (never these),
+    /// by name or prefix (`eth*`). Loopback, container bridges and VPN tunnels are skipped
+    /// unless allowed.
+    #[serde(default)]
+    pub interfaces: InterfacesPatch,
+    /// Peers dialled directly, for networks where multicast is blocked (multiaddrs such as
+    /// `/ip4/10.0.0.2/tcp/7411`).
+    pub static_peers: Option<Vec<String>>,
+    /// Advertise and browse DNS-SD (default true).
+    pub mdns: Option<bool>,
+    /// Tags published in this node's record.
+    pub tags: Option<Vec<String>>,
+    /// Path of the mesh key file (relative to the config dir).
+    pub key_file: Option<String>,
+}
+
+/// Interface allow/deny lists.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct InterfacesPatch {
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
 }
 
 /// Discovery settings; every field optional so layers can override single values.
