@@ -6,7 +6,7 @@
 # Idempotent and quick on re-runs: apt and pip run only when something is missing.
 # Steps:
 #   1. system packages the tests need (apt-get, only when missing)
-#   2. $REPO/.venv with the MCP Python SDK (tests/fixtures/requirements.txt)
+#   2. $REPO/.venv with the MCP Python SDK and python-zeroconf (tests/fixtures/requirements.txt)
 #   3. cargo build --workspace --bins (tests run the real target/debug/craftmesh)
 #   4. cargo nextest run --workspace --no-fail-fast (or cargo test --workspace)
 # Extra arguments go to nextest (or cargo test), e.g. `-E 'test(closed_port)'`.
@@ -58,11 +58,11 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
-step "2/4 python venv with the MCP SDK ($REPO/.venv)"
+step "2/4 python venv with the MCP SDK and zeroconf ($REPO/.venv)"
 VENV="$REPO/.venv"
 REQ="$REPO/tests/fixtures/requirements.txt"
 PY="$VENV/bin/python"
-check_mcp='import importlib.metadata as m; from mcp.server.fastmcp import FastMCP; v = m.version("mcp"); assert v.split(".")[0] == "1", v; print("mcp", v)'
+check_mcp='import importlib.metadata as m; from mcp.server.fastmcp import FastMCP; import zeroconf; v = m.version("mcp"); assert v.split(".")[0] == "1", v; print("mcp", v, "zeroconf", zeroconf.__version__)'
 if [ ! -x "$PY" ]; then
     info "creating $VENV with $(python3 --version)"
     python3 -m venv "$VENV"
