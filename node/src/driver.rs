@@ -220,25 +220,15 @@ fn mesh_snapshot(m: &Mesh) -> MeshSnapshot {
 /// loopback only then fails remote verification, and is never handed out remotely).
 fn publish(m: &mut Mesh, r: &Report, cfg: &Config, hostname: &str, api_port: u16) {
     let lan = m.advertised().iter().find(|a| a.is_ipv4()).map(|a| a.to_string());
-    let mut services = Vec::new();
-    let mut mcp = Vec::new();
-    for s in &r.servers {
-        let Some(f) = s.findings.iter().find(|f| f.healthy && f.url.is_some()) else { continue };
-        let Some(url) = f.url.as_deref() else { continue };
-        let url = match (&lan, reqwest::Url::parse(url)) {
-            (Some(lan), Ok(mut u)) if u.host_str().is_some_and(|h| h == "127.0.0.1" || h == "localhost" || h == "::1") => {
-                let _ = u.set_host(Some(lan));
-                u.to_string()
-            }
-            _ => url.to_string(),
-        };
-        if let (Some(craftmesh_protocol::report::Protocol::Mcp), Ok(u)) = (f.protocol, reqwest::Url::parse(&url)) {
-            if let Some(port) = u.port_or_known_default() {
-                mcp.push((s.name.clone(), port, u.path().to_string(), f.server_info.as_ref().map(|i| i.version.clone()).unwrap_or_default()));
-            }
-        }
-        services.push(ServiceAd { name: s.name.clone(), url, protocol: f.protocol.unwrap_or(Protocol::Tcp), healthy: true, server_info: f.server_info.clone(), tools: f.tools.clone() });
-    }
+    let services = craftmesh_protocol::select::service_ads(r, lan.as_deref());
+    let mcp: Vec<(String, u16, String, String)> = services
+        .iter()
+        .filter(|s| s.protocol == Protocol::Mcp)
+        .filter_map(|s| {
+            let u = reqwest::Url::parse(&s.url).ok()?;
+            Some((s.name.clone(), u.port_or_known_default()?, u.path().to_string(), s.server_info.as_ref().map(|i| i.version.clone()).unwrap_or_default()))
+        })
+        .collect();
     let capacity = Capacity {
         memory_total_bytes: r.host.memory_total_bytes,
         memory_available_bytes: r.host.memory_available_bytes,

@@ -123,6 +123,42 @@ pub fn is_fresh(checked_at_ms: u64, now_ms: u64, ttl_minutes: u64) -> bool {
     now_ms.saturating_sub(checked_at_ms) < ttl_minutes.saturating_mul(60_000)
 }
 
+/// What a node offers the mesh after a discovery round: the best healthy finding of each
+/// server, with a loopback URL rewritten to `lan` (the node's advertised address). A
+/// server bound to loopback only then fails remote verification and is never handed out
+/// remotely; one bound to all interfaces becomes reachable from other machines.
+pub fn service_ads(report: &crate::report::Report, lan: Option<&str>) -> Vec<crate::wire::ServiceAd> {
+    let mut out = Vec::new();
+    for s in &report.servers {
+        let Some(f) = s.findings.iter().find(|f| f.healthy && f.url.is_some()) else { continue };
+        let Some(url) = f.url.as_deref() else { continue };
+        out.push(crate::wire::ServiceAd {
+            name: s.name.clone(),
+            url: lan.map_or_else(|| url.to_string(), |lan| rewrite_loopback(url, lan)),
+            protocol: f.protocol.unwrap_or(Protocol::Tcp),
+            healthy: true,
+            server_info: f.server_info.clone(),
+            tools: f.tools.clone(),
+        });
+    }
+    out
+}
+
+/// Replaces a loopback host in `scheme://host:port/...` with `lan`.
+pub fn rewrite_loopback(url: &str, lan: &str) -> String {
+    for lo in ["127.0.0.1", "localhost", "[::1]"] {
+        for scheme in ["http://", "https://"] {
+            let prefix = format!("{scheme}{lo}");
+            if let Some(rest) = url.strip_prefix(&prefix) {
+                if rest.is_empty() || rest.starts_with(':') || rest.starts_with('/') {
+                    return format!("{scheme}{lan}{rest}");
+                }
+            }
+        }
+    }
+    url.to_string()
+}
+
 /// Hash of a tool list, independent of the order the server listed them in.
 /// Each tool is given as (name, canonical JSON of its input schema).
 pub fn tools_hash(tools: &[(String, String)]) -> String {
@@ -190,6 +226,16 @@ mod tests {
         let b = vec![a[1].clone(), a[0].clone()];
         assert_eq!(tools_hash(&a), tools_hash(&b));
         assert_ne!(tools_hash(&a), tools_hash(&a[..1]));
+    }
+
+    #[test]
+    fn loopback_urls_are_rewritten_to_the_lan_address_only() {
+        assert_eq!(rewrite_loopback("http://127.0.0.1:8000/mcp", "10.0.0.5"), "http://10.0.0.5:8000/mcp");
+        assert_eq!(rewrite_loopback("http://localhost/mcp", "10.0.0.5"), "http://10.0.0.5/mcp");
+        assert_eq!(rewrite_loopback("http://[::1]:9/x", "10.0.0.5"), "http://10.0.0.5:9/x");
+        assert_eq!(rewrite_loopback("http://10.1.1.1:8000/mcp", "10.0.0.5"), "http://10.1.1.1:8000/mcp");
+        assert_eq!(rewrite_loopback("http://127.0.0.10:8000/", "10.0.0.5"), "http://127.0.0.10:8000/", "only exact loopback hosts");
+        assert_eq!(rewrite_loopback("http://localhost.example:1/", "10.0.0.5"), "http://localhost.example:1/");
     }
 
     #[test]
