@@ -34,7 +34,10 @@ impl MeshNode {
 
     /// (Re)starts the process with the same data dir (same identity).
     pub fn restart(&mut self, rig: &Rig) {
-        let mut args: Vec<&str> = vec!["up", "--api", "127.0.0.1:7410"];
+        let mut args: Vec<&str> = vec!["up"];
+        if !self.args.iter().any(|a| a == "--api") {
+            args.extend(["--api", "127.0.0.1:7410"]);
+        }
         args.extend(self.args.iter().map(String::as_str));
         let mut cmd = self.cfg.command(&args);
         cmd.env_remove("CRAFTMESH_NO_MESH");
@@ -54,9 +57,19 @@ impl MeshNode {
         }
     }
 
-    /// Runs `craftmesh <args>` inside the node's host.
+    /// The API address this node was started with.
+    pub fn api(&self) -> String {
+        self.args.iter().position(|a| a == "--api").and_then(|i| self.args.get(i + 1)).cloned().unwrap_or_else(|| "127.0.0.1:7410".to_string())
+    }
+
+    /// Runs `craftmesh <args> --api <this node's API>` inside the node's host.
     pub fn cli(&self, rig: &Rig, args: &[&str]) -> CmdOutput {
-        let cmd = self.cfg.command(args);
+        let api = self.api();
+        let mut all: Vec<&str> = args.to_vec();
+        if args.first() != Some(&"up") {
+            all.extend(["--api", &api]);
+        }
+        let cmd = self.cfg.command(&all);
         crate::run_with_timeout(&mut rig.host(self.index).wrap(&cmd), CLI_TIMEOUT)
     }
 

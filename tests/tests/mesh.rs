@@ -16,11 +16,15 @@ fn rig(n: usize) -> Option<Rig> {
     Some(Rig::new(n).expect("build the rig"))
 }
 
-/// Waits until every node lists every other node as alive.
+/// Waits until every node lists every other node as alive; on timeout, shows both logs.
 fn all_alive(rig: &Rig, nodes: &[&MeshNode]) {
     for n in nodes {
-        for other in nodes.iter().filter(|o| o.index != n.index) {
-            wait_until(&format!("node {} to see node {} alive", n.index, other.index), JOIN, || (n.state_of(rig, &other.peer_id).as_deref() == Some("alive")).then_some(()));
+        for other in nodes.iter().filter(|o| o.peer_id != n.peer_id) {
+            let start = Instant::now();
+            while n.state_of(rig, &other.peer_id).as_deref() != Some("alive") {
+                assert!(start.elapsed() < JOIN, "node in host {} does not see node in host {} alive after {JOIN:?}\n--- observer log ---\n{}\n--- other log ---\n{}", n.index, other.index, n.log(), other.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
@@ -191,4 +195,24 @@ fn no_false_deaths_under_ten_percent_packet_loss() {
         let deaths: Vec<&str> = log.lines().filter(|l| l.contains("member state") && l.contains("to=Dead")).collect();
         assert!(deaths.is_empty(), "node {} declared a live node dead under 10% loss:\n{}", n.index, deaths.join("\n"));
     }
+}
+
+#[test]
+fn two_meshes_share_a_lan_and_one_host_runs_a_node_of_each() {
+    let Some(rig) = rig(3) else { return };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let ka = keygen(keys.path(), "a.key").to_string_lossy().into_owned();
+    let kb = keygen(keys.path(), "b.key").to_string_lossy().into_owned();
+    let a0 = MeshNode::start(&rig, 0, EMPTY_CONFIG, &["--mesh-key", &ka]);
+    let b0 = MeshNode::start(&rig, 0, EMPTY_CONFIG, &["--mesh-key", &kb, "--api", "127.0.0.1:7420", "--listen", "7421"]);
+    let a1 = MeshNode::start(&rig, 1, EMPTY_CONFIG, &["--mesh-key", &ka]);
+    let b2 = MeshNode::start(&rig, 2, EMPTY_CONFIG, &["--mesh-key", &kb]);
+    all_alive(&rig, &[&a0, &a1]);
+    all_alive(&rig, &[&b0, &b2]);
+    std::thread::sleep(Duration::from_secs(2));
+    let ids = |n: &MeshNode| -> Vec<String> { n.members(&rig).iter().filter_map(|m| m["id"].as_str().map(str::to_string)).collect() };
+    assert_eq!(ids(&a0), vec![a1.peer_id.clone()], "mesh A sees only A");
+    assert_eq!(ids(&b0), vec![b2.peer_id.clone()], "mesh B sees only B");
+    assert_eq!(ids(&a1), vec![a0.peer_id.clone()]);
+    assert_eq!(ids(&b2), vec![b0.peer_id.clone()]);
 }
