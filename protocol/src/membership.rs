@@ -155,6 +155,7 @@ pub struct Membership {
     next_probe_at: u64,
     probe_order: Vec<String>,
     probe_idx: usize,
+    probe_round: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +186,7 @@ impl Membership {
             next_probe_at: 0,
             probe_order: Vec::new(),
             probe_idx: 0,
+            probe_round: 0,
         }
     }
 
@@ -404,11 +406,16 @@ impl Membership {
             return;
         }
         if self.probe_idx >= self.probe_order.len() || self.probe_order.iter().any(|p| !candidates.contains(p)) || candidates.len() != self.probe_order.len() {
-            // New round: rotate the order by a step derived from our name and the round,
-            // so nodes do not all probe the same peer at once.
+            // New round: a shuffle seeded by our name and the round number (SWIM's
+            // randomised round robin), so nodes do not probe the same peer at once and
+            // every peer is probed once per round.
+            self.probe_round += 1;
             let mut order = candidates;
-            let shift = (self.me.bytes().map(usize::from).sum::<usize>() + (self.next_seq as usize)) % order.len();
-            order.rotate_left(shift);
+            let mut x = fnv1a(self.me.as_bytes()) ^ self.probe_round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for i in (1..order.len()).rev() {
+                x = splitmix64(x);
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
             self.probe_order = order;
             self.probe_idx = 0;
         }
@@ -498,8 +505,8 @@ impl Membership {
                 }
             }
         }
-        // Suspects get a direct probe every half period: each ack is a chance to refute.
-        let every = (self.cfg.probe_period_ms / 2).max(1);
+        // Suspects get a direct probe every third of a period: each ack is a chance to refute.
+        let every = (self.cfg.probe_period_ms / 3).max(1);
         let suspects: Vec<String> = self
             .members
             .iter()
@@ -565,7 +572,7 @@ impl Membership {
             .values()
             .flat_map(|m| {
                 let forget = matches!(m.state, State::Dead | State::Left).then_some(m.state_since_ms + self.cfg.forget_after_ms);
-                let reprobe = (m.state == State::Suspect && m.connected).then_some(m.last_probe_ms + (self.cfg.probe_period_ms / 2).max(1));
+                let reprobe = (m.state == State::Suspect && m.connected).then_some(m.last_probe_ms + (self.cfg.probe_period_ms / 3).max(1));
                 [m.redial_deadline, m.suspicion_deadline, m.next_redial, forget, reprobe]
             })
             .chain(self.outstanding.values().map(|o| Some(o.deadline)))
@@ -617,6 +624,17 @@ impl Membership {
         c.rotate_left(shift);
         c.into_iter().take(self.cfg.indirect_probes).cloned().collect()
     }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Lifeguard's suspicion timeout: from `max` with no confirmations down to `min` with `k`.

@@ -313,9 +313,11 @@ impl Sim {
         Some(latest)
     }
 
-    /// State changes to `Dead` among nodes that never failed.
+    /// `Dead` verdicts about a healthy node by a healthy observer (a cut-off observer
+    /// rightly sees everyone else dead).
     pub fn false_deaths(&self) -> usize {
-        self.changes.iter().filter(|(_, _, p, s)| *s == State::Dead && !self.crashed[*p] && !self.cut_off[*p]).count()
+        let ok = |i: usize| !self.crashed[i] && !self.cut_off[i];
+        self.changes.iter().filter(|(_, o, p, s)| *s == State::Dead && ok(*o) && ok(*p)).count()
     }
 }
 
