@@ -25,7 +25,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", d.display());
         walk(&d, &mut files);
     }
-    let mut src = String::from("/// (path relative to the repo root, contents) of every shipped config file.\npub static BUILTIN_FILES: &[(&str, &str)] = &[\n");
+    let mut src =
+        String::from("/// (path relative to the repo root, contents) of every shipped config file.\npub static BUILTIN_FILES: &[(&str, &str)] = &[\n");
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
         let rel = f.strip_prefix(&root).expect("walked under root").to_string_lossy().replace('\\', "/");

@@ -1,21 +1,21 @@
 //! Local HTTP API (axum), bound to loopback by default, and the CLI's client for it.
 
-use crate::discovery::{now_ms, Discoverer};
+use crate::discovery::{Discoverer, now_ms};
 use crate::driver::{ApiEvent, DriverHandle, Input, Snapshot};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use craftmesh_protocol::config::mcp::{StrategyKind, Tier};
-use craftmesh_protocol::report::{Evidence, Status};
-use tokio::sync::broadcast;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use craftmesh_protocol::config::mcp::{StrategyKind, Tier};
 use craftmesh_protocol::report::Finding;
+use craftmesh_protocol::report::{Evidence, Status};
 use craftmesh_protocol::select;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 
 /// Default API address; the CLI uses the same default.
 pub const DEFAULT_API: &str = "127.0.0.1:7410";
@@ -235,8 +235,13 @@ async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Respons
         return Json(f).into_response();
     }
     // Then the mesh: healthy remote instances, lowest RTT first, each verified from here.
-    let mut remote: Vec<ServiceView> = remote_views(&snap).into_iter().filter(|v| spec.answers_to(&v.finding.name) && (v.finding.healthy || v.finding.source == StrategyKind::Mdns)).collect();
-    remote.sort_by(|a, b| (a.finding.source == StrategyKind::Mdns).cmp(&(b.finding.source == StrategyKind::Mdns)).then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX))));
+    let mut remote: Vec<ServiceView> =
+        remote_views(&snap).into_iter().filter(|v| spec.answers_to(&v.finding.name) && (v.finding.healthy || v.finding.source == StrategyKind::Mdns)).collect();
+    remote.sort_by(|a, b| {
+        (a.finding.source == StrategyKind::Mdns)
+            .cmp(&(b.finding.source == StrategyKind::Mdns))
+            .then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)))
+    });
     for v in remote.iter().take(8) {
         let mut probe = v.finding.clone();
         probe.name = spec.name.clone();
@@ -276,7 +281,12 @@ impl Client {
     /// GETs `path` and decodes JSON; a non-2xx answer becomes `ClientError::Api` with the node's message.
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let resp = self.http.get(&url).send().await.map_err(|e| ClientError::Unreachable { addr: self.base.trim_start_matches("http://").to_string(), reason: e.to_string() })?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable { addr: self.base.trim_start_matches("http://").to_string(), reason: e.to_string() })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| ClientError::Bad(e.to_string()))?;
         if !status.is_success() {

@@ -246,7 +246,10 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             listen_port: a.listen.or(mc.listen_port).unwrap_or(7411),
             key,
             static_peers,
-            interfaces: crate::mesh::interfaces::InterfacePolicy { allow: or_cfg(&a.interfaces, &mc.interfaces.allow), deny: or_cfg(&a.deny_interfaces, &mc.interfaces.deny) },
+            interfaces: crate::mesh::interfaces::InterfacePolicy {
+                allow: or_cfg(&a.interfaces, &mc.interfaces.allow),
+                deny: or_cfg(&a.deny_interfaces, &mc.interfaces.deny),
+            },
             mdns: !a.no_mdns && mc.mdns.unwrap_or(true),
             tags: or_cfg(&a.tags, &mc.tags),
             membership: craftmesh_protocol::membership::Config::default(),
@@ -370,10 +373,23 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let n = &v["node"];
-                println!("node {} ({}) version {}, up {} s", n["hostname"].as_str().unwrap_or("?"), n["peer_id"].as_str().unwrap_or("?"), n["version"].as_str().unwrap_or("?"), v["uptime_s"]);
+                println!(
+                    "node {} ({}) version {}, up {} s",
+                    n["hostname"].as_str().unwrap_or("?"),
+                    n["peer_id"].as_str().unwrap_or("?"),
+                    n["version"].as_str().unwrap_or("?"),
+                    v["uptime_s"]
+                );
                 println!("api {}, data {}", n["api"].as_str().unwrap_or("?"), n["data_dir"].as_str().unwrap_or("?"));
                 match v["mesh"].as_object() {
-                    Some(m) => println!("mesh {} on port {} at {}, {} members; rejected: {}", m["mesh_id"].as_str().unwrap_or("?"), m["listen_port"], m["addresses"], m["members"], m["stats"]["rejected"]),
+                    Some(m) => println!(
+                        "mesh {} on port {} at {}, {} members; rejected: {}",
+                        m["mesh_id"].as_str().unwrap_or("?"),
+                        m["listen_port"],
+                        m["addresses"],
+                        m["members"],
+                        m["stats"]["rejected"]
+                    ),
                     None => println!("mesh off"),
                 }
                 println!("discovery: {} rounds, last {:.0} ms", v["stats"]["discovery_rounds"], v["stats"]["last_round_ms"].as_f64().unwrap_or(0.0));
@@ -388,7 +404,12 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
 pub fn keygen(out: &std::path::Path) -> anyhow::Result<i32> {
     match crate::mesh::keys::generate(out) {
         Ok(k) => {
-            println!("wrote mesh key to {} (mesh id {}); copy it to every node and start them with --mesh-key {}", out.display(), crate::mesh::keys::mesh_id(Some(&k)), out.display());
+            println!(
+                "wrote mesh key to {} (mesh id {}); copy it to every node and start them with --mesh-key {}",
+                out.display(),
+                crate::mesh::keys::mesh_id(Some(&k)),
+                out.display()
+            );
             Ok(exit::OK)
         }
         Err(e) => {
@@ -503,7 +524,13 @@ fn print_services(list: &[api::ServiceView]) {
         return;
     }
     for v in list {
-        let place = if v.local { "local".to_string() } else if v.node_name.is_empty() { "lan".to_string() } else { v.node_name.clone() };
+        let place = if v.local {
+            "local".to_string()
+        } else if v.node_name.is_empty() {
+            "lan".to_string()
+        } else {
+            v.node_name.clone()
+        };
         println!("{:<16} {:<12} {}", v.finding.name, place, finding_line(&v.finding));
     }
 }
@@ -514,12 +541,24 @@ fn finding_line(f: &Finding) -> String {
     let mut s = format!("{:<11} {:<4} {:<32} via {}", status, proto, f.url.as_deref().unwrap_or("-"), f.source.as_str());
     let e = &f.evidence;
     let mut ev = Vec::new();
-    if let Some(p) = e.port { ev.push(format!("port {p}")); }
-    if let Some(p) = e.pid { ev.push(format!("pid {p}")); }
-    if let Some(c) = &e.container_id { ev.push(format!("container {c}")); }
-    if let Some(v) = &e.env_var { ev.push(format!("${v}")); }
-    if let Some(l) = &e.lock_path { ev.push(format!("lock {l}")); }
-    if let Some(p) = &e.path { ev.push(p.clone()); }
+    if let Some(p) = e.port {
+        ev.push(format!("port {p}"));
+    }
+    if let Some(p) = e.pid {
+        ev.push(format!("pid {p}"));
+    }
+    if let Some(c) = &e.container_id {
+        ev.push(format!("container {c}"));
+    }
+    if let Some(v) = &e.env_var {
+        ev.push(format!("${v}"));
+    }
+    if let Some(l) = &e.lock_path {
+        ev.push(format!("lock {l}"));
+    }
+    if let Some(p) = &e.path {
+        ev.push(p.clone());
+    }
     if !ev.is_empty() {
         s.push_str(&format!(" [{}]", ev.join(", ")));
     }

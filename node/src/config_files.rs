@@ -119,7 +119,9 @@ fn project_layer(root: &Path, explicit: bool, diags: &mut Diagnostics) -> LayerF
         let disc = mcp.join("discovery-config.yaml");
         match read_text(&disc) {
             Ok(Some(f)) => l.mcp_discovery = Some(f),
-            Ok(None) if explicit => diags.push(Diagnostic::error(&disc.display().to_string(), 0, 0, "", "file not found (every .mcp/ needs a discovery-config.yaml)")),
+            Ok(None) if explicit => {
+                diags.push(Diagnostic::error(&disc.display().to_string(), 0, 0, "", "file not found (every .mcp/ needs a discovery-config.yaml)"))
+            }
             Ok(None) => {}
             Err(d) => diags.push(d),
         }
@@ -146,7 +148,10 @@ fn project_layer(root: &Path, explicit: bool, diags: &mut Diagnostics) -> LayerF
                 }
             }
         }
-        l.context_files = list(&agents.join("context"), &["md", "txt", "yaml", "json"]).iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string)).collect();
+        l.context_files = list(&agents.join("context"), &["md", "txt", "yaml", "json"])
+            .iter()
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+            .collect();
     }
     l
 }

@@ -54,7 +54,8 @@ impl DataDir {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse::<u32>().ok()).map(|p| format!(" (pid {p})")).unwrap_or_default();
+                let holder =
+                    std::fs::read_to_string(&lock_path).ok().and_then(|s| s.trim().parse::<u32>().ok()).map(|p| format!(" (pid {p})")).unwrap_or_default();
                 return Err(DataDirError::Locked { path: path.to_path_buf(), holder });
             }
             Err(std::fs::TryLockError::Error(source)) => return Err(DataDirError::Open { path: lock_path, source }),

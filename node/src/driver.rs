@@ -1,6 +1,6 @@
 //! The one task that owns the node's state. Everything else talks to it through [`Input`].
 
-use crate::discovery::{now_ms, Discoverer};
+use crate::discovery::{Discoverer, now_ms};
 use crate::host::HostMonitor;
 use crate::mesh::{External, MemberView, Mesh, MeshEvent, MeshStats};
 use craftmesh_protocol::config::Config;

@@ -63,7 +63,10 @@ pub fn match_processes(patterns: &[String]) -> Vec<(String, ProcessInfo)> {
             if name.contains(pat.as_str()) || cmd.contains(pat.as_str()) {
                 let run = p.run_time().max(1) as f32;
                 let cpu = (p.accumulated_cpu_time() as f32 / 1000.0) / run * 100.0;
-                out.push((pat.clone(), ProcessInfo { pid: pid.as_u32(), name: name.to_string(), memory_bytes: p.memory(), cpu_percent: (cpu * 10.0).round() / 10.0 }));
+                out.push((
+                    pat.clone(),
+                    ProcessInfo { pid: pid.as_u32(), name: name.to_string(), memory_bytes: p.memory(), cpu_percent: (cpu * 10.0).round() / 10.0 },
+                ));
             }
         }
     }

@@ -1,13 +1,13 @@
 //! craftmesh node: every effect (files, sockets, processes, Docker) lives here; the
 //! decisions it acts on come from `craftmesh_protocol`.
 
+pub mod api;
+pub mod cli;
 pub mod config_files;
 pub mod datadir;
 pub mod discovery;
+pub mod driver;
 pub mod host;
 pub mod identity;
-pub mod api;
-pub mod driver;
-pub mod cli;
-pub mod node;
 pub mod mesh;
+pub mod node;

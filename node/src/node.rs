@@ -2,7 +2,7 @@
 
 use crate::api;
 use crate::datadir::DataDir;
-use crate::discovery::{now_ms, Discoverer};
+use crate::discovery::{Discoverer, now_ms};
 use crate::driver::{self, NodeInfo};
 use craftmesh_protocol::config::Config;
 use std::future::Future;
@@ -84,7 +84,7 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
             (Ok(mut i), Ok(mut t)) => {
                 tokio::select! {

@@ -6,9 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod lockfile;
+pub mod membership;
 pub mod report;
 pub mod select;
-pub mod wire;
 pub mod state;
-pub mod membership;
-pub mod lockfile;
+pub mod wire;

@@ -401,7 +401,8 @@ impl Membership {
 
     /// Starts the next probe of the round robin.
     fn start_probe(&mut self, now: u64) {
-        let candidates: Vec<String> = self.members.iter().filter(|(_, m)| m.connected && matches!(m.state, State::Alive | State::Suspect)).map(|(p, _)| p.clone()).collect();
+        let candidates: Vec<String> =
+            self.members.iter().filter(|(_, m)| m.connected && matches!(m.state, State::Alive | State::Suspect)).map(|(p, _)| p.clone()).collect();
         if candidates.is_empty() {
             return;
         }
@@ -507,12 +508,8 @@ impl Membership {
         }
         // Suspects get a direct probe every third of a period: each ack is a chance to refute.
         let every = (self.cfg.probe_period_ms / 3).max(1);
-        let suspects: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.state == State::Suspect && m.connected && now >= m.last_probe_ms + every)
-            .map(|(p, _)| p.clone())
-            .collect();
+        let suspects: Vec<String> =
+            self.members.iter().filter(|(_, m)| m.state == State::Suspect && m.connected && now >= m.last_probe_ms + every).map(|(p, _)| p.clone()).collect();
         for p in suspects {
             self.send_probe(&p, now);
         }

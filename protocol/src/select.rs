@@ -52,7 +52,14 @@ pub fn classify(obs: &Observation, expect_mcp: bool) -> Verdict {
         return Verdict { protocol: None, status: Status::Unreachable, healthy: false, server_info: None, tools: None, detail: Some(e.clone()) };
     }
     if let Some(Ok((info, tools))) = &obs.mcp {
-        return Verdict { protocol: Some(Protocol::Mcp), status: Status::Healthy, healthy: true, server_info: Some(info.clone()), tools: tools.clone(), detail: None };
+        return Verdict {
+            protocol: Some(Protocol::Mcp),
+            status: Status::Healthy,
+            healthy: true,
+            server_info: Some(info.clone()),
+            tools: tools.clone(),
+            detail: None,
+        };
     }
     let mcp_err = match &obs.mcp {
         Some(Err(e)) => Some(e.message.clone()),
@@ -81,9 +88,19 @@ pub fn classify(obs: &Observation, expect_mcp: bool) -> Verdict {
                 parts.push(format!("HTTP failed: {}", e.message));
             }
             // Nothing answered at all: a hung server, not proof that it is not MCP.
-            let silent = [obs.mcp.as_ref().map(|r| matches!(r, Err(f) if f.silent)), other.as_ref().map(|r| matches!(r, Err(f) if f.silent))].into_iter().flatten().all(|s| s);
+            let silent = [obs.mcp.as_ref().map(|r| matches!(r, Err(f) if f.silent)), other.as_ref().map(|r| matches!(r, Err(f) if f.silent))]
+                .into_iter()
+                .flatten()
+                .all(|s| s);
             let status = if expect_mcp && !silent { Status::NotMcp } else { Status::Unhealthy };
-            Verdict { protocol: Some(Protocol::Tcp), status, healthy: false, server_info: None, tools: None, detail: (!parts.is_empty()).then(|| parts.join("; ")) }
+            Verdict {
+                protocol: Some(Protocol::Tcp),
+                status,
+                healthy: false,
+                server_info: None,
+                tools: None,
+                detail: (!parts.is_empty()).then(|| parts.join("; ")),
+            }
         }
     }
 }

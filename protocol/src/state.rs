@@ -138,7 +138,7 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{sign_leave, sign_record, Capacity};
+    use crate::wire::{Capacity, sign_leave, sign_record};
     use libp2p_identity::Keypair;
     use proptest::prelude::*;
 

@@ -98,16 +98,36 @@ pub enum Message {
     /// A node leaves the mesh.
     Leave(SignedLeave),
     /// Ask for records newer than the versions the asker has.
-    SyncRequest { mesh_id: String, have: Vec<(String, u64)> },
-    SyncResponse { records: Vec<SignedRecord> },
+    SyncRequest {
+        mesh_id: String,
+        have: Vec<(String, u64)>,
+    },
+    SyncResponse {
+        records: Vec<SignedRecord>,
+    },
     /// Membership rumor about `peer` at `incarnation`, from the sender's view.
-    Member { peer: String, incarnation: u64, rumor: Rumor },
+    Member {
+        peer: String,
+        incarnation: u64,
+        rumor: Rumor,
+    },
     /// Direct probe and its acknowledgement (request-response).
-    Probe { seq: u64 },
-    Ack { seq: u64 },
+    Probe {
+        seq: u64,
+    },
+    Ack {
+        seq: u64,
+    },
     /// Indirect probe: please check `target` for me (request id `req`).
-    ProbeRequest { req: u64, target: String },
-    ProbeResponse { req: u64, target: String, alive: bool },
+    ProbeRequest {
+        req: u64,
+        target: String,
+    },
+    ProbeResponse {
+        req: u64,
+        target: String,
+        alive: bool,
+    },
 }
 
 /// Why bytes were not accepted. Nothing changes on any of these; each is counted.

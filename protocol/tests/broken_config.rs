@@ -5,7 +5,7 @@ mod common;
 
 use common::show;
 use craftmesh_protocol::config::agents::AgentSource;
-use craftmesh_protocol::config::{load, Diagnostic, Diagnostics, LayerFiles, LayerKind, Profile, Severity, TextFile};
+use craftmesh_protocol::config::{Diagnostic, Diagnostics, LayerFiles, LayerKind, Profile, Severity, TextFile, load};
 
 const DISCOVERY: &str = ".mcp/discovery-config.yaml";
 const CORE: &str = ".mcp/servers/core.json";
@@ -144,63 +144,142 @@ fn cases() -> Vec<Case> {
 
     // YAML syntax: an unclosed flow sequence. The parser notices on the next line.
     let text = edit(d, "aliases: [zen]", "aliases: [zen");
-    v.push(Case { line: Some(line_of(&text, "priority_order:")), field: "servers.zen-mcp.aliases", message: "expected ',' or ']'", ..case("bad yaml syntax", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "priority_order:")),
+        field: "servers.zen-mcp.aliases",
+        message: "expected ',' or ']'",
+        ..case("bad yaml syntax", text, c.into())
+    });
 
     // YAML syntax: a tab used for indentation.
     let text = edit(d, "  cache_ttl_minutes: 5", "\tcache_ttl_minutes: 5");
-    v.push(Case { line: Some(line_of(&text, "cache_ttl_minutes")), field: "settings", message: "cannot start any token", ..case("tab indentation", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "cache_ttl_minutes")),
+        field: "settings",
+        message: "cannot start any token",
+        ..case("tab indentation", text, c.into())
+    });
 
     // Wrong type.
     let text = edit(d, "ports: [8000, 8001]", "ports: \"eighty\"");
-    v.push(Case { line: Some(line_of(&text, "eighty")), field: "servers.zen-mcp.discovery_strategies.external[0].ports", message: "invalid type", ..case("ports as a string", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "eighty")),
+        field: "servers.zen-mcp.discovery_strategies.external[0].ports",
+        message: "invalid type",
+        ..case("ports as a string", text, c.into())
+    });
 
     // Wrong type inside a list.
     let text = edit(d, "ports: [8000, 8001]", "ports: [8000, 70000]");
-    v.push(Case { line: Some(line_of(&text, "70000")), field: "servers.zen-mcp.discovery_strategies.external[0].ports[1]", ..case("port out of range", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "70000")),
+        field: "servers.zen-mcp.discovery_strategies.external[0].ports[1]",
+        ..case("port out of range", text, c.into())
+    });
 
     // Bad size in a servers JSON file.
     let text = edit(c, "\"512MB\"", "\"512XB\"");
-    v.push(Case { file: CORE, line: Some(line_of(&text, "512XB")), field: "mcpServers.zen.memory_requirement", message: "unknown size unit `XB`", ..case("bad size unit", d.into(), text) });
+    v.push(Case {
+        file: CORE,
+        line: Some(line_of(&text, "512XB")),
+        field: "mcpServers.zen.memory_requirement",
+        message: "unknown size unit `XB`",
+        ..case("bad size unit", d.into(), text)
+    });
 
     // Unknown strategy type.
     let text = edit(d, "type: port_check", "type: port_scan");
-    v.push(Case { line: Some(line_of(&text, "port_scan")), field: "servers.zen-mcp.discovery_strategies.external[0].type", message: "unknown variant `port_scan`", ..case("unknown strategy type", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "port_scan")),
+        field: "servers.zen-mcp.discovery_strategies.external[0].type",
+        message: "unknown variant `port_scan`",
+        ..case("unknown strategy type", text, c.into())
+    });
 
     // Unknown strategy group key.
     let text = edit(d, "      user:\n", "      cloud:\n");
-    v.push(Case { line: Some(line_of(&text, "cloud:")), field: "servers.zen-mcp.discovery_strategies.cloud", message: "unknown strategy group `cloud`", ..case("unknown strategy group", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "cloud:")),
+        field: "servers.zen-mcp.discovery_strategies.cloud",
+        message: "unknown strategy group `cloud`",
+        ..case("unknown strategy group", text, c.into())
+    });
 
     // Missing required strategy field: the line is the strategy's own.
     let text = edit(d, "          ports: [8000, 8001]\n", "");
-    v.push(Case { line: Some(line_of(&text, "type: port_check")), field: "servers.zen-mcp.discovery_strategies.external[0].ports", message: "needs `ports`", ..case("port_check without ports", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "type: port_check")),
+        field: "servers.zen-mcp.discovery_strategies.external[0].ports",
+        message: "needs `ports`",
+        ..case("port_check without ports", text, c.into())
+    });
 
     // Missing required field of the second strategy in a group.
     let text = edit(d, "          variables: [ZEN_MCP_URL]\n", "");
-    v.push(Case { line: Some(line_of(&text, "type: env_variable")), field: "servers.zen-mcp.discovery_strategies.external[1].variables", message: "needs `variables`", ..case("env_variable without variables", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "type: env_variable")),
+        field: "servers.zen-mcp.discovery_strategies.external[1].variables",
+        message: "needs `variables`",
+        ..case("env_variable without variables", text, c.into())
+    });
 
     // A path that does not start with '/'.
     let text = edit(d, "health_endpoint: \"/health\"", "health_endpoint: \"health\"");
-    v.push(Case { line: Some(line_of(&text, "health_endpoint")), field: "servers.zen-mcp.discovery_strategies.external[0].health_endpoint", message: "must start with `/`", ..case("relative health endpoint", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "health_endpoint")),
+        field: "servers.zen-mcp.discovery_strategies.external[0].health_endpoint",
+        message: "must start with `/`",
+        ..case("relative health endpoint", text, c.into())
+    });
 
     // An unset variable in an enabled server: the line of the placeholder.
     let text = edit(c, "\"ZEN_MCP_PORT\": \"8000\"", "\"ZEN_MCP_PORT\": \"${UNSET_VAR_XYZ}\"");
-    v.push(Case { file: CORE, line: Some(line_of(&text, "${UNSET_VAR_XYZ}")), field: "mcpServers.zen.env.ZEN_MCP_PORT", message: "`UNSET_VAR_XYZ` is not set", ..case("unset env var", d.into(), text) });
+    v.push(Case {
+        file: CORE,
+        line: Some(line_of(&text, "${UNSET_VAR_XYZ}")),
+        field: "mcpServers.zen.env.ZEN_MCP_PORT",
+        message: "`UNSET_VAR_XYZ` is not set",
+        ..case("unset env var", d.into(), text)
+    });
 
     // The same in args.
     let text = edit(c, "\"-m\", \"src.main\"]", "\"-m\",\n        \"${UNSET_VAR_XYZ}\"]");
-    v.push(Case { file: CORE, line: Some(line_of(&text, "${UNSET_VAR_XYZ}")), field: "mcpServers.zen.args[3]", message: "`UNSET_VAR_XYZ` is not set", ..case("unset env var in args", d.into(), text) });
+    v.push(Case {
+        file: CORE,
+        line: Some(line_of(&text, "${UNSET_VAR_XYZ}")),
+        field: "mcpServers.zen.args[3]",
+        message: "`UNSET_VAR_XYZ` is not set",
+        ..case("unset env var in args", d.into(), text)
+    });
 
     // An unterminated placeholder.
     let text = edit(c, "\"ZEN_MCP_PORT\": \"8000\"", "\"ZEN_MCP_PORT\": \"${ZEN_PORT\"");
-    v.push(Case { file: CORE, line: Some(line_of(&text, "${ZEN_PORT")), field: "mcpServers.zen.env.ZEN_MCP_PORT", message: "without a closing", ..case("unterminated placeholder", d.into(), text) });
+    v.push(Case {
+        file: CORE,
+        line: Some(line_of(&text, "${ZEN_PORT")),
+        field: "mcpServers.zen.env.ZEN_MCP_PORT",
+        message: "without a closing",
+        ..case("unterminated placeholder", d.into(), text)
+    });
 
     // priority_order with an unknown tier, numbered-map form.
     let text = edit(d, "2: user_installation", "2: cloud_magic");
-    v.push(Case { line: Some(line_of(&text, "cloud_magic")), field: "servers.zen-mcp.priority_order.2", message: "unknown variant `cloud_magic`", ..case("unknown tier in map", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "cloud_magic")),
+        field: "servers.zen-mcp.priority_order.2",
+        message: "unknown variant `cloud_magic`",
+        ..case("unknown tier in map", text, c.into())
+    });
 
     // priority_order with an unknown tier, list form.
-    let text = edit(d, "    priority_order:\n      1: external_deployment\n      2: user_installation\n", "    priority_order: [external_deployment, cloud_magic]\n");
-    v.push(Case { line: Some(line_of(&text, "cloud_magic")), field: "servers.zen-mcp.priority_order[1]", message: "unknown variant `cloud_magic`", ..case("unknown tier in list", text, c.into()) });
+    let text =
+        edit(d, "    priority_order:\n      1: external_deployment\n      2: user_installation\n", "    priority_order: [external_deployment, cloud_magic]\n");
+    v.push(Case {
+        line: Some(line_of(&text, "cloud_magic")),
+        field: "servers.zen-mcp.priority_order[1]",
+        message: "unknown variant `cloud_magic`",
+        ..case("unknown tier in list", text, c.into())
+    });
 
     // A rank given twice.
     let text = edit(d, "2: user_installation", "1: user_installation");
@@ -208,7 +287,13 @@ fn cases() -> Vec<Case> {
 
     // JSON syntax: a missing comma.
     let text = edit(c, "\"command\": \"uv\",", "\"command\": \"uv\"");
-    v.push(Case { file: CORE, line: Some(line_of(&text, "\"args\"")), field: "mcpServers.zen", message: "expected `,` or `}`", ..case("bad json syntax", d.into(), text) });
+    v.push(Case {
+        file: CORE,
+        line: Some(line_of(&text, "\"args\"")),
+        field: "mcpServers.zen",
+        message: "expected `,` or `}`",
+        ..case("bad json syntax", d.into(), text)
+    });
 
     // JSON syntax: text after the document.
     let text = format!("{c}trailing\n");
@@ -216,11 +301,22 @@ fn cases() -> Vec<Case> {
 
     // A server that can neither be run nor reached.
     let text = edit(c, "\"command\": \"uv\",", "");
-    v.push(Case { file: CORE, line: Some(line_of(&text, "\"zen\"")), field: "mcpServers.zen", message: "needs `command`", ..case("no command or url", d.into(), text) });
+    v.push(Case {
+        file: CORE,
+        line: Some(line_of(&text, "\"zen\"")),
+        field: "mcpServers.zen",
+        message: "needs `command`",
+        ..case("no command or url", d.into(), text)
+    });
 
     // Out-of-range setting.
     let text = edit(d, "health_check_timeout: 10", "health_check_timeout: 9000");
-    v.push(Case { line: Some(line_of(&text, "9000")), field: "settings.health_check_timeout", message: "out of range", ..case("timeout out of range", text, c.into()) });
+    v.push(Case {
+        line: Some(line_of(&text, "9000")),
+        field: "settings.health_check_timeout",
+        message: "out of range",
+        ..case("timeout out of range", text, c.into())
+    });
 
     // Bad environment override.
     v.push(Case {
@@ -252,31 +348,81 @@ fn cases() -> Vec<Case> {
 
     // --- warnings
     let text = edit(d, "  cache_ttl_minutes: 5\n", "  cache_ttl_minutes: 5\n  cache_ttl_minuets: 7\n");
-    v.push(Case { severity: Severity::Warning, line: Some(line_of(&text, "minuets")), field: "settings.cache_ttl_minuets", message: "unknown field", ..case("unknown settings field", text, c.into()) });
+    v.push(Case {
+        severity: Severity::Warning,
+        line: Some(line_of(&text, "minuets")),
+        field: "settings.cache_ttl_minuets",
+        message: "unknown field",
+        ..case("unknown settings field", text, c.into())
+    });
 
     let text = edit(d, "          variables: [ZEN_MCP_URL]\n", "          variables: [ZEN_MCP_URL]\n          retries: 3\n");
-    v.push(Case { severity: Severity::Warning, line: Some(line_of(&text, "retries")), field: "servers.zen-mcp.discovery_strategies.external[1].retries", message: "unknown field", ..case("unknown strategy field", text, c.into()) });
+    v.push(Case {
+        severity: Severity::Warning,
+        line: Some(line_of(&text, "retries")),
+        field: "servers.zen-mcp.discovery_strategies.external[1].retries",
+        message: "unknown field",
+        ..case("unknown strategy field", text, c.into())
+    });
 
     let text = edit(d, "      memory_mb: 512\n", "      memory_mb: 512\n      gpu: 1\n");
-    v.push(Case { severity: Severity::Warning, line: Some(line_of(&text, "gpu")), field: "servers.zen-mcp.resource_requirements.gpu", message: "unknown field", ..case("unknown optional-struct field", text, c.into()) });
+    v.push(Case {
+        severity: Severity::Warning,
+        line: Some(line_of(&text, "gpu")),
+        field: "servers.zen-mcp.resource_requirements.gpu",
+        message: "unknown field",
+        ..case("unknown optional-struct field", text, c.into())
+    });
 
     let text = edit(d, "  prefer_external: true\n", "  prefer_external: true\n  prefer_externals: false\n");
-    v.push(Case { severity: Severity::Warning, line: Some(line_of(&text, "prefer_externals")), field: "production.prefer_externals", message: "unknown field", ..case("unknown production field", text, c.into()) });
+    v.push(Case {
+        severity: Severity::Warning,
+        line: Some(line_of(&text, "prefer_externals")),
+        field: "production.prefer_externals",
+        message: "unknown field",
+        ..case("unknown production field", text, c.into())
+    });
 
     let text = edit(c, "\"enabled\": true,", "\"enabled\": true,\n      \"enabeld\": false,");
-    v.push(Case { severity: Severity::Warning, file: CORE, line: Some(line_of(&text, "enabeld")), field: "mcpServers.zen.enabeld", message: "unknown field", ..case("unknown json field", d.into(), text) });
+    v.push(Case {
+        severity: Severity::Warning,
+        file: CORE,
+        line: Some(line_of(&text, "enabeld")),
+        field: "mcpServers.zen.enabeld",
+        message: "unknown field",
+        ..case("unknown json field", d.into(), text)
+    });
 
     // A field that belongs to another strategy type.
     let text = edit(d, "          paths: [\"~/dev/zen-mcp-server\"]\n", "          paths: [\"~/dev/zen-mcp-server\"]\n          ports: [1]\n");
-    v.push(Case { severity: Severity::Warning, line: Some(line_of(&text, "ports: [1]")), field: "servers.zen-mcp.discovery_strategies.user[0].ports", message: "no meaning for a `path_check`", ..case("misplaced strategy field", text, c.into()) });
+    v.push(Case {
+        severity: Severity::Warning,
+        line: Some(line_of(&text, "ports: [1]")),
+        field: "servers.zen-mcp.discovery_strategies.user[0].ports",
+        message: "no meaning for a `path_check`",
+        ..case("misplaced strategy field", text, c.into())
+    });
 
     // JSON `zen` next to YAML `zen-mcp` without the alias that joins them.
     let text = edit(d, "    aliases: [zen]\n", "");
-    v.push(Case { severity: Severity::Warning, file: CORE, line: Some(line_of(c, "\"zen\"")), field: "mcpServers.zen", message: "add `aliases: [zen]` under servers.zen-mcp", ..case("name mismatch", text, c.into()) });
+    v.push(Case {
+        severity: Severity::Warning,
+        file: CORE,
+        line: Some(line_of(c, "\"zen\"")),
+        field: "mcpServers.zen",
+        message: "add `aliases: [zen]` under servers.zen-mcp",
+        ..case("name mismatch", text, c.into())
+    });
 
     // A strategy group whose tier is missing from priority_order.
     let text = edit(d, "      2: user_installation\n", "");
-    v.push(Case { severity: Severity::Warning, line: Some(line_of(&text, "priority_order")), field: "servers.zen-mcp.priority_order", message: "tier `user_installation`", ..case("tier not in priority_order", text, c.into()) });
+    v.push(Case {
+        severity: Severity::Warning,
+        line: Some(line_of(&text, "priority_order")),
+        field: "servers.zen-mcp.priority_order",
+        message: "tier `user_installation`",
+        ..case("tier not in priority_order", text, c.into())
+    });
 
     v
 }
@@ -366,7 +512,8 @@ fn agent_problems_are_located() {
     let (_, diags) = load(&[l], Profile::Default, &|_| None);
     let size = diags.errors().find(|d| d.file == ".agents/defaults/code-reviewer.yaml").unwrap_or_else(|| panic!("{}", show(&diags)));
     assert_eq!((size.field.as_str(), size.line), ("runtime.memory_requirement", line_of(&bad, "512XB")));
-    let ctx = diags.warnings().find(|d| d.file == ".agents/core/ai-engineer.yaml" && d.field == "context.shared[0]").unwrap_or_else(|| panic!("{}", show(&diags)));
+    let ctx =
+        diags.warnings().find(|d| d.file == ".agents/core/ai-engineer.yaml" && d.field == "context.shared[0]").unwrap_or_else(|| panic!("{}", show(&diags)));
     assert_eq!(ctx.line, line_of(&missing_ctx, "context:") + 1);
 }
 

@@ -9,7 +9,7 @@ use common::{shipped_layer, text_file};
 use craftmesh_protocol::config::agents::{AgentDefinition, AgentSource, AgentsDiscoveryFile};
 use craftmesh_protocol::config::mcp::{DiscoveryFile, ServersFile};
 use craftmesh_protocol::config::source::{self, Format};
-use craftmesh_protocol::config::{load, LayerFiles, LayerKind, Profile, TextFile};
+use craftmesh_protocol::config::{LayerFiles, LayerKind, Profile, TextFile, load};
 use proptest::prelude::*;
 
 const CASES: u32 = 256;
@@ -153,21 +153,94 @@ fn apply(text: &str, m: &Mutation) -> String {
 /// parsers get past the syntax and into field checks, `${}` expansion and locating.
 fn config_like() -> impl Strategy<Value = String> {
     let key = prop::sample::select(vec![
-        "version", "settings", "servers", "zen-mcp", "zen", "aliases", "priority_order", "discovery_strategies",
-        "external", "user", "docker", "npx", "embedded", "type", "ports", "health_endpoint", "mcp_path", "host",
-        "variables", "patterns", "paths", "package", "names", "labels", "resource_requirements", "memory_mb",
-        "deployment_config", "production", "resource_limits", "mcpServers", "command", "args", "env", "enabled",
-        "memory_requirement", "health_check", "required_env", "agents", "metadata", "id", "runtime", "model",
-        "fallback_models", "context", "shared", "implementation", "source", "1", "2", "0",
+        "version",
+        "settings",
+        "servers",
+        "zen-mcp",
+        "zen",
+        "aliases",
+        "priority_order",
+        "discovery_strategies",
+        "external",
+        "user",
+        "docker",
+        "npx",
+        "embedded",
+        "type",
+        "ports",
+        "health_endpoint",
+        "mcp_path",
+        "host",
+        "variables",
+        "patterns",
+        "paths",
+        "package",
+        "names",
+        "labels",
+        "resource_requirements",
+        "memory_mb",
+        "deployment_config",
+        "production",
+        "resource_limits",
+        "mcpServers",
+        "command",
+        "args",
+        "env",
+        "enabled",
+        "memory_requirement",
+        "health_check",
+        "required_env",
+        "agents",
+        "metadata",
+        "id",
+        "runtime",
+        "model",
+        "fallback_models",
+        "context",
+        "shared",
+        "implementation",
+        "source",
+        "1",
+        "2",
+        "0",
     ]);
     let value = prop::sample::select(vec![
-        "", "1", "0", "-3", "8000", "70000", "1.5", "true", "[]", "{}", "[8000, 8001]", "port_check", "port_scan",
-        "external_deployment", "npx_cloud", "bogus_tier", "\"/health\"", "health", "512MB", "512XB", "\"${UNSET_FUZZ_VAR}\"",
-        "\"${OK:-x}\"", "\"${\"", "[zen]", "[zen-mcp]", "sonnet", "opus", "markdown", "|", "~", "null", "&x", "*x",
+        "",
+        "1",
+        "0",
+        "-3",
+        "8000",
+        "70000",
+        "1.5",
+        "true",
+        "[]",
+        "{}",
+        "[8000, 8001]",
+        "port_check",
+        "port_scan",
+        "external_deployment",
+        "npx_cloud",
+        "bogus_tier",
+        "\"/health\"",
+        "health",
+        "512MB",
+        "512XB",
+        "\"${UNSET_FUZZ_VAR}\"",
+        "\"${OK:-x}\"",
+        "\"${\"",
+        "[zen]",
+        "[zen-mcp]",
+        "sonnet",
+        "opus",
+        "markdown",
+        "|",
+        "~",
+        "null",
+        "&x",
+        "*x",
     ]);
-    let line = (0usize..4, prop::bool::ANY, key, value).prop_map(|(depth, dash, k, v)| {
-        format!("{}{}{k}: {v}", "  ".repeat(depth), if dash { "- " } else { "" })
-    });
+    let line =
+        (0usize..4, prop::bool::ANY, key, value).prop_map(|(depth, dash, k, v)| format!("{}{}{k}: {v}", "  ".repeat(depth), if dash { "- " } else { "" }));
     prop::collection::vec(line, 0..40).prop_map(|ls| ls.join("\n"))
 }
 

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{no_env, show};
-use craftmesh_protocol::config::{load, LayerFiles, LayerKind, Profile, TextFile};
+use craftmesh_protocol::config::{LayerFiles, LayerKind, Profile, TextFile, load};
 
 fn layer(kind: LayerKind, yaml: &str) -> LayerFiles {
     let mut l = LayerFiles::empty(kind);
@@ -13,7 +13,8 @@ fn layer(kind: LayerKind, yaml: &str) -> LayerFiles {
 
 #[test]
 fn mesh_block_layers_field_by_field() {
-    let project = layer(LayerKind::Project, "mesh:\n  listen_port: 7500\n  interfaces:\n    allow: [eth0]\n  static_peers: [/ip4/10.0.0.2/tcp/7411]\n  tags: [gpu]\n");
+    let project =
+        layer(LayerKind::Project, "mesh:\n  listen_port: 7500\n  interfaces:\n    allow: [eth0]\n  static_peers: [/ip4/10.0.0.2/tcp/7411]\n  tags: [gpu]\n");
     let user = layer(LayerKind::User, "mesh:\n  listen_port: 7600\n  mdns: false\n");
     let (cfg, d) = load(&[project, user], Profile::Default, &no_env);
     let cfg = cfg.unwrap_or_else(|| panic!("{}", show(&d)));

@@ -6,7 +6,7 @@ mod common;
 use common::{no_env, shipped_layer, show};
 use craftmesh_protocol::config::agents::AgentSource;
 use craftmesh_protocol::config::mcp::{Strategy, Tier};
-use craftmesh_protocol::config::{load, Config, LayerKind, Profile};
+use craftmesh_protocol::config::{Config, LayerKind, Profile, load};
 
 fn load_project(profile: Profile) -> Config {
     let (cfg, diags) = load(&[shipped_layer(LayerKind::Project)], profile, &no_env);
@@ -34,10 +34,7 @@ fn zen_alias_and_canonical_name_resolve_to_one_server() {
     assert_eq!(by_alias, by_name);
     assert_eq!(by_name.name, "zen-mcp");
     assert!(by_name.enabled);
-    assert_eq!(
-        by_name.priority_order,
-        [Tier::ExternalDeployment, Tier::UserInstallation, Tier::DockerSidecar, Tier::EmbeddedSubmodule]
-    );
+    assert_eq!(by_name.priority_order, [Tier::ExternalDeployment, Tier::UserInstallation, Tier::DockerSidecar, Tier::EmbeddedSubmodule]);
     // the launch entry from core.json got linked through the alias
     let launch = by_name.launch.as_ref().expect("zen has a launch entry");
     assert_eq!(launch.command.as_deref(), Some("uv"));
@@ -191,12 +188,7 @@ fn shipped_files_as_builtin_layer_alone_load_cleanly() {
 #[test]
 fn shipped_files_contain_no_lan_addresses() {
     let layer = shipped_layer(LayerKind::Project);
-    let texts = layer
-        .mcp_discovery
-        .iter()
-        .chain(layer.server_files.iter())
-        .chain(layer.agents_discovery.iter())
-        .chain(layer.agent_defs.iter().map(|(_, f)| f));
+    let texts = layer.mcp_discovery.iter().chain(layer.server_files.iter()).chain(layer.agents_discovery.iter()).chain(layer.agent_defs.iter().map(|(_, f)| f));
     for f in texts {
         for bad in ["192.168.", "10.0.", "172.16."] {
             assert!(!f.text.contains(bad), "{} contains a LAN address ({bad})", f.path);
@@ -210,7 +202,8 @@ fn shipped_files_contain_no_lan_addresses() {
 fn agents_production_resource_limits_apply() {
     let mut layer = shipped_layer(LayerKind::Project);
     let f = layer.agents_discovery.as_mut().expect("agents discovery");
-    f.text = f.text.replace("  max_concurrent_agents: 6\n", "").replace("    total_memory_mb: 1536\n", "    total_memory_mb: 1536\n    max_concurrent_agents: 4\n");
+    f.text =
+        f.text.replace("  max_concurrent_agents: 6\n", "").replace("    total_memory_mb: 1536\n", "    total_memory_mb: 1536\n    max_concurrent_agents: 4\n");
     assert!(f.text.contains("    max_concurrent_agents: 4\n"), "edit applied");
     let (cfg, diags) = load(&[layer.clone()], Profile::Production, &no_env);
     assert!(diags.0.is_empty(), "{}", show(&diags));

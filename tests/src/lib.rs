@@ -10,8 +10,8 @@
 //!
 //! Every wait here has a deadline, and every spawned process or thread is stopped on drop.
 
-pub mod netns;
 pub mod meshnode;
+pub mod netns;
 pub mod sim;
 
 use serde_json::Value;
@@ -22,7 +22,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,10 +38,7 @@ pub const MCP_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent directory")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent directory").to_path_buf()
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `<root>/target`.
@@ -66,11 +63,7 @@ pub fn craftmesh_bin() -> PathBuf {
         return p;
     }
     let p = target_dir().join("debug").join("craftmesh");
-    assert!(
-        p.is_file(),
-        "craftmesh binary not found at {}: run `cargo build --bins` first (or set CRAFTMESH_BIN)",
-        p.display()
-    );
+    assert!(p.is_file(), "craftmesh binary not found at {}: run `cargo build --bins` first (or set CRAFTMESH_BIN)", p.display());
     p
 }
 
@@ -115,19 +108,13 @@ pub fn python_has_mcp() -> bool {
     if !py.exists() {
         return false;
     }
-    let out = run_with_timeout(
-        Command::new(&py).args(["-c", "from mcp.server.fastmcp import FastMCP"]),
-        Duration::from_secs(60),
-    );
+    let out = run_with_timeout(Command::new(&py).args(["-c", "from mcp.server.fastmcp import FastMCP"]), Duration::from_secs(60));
     out.success()
 }
 
 /// Whether the `docker` client works and reaches a running engine.
 pub fn docker_available() -> bool {
-    let out = run_with_timeout(
-        Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]),
-        Duration::from_secs(30),
-    );
+    let out = run_with_timeout(Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]), Duration::from_secs(30));
     out.success() && !out.stdout.trim().is_empty()
 }
 
@@ -140,10 +127,7 @@ pub fn free_port() -> u16 {
 /// A random hex string, for unique names (labels, image tags, process markers).
 pub fn random_suffix() -> String {
     let mut h = RandomState::new().build_hasher();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     h.write_u128(nanos);
     h.write_u32(std::process::id());
     format!("{:016x}", h.finish())
@@ -336,9 +320,7 @@ impl McpServer {
                 .stdout(logf.try_clone().expect("clone log"))
                 .stderr(logf)
                 .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {} with python {}: {e}", fixture("mcp_server.py").display(), python().display())
-                });
+                .unwrap_or_else(|e| panic!("cannot start {} with python {}: {e}", fixture("mcp_server.py").display(), python().display()));
             let mut server = McpServer { child, name: name.to_string(), port, log, _dir: dir };
             let deadline = Instant::now() + MCP_START_TIMEOUT;
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -352,10 +334,7 @@ impl McpServer {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    panic!(
-                        "MCP fixture `{name}` did not listen on port {port} within {MCP_START_TIMEOUT:?}; log:\n{}",
-                        server.log_text()
-                    );
+                    panic!("MCP fixture `{name}` did not listen on port {port} within {MCP_START_TIMEOUT:?}; log:\n{}", server.log_text());
                 }
                 std::thread::sleep(Duration::from_millis(25));
             }
@@ -713,8 +692,8 @@ impl Discovery {
     /// Parses stdout; panics unless it is JSON matching `craftmesh_protocol::report::Report`.
     /// With `CRAFTMESH_TEST_DUMP` set, prints the report to stderr (use `--no-capture`).
     pub fn parse(out: CmdOutput) -> Discovery {
-        let json: Value = serde_json::from_str(out.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout of `craftmesh discover --json` is not JSON: {e}\n{}", out.describe()));
+        let json: Value =
+            serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("stdout of `craftmesh discover --json` is not JSON: {e}\n{}", out.describe()));
         if let Err(e) = serde_json::from_value::<craftmesh_protocol::report::Report>(json.clone()) {
             panic!("the discover report does not match protocol::report::Report: {e}\n{}", out.describe());
         }
@@ -757,11 +736,7 @@ impl Discovery {
 
     /// The report, pretty, plus the run's stderr; for assertion messages.
     pub fn dump(&self) -> String {
-        format!(
-            "--- report ---\n{}\n--- stderr ---\n{}",
-            serde_json::to_string_pretty(&self.json).unwrap_or_default(),
-            self.out.stderr
-        )
+        format!("--- report ---\n{}\n--- stderr ---\n{}", serde_json::to_string_pretty(&self.json).unwrap_or_default(), self.out.stderr)
     }
 }
 

@@ -24,7 +24,7 @@
 //! Needs root, iproute2 and (for [`Rig::set_loss`]) nftables; check with
 //! [`netns_available`] and [`nft_available`] via [`crate::require`].
 
-use crate::{run_with_timeout, CmdOutput, KillOnDrop};
+use crate::{CmdOutput, KillOnDrop, run_with_timeout};
 use std::collections::hash_map::RandomState;
 use std::ffi::OsStr;
 use std::hash::{BuildHasher, Hasher};
@@ -33,8 +33,8 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Deadline of one `ip`, `nft`, `sh -c kill` or `cat` command run by the rig.
@@ -79,15 +79,9 @@ fn probe() -> Probe {
             return no;
         }
         // A bridge and a veth pair inside the throwaway namespace: what a rig needs.
-        let netns = ip(&["-n", &ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])
-            .is_ok_and(|o| o.success())
+        let netns = ip(&["-n", &ns, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]).is_ok_and(|o| o.success())
             && ip(&["-n", &ns, "link", "add", "a0", "type", "veth", "peer", "name", "b0"]).is_ok_and(|o| o.success());
-        let nft = netns
-            && run_with_timeout(
-                Command::new("ip").args(["netns", "exec", &ns, "nft", "add", "table", "bridge", "cmprobe"]),
-                CMD_TIMEOUT,
-            )
-            .success();
+        let nft = netns && run_with_timeout(Command::new("ip").args(["netns", "exec", &ns, "nft", "add", "table", "bridge", "cmprobe"]), CMD_TIMEOUT).success();
         let _ = ip(&["netns", "del", &ns]);
         Probe { netns, nft }
     })
@@ -109,11 +103,7 @@ pub fn nft_available() -> bool {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0")))
         .unwrap_or(false)
 }
 
@@ -161,11 +151,7 @@ fn ip_batch(ns: Option<&str>, force: bool, file: &Path, lines: &[String]) -> io:
     }
     cmd.arg("-batch").arg(file);
     let out = run_with_timeout(&mut cmd, BATCH_TIMEOUT);
-    if out.success() || force {
-        Ok(out)
-    } else {
-        Err(io::Error::other(format!("ip batch failed\n{}\n--- batch ---\n{text}", out.describe())))
-    }
+    if out.success() || force { Ok(out) } else { Err(io::Error::other(format!("ip batch failed\n{}\n--- batch ---\n{text}", out.describe()))) }
 }
 
 /// `kill <signal> <pids>` with the shell's builtin (no procps needed).
@@ -187,17 +173,14 @@ fn signal(pid: u32, signal: &str) -> io::Result<()> {
 
 /// Names of all named network namespaces (the files of `/run/netns`).
 fn list_namespaces() -> Vec<String> {
-    std::fs::read_dir(NETNS_DIR)
-        .map(|d| d.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
-        .unwrap_or_default()
+    std::fs::read_dir(NETNS_DIR).map(|d| d.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect()).unwrap_or_default()
 }
 
 /// The pids of processes whose network namespace is one of `names` (what `ip netns pids`
 /// does, for many namespaces in one scan of `/proc`). Our own process is never included.
 fn pids_in(names: &[String]) -> Vec<u32> {
     // All namespace files live on nsfs: the inode number identifies the namespace.
-    let inodes: Vec<u64> =
-        names.iter().filter_map(|n| std::fs::metadata(Path::new(NETNS_DIR).join(n)).ok()).map(|m| m.ino()).collect();
+    let inodes: Vec<u64> = names.iter().filter_map(|n| std::fs::metadata(Path::new(NETNS_DIR).join(n)).ok()).map(|m| m.ino()).collect();
     if inodes.is_empty() {
         return Vec::new();
     }
@@ -207,10 +190,7 @@ fn pids_in(names: &[String]) -> Vec<u32> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
         .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                .is_ok_and(|m| inodes.contains(&m.ino()))
-        })
+        .filter(|pid| std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino())))
         .collect()
 }
 
@@ -399,11 +379,7 @@ impl Rig {
     }
 
     fn check_index(&self, i: usize) -> io::Result<()> {
-        if i < self.hosts.len() {
-            Ok(())
-        } else {
-            Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no host {i} in a rig of {}", self.hosts.len())))
-        }
+        if i < self.hosts.len() { Ok(()) } else { Err(io::Error::new(io::ErrorKind::InvalidInput, format!("no host {i} in a rig of {}", self.hosts.len()))) }
     }
 
     /// Number of hosts.
@@ -488,13 +464,9 @@ impl Rig {
         }
         let file = self.dir.path().join(format!("loss-p{i}.nft"));
         std::fs::write(&file, &rules)?;
-        checked(
-            Command::new("ip").args(["netns", "exec", &self.switch_ns(), "nft", "-f"]).arg(&file),
-            CMD_TIMEOUT,
-            "nft (set_loss)",
-        )
-        .map_err(|e| io::Error::other(format!("{e}\n--- ruleset ---\n{rules}")))
-        .map(|_| ())
+        checked(Command::new("ip").args(["netns", "exec", &self.switch_ns(), "nft", "-f"]).arg(&file), CMD_TIMEOUT, "nft (set_loss)")
+            .map_err(|e| io::Error::other(format!("{e}\n--- ruleset ---\n{rules}")))
+            .map(|_| ())
     }
 
     /// Stops process `pid` (SIGSTOP): it keeps its sockets but answers nothing.
@@ -519,14 +491,7 @@ impl Rig {
         self.check_index(i)?;
         let stats = format!("/sys/class/net/{HOST_IFACE}/statistics");
         let out = checked(
-            Command::new("ip").args([
-                "netns",
-                "exec",
-                &self.hosts[i],
-                "cat",
-                &format!("{stats}/rx_bytes"),
-                &format!("{stats}/tx_bytes"),
-            ]),
+            Command::new("ip").args(["netns", "exec", &self.hosts[i], "cat", &format!("{stats}/rx_bytes"), &format!("{stats}/tx_bytes")]),
             CMD_TIMEOUT,
             "reading interface statistics",
         )?;
@@ -646,12 +611,7 @@ impl<'r> Host<'r> {
     fn start(&self, mut cmd: Command) -> io::Result<Spawned> {
         let seq = self.rig.spawned.fetch_add(1, Ordering::Relaxed);
         // Program is the 4th word: ip netns exec <ns> <program>.
-        let program = cmd
-            .get_args()
-            .nth(3)
-            .and_then(|p| Path::new(p).file_name())
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let program = cmd.get_args().nth(3).and_then(|p| Path::new(p).file_name()).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
         let log = self.rig.dir.path().join(format!("h{}-{seq}-{program}.log", self.i));
         let file = std::fs::File::create(&log)?;
         let command = crate::describe_command(&cmd);

@@ -7,7 +7,7 @@
 use craftmesh_protocol::membership::{Action, Config, Event, Membership, State};
 use craftmesh_protocol::wire::Rumor;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, BTreeMap};
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// SplitMix64: small, seedable, good enough for simulation choices.
 #[derive(Debug, Clone)]
@@ -35,14 +35,33 @@ impl Rng {
 
 #[derive(Debug, Clone)]
 enum Msg {
-    Ping { seq: u64 },
-    Ack { seq: u64, sent_at: u64 },
-    ProbeRequest { req: u64, target: usize },
-    ProbeReply { req: u64, target: usize, alive: bool },
-    Rumor { about: usize, incarnation: u64, rumor: Rumor },
+    Ping {
+        seq: u64,
+    },
+    Ack {
+        seq: u64,
+        sent_at: u64,
+    },
+    ProbeRequest {
+        req: u64,
+        target: usize,
+    },
+    ProbeReply {
+        req: u64,
+        target: usize,
+        alive: bool,
+    },
+    Rumor {
+        about: usize,
+        incarnation: u64,
+        rumor: Rumor,
+    },
     /// The connection from `from` was reset (its process died).
     Reset,
-    DialResult { refused: bool, ok: bool },
+    DialResult {
+        refused: bool,
+        ok: bool,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -26,13 +26,7 @@ fn port_check_yaml(server: &str, ports: &[u16]) -> String {
 }
 
 fn need_mcp_fixture() -> bool {
-    require(
-        &format!(
-            "python with the MCP SDK at {} (run tests/scripts/run-tests.sh, or set CRAFTMESH_TEST_PYTHON)",
-            python().display()
-        ),
-        python_has_mcp(),
-    )
+    require(&format!("python with the MCP SDK at {} (run tests/scripts/run-tests.sh, or set CRAFTMESH_TEST_PYTHON)", python().display()), python_has_mcp())
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -48,9 +42,7 @@ fn real_mcp_server_is_found_by_port_check_and_verified() {
     let cfg = ConfigDir::new(&port_check_yaml("test-mcp", &[server.port]));
     let d = cfg.discover();
 
-    let f = d
-        .finding_on_port("test-mcp", server.port)
-        .unwrap_or_else(|| panic!("no finding with evidence.port {}\n{}", server.port, d.dump()));
+    let f = d.finding_on_port("test-mcp", server.port).unwrap_or_else(|| panic!("no finding with evidence.port {}\n{}", server.port, d.dump()));
     let ctx = d.dump();
     assert_eq!(f["source"], "port_check", "{ctx}");
     assert_eq!(f["tier"], "external_deployment", "{ctx}");
@@ -58,10 +50,7 @@ fn real_mcp_server_is_found_by_port_check_and_verified() {
     assert_eq!(f["status"], "healthy", "{ctx}");
     assert_eq!(f["healthy"], true, "{ctx}");
     assert_eq!(f["server_info"]["name"], server.name.as_str(), "{ctx}");
-    assert!(
-        str_of(&f["server_info"], "protocol_version").is_some_and(|v| !v.is_empty()),
-        "server_info.protocol_version should be set\n{ctx}"
-    );
+    assert!(str_of(&f["server_info"], "protocol_version").is_some_and(|v| !v.is_empty()), "server_info.protocol_version should be set\n{ctx}");
     assert_eq!(f["tools"]["count"], McpServer::TOOLS.len(), "{ctx}");
     assert!(str_of(&f["tools"], "hash").is_some_and(|h| !h.is_empty()), "tools.hash should be non-empty\n{ctx}");
     let url = str_of(f, "url").unwrap_or_else(|| panic!("finding has no url\n{ctx}"));
@@ -75,9 +64,7 @@ fn plain_http_port_is_reported_not_mcp() {
     let cfg = ConfigDir::new(&port_check_yaml("test-mcp", &[http.port]));
     let d = cfg.discover();
 
-    let f = d
-        .finding_on_port("test-mcp", http.port)
-        .unwrap_or_else(|| panic!("an open HTTP port should yield a finding\n{}", d.dump()));
+    let f = d.finding_on_port("test-mcp", http.port).unwrap_or_else(|| panic!("an open HTTP port should yield a finding\n{}", d.dump()));
     let ctx = d.dump();
     assert_eq!(f["status"], "not_mcp", "{ctx}");
     assert_eq!(f["protocol"], "http", "{ctx}");
@@ -90,15 +77,11 @@ fn plain_http_port_is_reported_not_mcp() {
 #[test]
 fn plain_http_service_declared_http_is_healthy() {
     let http = plain_http_server();
-    let cfg = ConfigDir::new(&port_check_yaml("web", &[http.port])).with_servers_json(
-        "core",
-        r#"{ "mcpServers": { "web": { "command": "web-service", "health_check": { "type": "http", "endpoint": "/health" } } } }"#,
-    );
+    let cfg = ConfigDir::new(&port_check_yaml("web", &[http.port]))
+        .with_servers_json("core", r#"{ "mcpServers": { "web": { "command": "web-service", "health_check": { "type": "http", "endpoint": "/health" } } } }"#);
     let d = cfg.discover();
 
-    let f = d
-        .finding_on_port("web", http.port)
-        .unwrap_or_else(|| panic!("an open HTTP port should yield a finding\n{}", d.dump()));
+    let f = d.finding_on_port("web", http.port).unwrap_or_else(|| panic!("an open HTTP port should yield a finding\n{}", d.dump()));
     let ctx = d.dump();
     assert_eq!(f["protocol"], "http", "{ctx}");
     assert_eq!(f["status"], "healthy", "{ctx}");
@@ -192,10 +175,7 @@ fn env_variable_points_at_live_and_dead_urls() {
     let dead_url = format!("http://127.0.0.1:{dead_port}/mcp");
     // A URL without a path names the server; `mcp_path` says where its endpoint is.
     let base_url = server.base_url();
-    let d = cfg.discover_with(
-        &[(&live_var, &live_url), (&dead_var, &dead_url), (&base_var, &base_url)],
-        DEFAULT_RUN_TIMEOUT,
-    );
+    let d = cfg.discover_with(&[(&live_var, &live_url), (&dead_var, &dead_url), (&base_var, &base_url)], DEFAULT_RUN_TIMEOUT);
     let ctx = d.dump();
 
     let live = d.the_finding("live-env", "from the live variable", |f| f["evidence"]["env_var"] == live_var.as_str());
@@ -311,14 +291,8 @@ fn slow_and_hostile_ports_end_within_the_timeout() {
         }
         assert_eq!(d.resolved(name), None, "`{name}` must not resolve\n{ctx}");
         // The port accepts connections, so it is reported, as not working.
-        let f = d
-            .finding_on_port(name, port)
-            .unwrap_or_else(|| panic!("`{name}` accepts TCP on {port} and should be reported\n{ctx}"));
-        assert!(
-            matches!(f["status"].as_str(), Some("unhealthy" | "not_mcp")),
-            "`{name}` should be unhealthy or not_mcp, got {}\n{ctx}",
-            f["status"]
-        );
+        let f = d.finding_on_port(name, port).unwrap_or_else(|| panic!("`{name}` accepts TCP on {port} and should be reported\n{ctx}"));
+        assert!(matches!(f["status"].as_str(), Some("unhealthy" | "not_mcp")), "`{name}` should be unhealthy or not_mcp, got {}\n{ctx}", f["status"]);
     }
     // protocol/src/report.rs: `unhealthy` is "reachable but failed its check (... timeout after
     // connect)"; `not_mcp` means it *answered*, but not as MCP. A port that accepts and never
@@ -347,35 +321,22 @@ fn config_check_reports_file_and_line() {
     let out = cfg.run(&["config", "check", "--json"], &[], DEFAULT_RUN_TIMEOUT);
     assert!(!out.timed_out, "{}", out.describe());
     assert!(out.code().is_some_and(|c| c != 0), "config check on a broken file should exit non-zero\n{}", out.describe());
-    let json: Value = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("`config check --json` should print JSON: {e}\n{}", out.describe()));
-    let errors = json["errors"]
-        .as_array()
-        .unwrap_or_else(|| panic!("the JSON should have errors[]\n{}", out.describe()));
+    let json: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("`config check --json` should print JSON: {e}\n{}", out.describe()));
+    let errors = json["errors"].as_array().unwrap_or_else(|| panic!("the JSON should have errors[]\n{}", out.describe()));
     let e = errors
         .iter()
         .find(|e| e["field"].as_str().is_some_and(|f| f.contains("ports")))
         .unwrap_or_else(|| panic!("an error about `ports` should be reported\n{}", out.describe()));
     let file = e["file"].as_str().unwrap_or_else(|| panic!("error without file\n{}", out.describe()));
     assert!(file.ends_with("discovery-config.yaml"), "file {file} should be the discovery file\n{}", out.describe());
-    assert_eq!(
-        e["line"].as_u64(),
-        Some(line_of(broken, "ports: [0]") as u64),
-        "the error should point at the `ports` line\n{}",
-        out.describe()
-    );
+    assert_eq!(e["line"].as_u64(), Some(line_of(broken, "ports: [0]") as u64), "the error should point at the `ports` line\n{}", out.describe());
     assert_eq!(e["field"], "servers.broken.discovery_strategies.external[0].ports", "{}", out.describe());
 
     let ok = ConfigDir::new(&port_check_yaml("fine", &[free_port()]));
     let out = ok.run(&["config", "check", "--json"], &[], DEFAULT_RUN_TIMEOUT);
     assert_eq!(out.code(), Some(0), "config check on a valid file should exit 0\n{}", out.describe());
-    let json: Value = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("`config check --json` should print JSON: {e}\n{}", out.describe()));
-    assert!(
-        json["errors"].as_array().is_some_and(|a| a.is_empty()),
-        "a valid config should have no errors\n{}",
-        out.describe()
-    );
+    let json: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("`config check --json` should print JSON: {e}\n{}", out.describe()));
+    assert!(json["errors"].as_array().is_some_and(|a| a.is_empty()), "a valid config should have no errors\n{}", out.describe());
 }
 
 #[test]

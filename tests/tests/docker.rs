@@ -22,11 +22,8 @@ fn build_stub_image(ctx: &std::path::Path, tag: &str) -> DockerCleanup {
         Duration::from_secs(180),
     );
     assert!(out.success(), "compiling the static stub failed\n{}", out.describe());
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        "FROM scratch\nCOPY stub_http /stub_http\nEXPOSE 8080\nENTRYPOINT [\"/stub_http\"]\nCMD [\"8080\"]\n",
-    )
-    .expect("write Dockerfile");
+    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY stub_http /stub_http\nEXPOSE 8080\nENTRYPOINT [\"/stub_http\"]\nCMD [\"8080\"]\n")
+        .expect("write Dockerfile");
     let ctx_s = ctx.to_string_lossy().into_owned();
     docker(&["build", "-q", "-t", tag, &ctx_s], Duration::from_secs(180));
     DockerCleanup::Image(tag.to_string())
@@ -51,17 +48,11 @@ fn docker_container_is_found_by_label_with_its_published_port() {
           health_endpoint: /health
 "
     ))
-    .with_servers_json(
-        "core",
-        r#"{ "mcpServers": { "stub-http": { "command": "stub_http", "health_check": { "type": "http", "endpoint": "/health" } } } }"#,
-    );
+    .with_servers_json("core", r#"{ "mcpServers": { "stub-http": { "command": "stub_http", "health_check": { "type": "http", "endpoint": "/health" } } } }"#);
 
     // Declared first so they are dropped last: the container goes before the image.
     let _image = build_stub_image(&cfg.scratch_dir().join("stub-image"), &tag);
-    let run = docker(
-        &["run", "-d", "--rm", "--label", &label, "-p", "127.0.0.1::8080", &tag],
-        Duration::from_secs(60),
-    );
+    let run = docker(&["run", "-d", "--rm", "--label", &label, "-p", "127.0.0.1::8080", &tag], Duration::from_secs(60));
     let container_id = run.stdout.trim().to_string();
     let _container = DockerCleanup::Container(container_id.clone());
     assert!(container_id.len() >= 12, "docker run should print the container id\n{}", run.describe());
@@ -79,10 +70,7 @@ fn docker_container_is_found_by_label_with_its_published_port() {
     let ctx = d.dump();
     let f = d.the_finding("stub-http", "from docker", |f| f["source"] == "docker");
     let found_id = f["evidence"]["container_id"].as_str().unwrap_or_else(|| panic!("no evidence.container_id\n{ctx}"));
-    assert!(
-        found_id.len() >= 12 && container_id.starts_with(found_id),
-        "evidence.container_id {found_id} should be a prefix of {container_id}\n{ctx}"
-    );
+    assert!(found_id.len() >= 12 && container_id.starts_with(found_id), "evidence.container_id {found_id} should be a prefix of {container_id}\n{ctx}");
     assert_eq!(f["evidence"]["image"], tag.as_str(), "{ctx}");
     assert_eq!(f["evidence"]["port"], host_port, "evidence.port should be the published host port\n{ctx}");
     let url = f["url"].as_str().unwrap_or_else(|| panic!("finding has no url\n{ctx}"));

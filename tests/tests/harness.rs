@@ -46,8 +46,7 @@ fn mcp_fixture_answers_initialize_with_its_name() {
     assert!(resp.contains(r#""serverInfo":{"name":"harness-fixture""#), "{resp}");
 
     let mut s = connect(server.port);
-    s.write_all(format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", server.port).as_bytes())
-        .expect("write");
+    s.write_all(format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n", server.port).as_bytes()).expect("write");
     let resp = String::from_utf8_lossy(&read_up_to(&mut s, 1 << 20)).into_owned();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 }
@@ -72,10 +71,7 @@ fn silent_server_accepts_and_never_answers() {
     s.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
     let mut buf = [0u8; 16];
     let r = s.read(&mut buf);
-    assert!(
-        matches!(&r, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
-        "expected no answer, got {r:?}"
-    );
+    assert!(matches!(&r, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)), "expected no answer, got {r:?}");
 }
 
 #[test]

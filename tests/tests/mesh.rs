@@ -2,8 +2,8 @@
 //! joining, crash, cut-off, leave, wrong key, static peers, packet loss, and mesh-wide
 //! services. Timings are asserted only as generous deadlines; the bench measures them.
 
-use craftmesh_tests::meshnode::{wait_until, MeshNode, EMPTY_CONFIG};
-use craftmesh_tests::netns::{netns_available, nft_available, Rig};
+use craftmesh_tests::meshnode::{EMPTY_CONFIG, MeshNode, wait_until};
+use craftmesh_tests::netns::{Rig, netns_available, nft_available};
 use craftmesh_tests::{fixture, free_port, python, python_has_mcp, require};
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,14 @@ fn all_alive(rig: &Rig, nodes: &[&MeshNode]) {
         for other in nodes.iter().filter(|o| o.peer_id != n.peer_id) {
             let start = Instant::now();
             while n.state_of(rig, &other.peer_id).as_deref() != Some("alive") {
-                assert!(start.elapsed() < JOIN, "node in host {} does not see node in host {} alive after {JOIN:?}\n--- observer log ---\n{}\n--- other log ---\n{}", n.index, other.index, n.log(), other.log());
+                assert!(
+                    start.elapsed() < JOIN,
+                    "node in host {} does not see node in host {} alive after {JOIN:?}\n--- observer log ---\n{}\n--- other log ---\n{}",
+                    n.index,
+                    other.index,
+                    n.log(),
+                    other.log()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -31,7 +38,10 @@ fn all_alive(rig: &Rig, nodes: &[&MeshNode]) {
 
 fn keygen(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
-    let out = craftmesh_tests::run_with_timeout(std::process::Command::new(craftmesh_tests::craftmesh_bin()).args(["keygen", "--out"]).arg(&path), Duration::from_secs(10));
+    let out = craftmesh_tests::run_with_timeout(
+        std::process::Command::new(craftmesh_tests::craftmesh_bin()).args(["keygen", "--out"]).arg(&path),
+        Duration::from_secs(10),
+    );
     assert!(out.success(), "{}", out.describe());
     path
 }
@@ -43,8 +53,13 @@ fn three_nodes_see_each_other_and_each_others_mcp_servers() {
         return;
     }
     let port = free_port();
-    let mut mcp = rig.host(0).spawn(python(), [fixture("mcp_server.py").to_string_lossy().as_ref(), "--port", &port.to_string(), "--host", "0.0.0.0", "--name", "mesh-fixture"]).expect("spawn MCP fixture");
-    let yaml = format!("settings:\n  discovery_interval: 1\n  health_check_timeout: 3\nservers:\n  shared-mcp:\n    discovery_strategies:\n      external:\n        - type: port_check\n          ports: [{port}]\n");
+    let mut mcp = rig
+        .host(0)
+        .spawn(python(), [fixture("mcp_server.py").to_string_lossy().as_ref(), "--port", &port.to_string(), "--host", "0.0.0.0", "--name", "mesh-fixture"])
+        .expect("spawn MCP fixture");
+    let yaml = format!(
+        "settings:\n  discovery_interval: 1\n  health_check_timeout: 3\nservers:\n  shared-mcp:\n    discovery_strategies:\n      external:\n        - type: port_check\n          ports: [{port}]\n"
+    );
     let a = MeshNode::start(&rig, 0, &yaml, &[]);
     let b = MeshNode::start(&rig, 1, &yaml, &[]);
     let c = MeshNode::start(&rig, 2, &yaml, &[]);
@@ -83,7 +98,9 @@ fn killed_node_is_dead_on_every_other_node_and_rejoins_after_restart() {
     all_alive(&rig, &[&a, &b, &c]);
     rig.kill9(c.pid()).expect("kill -9");
     for n in [&a, &b] {
-        wait_until(&format!("node {} to see the killed node dead", n.index), Duration::from_secs(10), || (n.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(()));
+        wait_until(&format!("node {} to see the killed node dead", n.index), Duration::from_secs(10), || {
+            (n.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(())
+        });
     }
     let id = c.peer_id.clone();
     c.restart(&rig);
@@ -100,7 +117,9 @@ fn cut_off_node_is_dead_everywhere_and_alive_again_after_the_link_returns() {
     all_alive(&rig, &[&a, &b, &c]);
     rig.cut_off(2).expect("cut off");
     for n in [&a, &b] {
-        wait_until(&format!("node {} to see the cut-off node dead", n.index), Duration::from_secs(15), || (n.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(()));
+        wait_until(&format!("node {} to see the cut-off node dead", n.index), Duration::from_secs(15), || {
+            (n.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(())
+        });
     }
     rig.reconnect(2).expect("reconnect");
     all_alive(&rig, &[&a, &b, &c]);
@@ -128,7 +147,9 @@ fn node_leaving_on_sigterm_is_left_everywhere() {
     all_alive(&rig, &[&a, &b, &c]);
     assert_eq!(c.terminate(&rig), Some(0), "clean exit on SIGTERM\n{}", c.log());
     for n in [&a, &b] {
-        wait_until(&format!("node {} to see the node left", n.index), Duration::from_secs(10), || (n.state_of(&rig, &c.peer_id).as_deref() == Some("left")).then_some(()));
+        wait_until(&format!("node {} to see the node left", n.index), Duration::from_secs(10), || {
+            (n.state_of(&rig, &c.peer_id).as_deref() == Some("left")).then_some(())
+        });
     }
 }
 

@@ -7,8 +7,8 @@
 //! Needs root, iproute2 and the test venv with the MCP SDK and zeroconf; skips otherwise
 //! (fails in CI).
 
-use craftmesh_tests::meshnode::{wait_until, MeshNode, EMPTY_CONFIG};
-use craftmesh_tests::netns::{netns_available, Rig, Spawned};
+use craftmesh_tests::meshnode::{EMPTY_CONFIG, MeshNode, wait_until};
+use craftmesh_tests::netns::{Rig, Spawned, netns_available};
 use craftmesh_tests::*;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -27,25 +27,15 @@ const HTTP_PORT: u16 = 18080;
 
 fn rig_prerequisites() -> bool {
     require("network namespaces (root and iproute2)", netns_available())
-        && require(
-            &format!(
-                "python zeroconf at {} (run tests/scripts/run-tests.sh, or set CRAFTMESH_TEST_PYTHON)",
-                python().display()
-            ),
-            python_has_zeroconf(),
-        )
+        && require(&format!("python zeroconf at {} (run tests/scripts/run-tests.sh, or set CRAFTMESH_TEST_PYTHON)", python().display()), python_has_zeroconf())
 }
 
 fn mcp_prerequisite() -> bool {
-    require(
-        &format!("python with the MCP SDK at {} (run tests/scripts/run-tests.sh)", python().display()),
-        python_has_mcp(),
-    )
+    require(&format!("python with the MCP SDK at {} (run tests/scripts/run-tests.sh)", python().display()), python_has_mcp())
 }
 
 fn python_has_zeroconf() -> bool {
-    python().exists()
-        && run_with_timeout(Command::new(python()).args(["-c", "import zeroconf"]), Duration::from_secs(60)).success()
+    python().exists() && run_with_timeout(Command::new(python()).args(["-c", "import zeroconf"]), Duration::from_secs(60)).success()
 }
 
 fn rig(n: usize) -> Rig {
@@ -79,15 +69,7 @@ fn browse(rig: &Rig, i: usize, service_type: &str, seconds: u64) -> Vec<Value> {
 
 /// Browses `service_type` from host `i` (windows of [`BROWSE_SECONDS`]) until an entry matches
 /// `pred`, for at most `timeout`; returns it, or panics with everything seen.
-fn browse_until(
-    rig: &Rig,
-    i: usize,
-    service_type: &str,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&Value) -> bool,
-    context: impl Fn() -> String,
-) -> Value {
+fn browse_until(rig: &Rig, i: usize, service_type: &str, timeout: Duration, what: &str, pred: impl Fn(&Value) -> bool, context: impl Fn() -> String) -> Value {
     let start = Instant::now();
     loop {
         let seen = browse(rig, i, service_type, BROWSE_SECONDS);
@@ -133,10 +115,7 @@ fn wait_for_tcp(rig: &Rig, i: usize, ip: &str, port: u16, timeout: Duration) -> 
 fn mcp_fixture(rig: &Rig, i: usize, port: u16, name: &str) -> Spawned {
     let tool = fixture("mcp_server.py").to_string_lossy().into_owned();
     let port_s = port.to_string();
-    let mut p = rig
-        .host(i)
-        .spawn(python(), [tool.as_str(), "--port", &port_s, "--host", "0.0.0.0", "--name", name])
-        .expect("spawn the MCP fixture");
+    let mut p = rig.host(i).spawn(python(), [tool.as_str(), "--port", &port_s, "--host", "0.0.0.0", "--name", name]).expect("spawn the MCP fixture");
     assert!(wait_for_tcp(rig, i, "127.0.0.1", port, MCP_START_TIMEOUT), "MCP fixture did not listen\n{}", p.describe());
     p
 }
@@ -229,11 +208,7 @@ fn python_zeroconf_lists_and_resolves_a_node_advert() {
     let ctx = format!("advert: {}\n--- node log ---\n{}", serde_json::to_string_pretty(&ad).unwrap_or_default(), node.log());
     assert_eq!(ad["type"], NODE_TYPE, "{ctx}");
     assert!(prop(&ad, "mesh").is_some_and(|m| !m.is_empty()), "the advert should carry a non-empty `mesh`\n{ctx}");
-    assert_eq!(
-        prop(&ad, "v"),
-        Some(craftmesh_protocol::wire::WIRE_VERSION.to_string().as_str()),
-        "the advert's `v` should be the wire version\n{ctx}"
-    );
+    assert_eq!(prop(&ad, "v"), Some(craftmesh_protocol::wire::WIRE_VERSION.to_string().as_str()), "the advert's `v` should be the wire version\n{ctx}");
     assert_eq!(ad["port"], DEFAULT_MESH_PORT, "the advert should name the default mesh port\n{ctx}");
     let addrs = addresses(&ad);
     assert!(addrs.contains(&rig.addr(0).to_string()), "the advert should carry host 0's address {}\n{ctx}", rig.addr(0));
@@ -284,10 +259,7 @@ servers:
     assert_eq!(ad["port"], MCP_PORT, "the advert should name the MCP server's port\n{ctx}");
     let addrs = addresses(&ad);
     assert!(addrs.contains(&rig.addr(0).to_string()), "the advert should carry host 0's address {}\n{ctx}", rig.addr(0));
-    assert!(
-        addrs.iter().all(|a| a.parse::<IpAddr>().is_ok_and(|ip| !ip.is_loopback())),
-        "the advert should carry no loopback address\n{ctx}"
-    );
+    assert!(addrs.iter().all(|a| a.parse::<IpAddr>().is_ok_and(|ip| !ip.is_loopback())), "the advert should carry no loopback address\n{ctx}");
     assert!(fixture.try_wait().is_none(), "the MCP fixture should still run\n{}", fixture.describe());
 }
 
@@ -308,21 +280,14 @@ fn outside_mcp_advert_to_a_non_mcp_port_is_listed_but_never_resolved() {
             if let Some(s) = listed_service(&node, &rig, "rogue") {
                 break s;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "node 0 did not list the outside advert `rogue` within 15 s\n{}",
-                node_context(&node, &rig)
-            );
+            assert!(start.elapsed() < Duration::from_secs(15), "node 0 did not list the outside advert `rogue` within 15 s\n{}", node_context(&node, &rig));
             std::thread::sleep(Duration::from_millis(200));
         }
     };
     let ctx = format!("listed: {}\n{}", serde_json::to_string_pretty(&listed).unwrap_or_default(), node_context(&node, &rig));
     assert_eq!(listed["source"], "mdns", "{ctx}");
     assert_eq!(listed["healthy"], false, "an outside advert is listed as unverified\n{ctx}");
-    assert!(
-        listed["detail"].as_str().is_some_and(|d| d.starts_with("external, unverified")),
-        "detail should say the advert is external and unverified\n{ctx}"
-    );
+    assert!(listed["detail"].as_str().is_some_and(|d| d.starts_with("external, unverified")), "detail should say the advert is external and unverified\n{ctx}");
     assert!(
         listed["url"].as_str().is_some_and(|u| u.contains(&format!("{addr1}:{HTTP_PORT}"))),
         "the listed url should point at the advertised {addr1}:{HTTP_PORT}\n{ctx}"

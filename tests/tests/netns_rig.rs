@@ -3,7 +3,7 @@
 //! Needs root, iproute2, python3 (and nftables for the loss test); skips otherwise
 //! (fails in CI).
 
-use craftmesh_tests::netns::{netns_available, nft_available, Host, Rig, Spawned};
+use craftmesh_tests::netns::{Host, Rig, Spawned, netns_available, nft_available};
 use craftmesh_tests::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -68,13 +68,9 @@ except OSError as e:
 /// that counts datagrams until 1 s of silence (or 10 s in all) and prints `got <n>`.
 fn udp_receiver(host: &Host<'_>, port: u16, group: Option<&str>) -> Spawned {
     let (bind, join) = match group {
-        Some(g) => (
-            g.to_string(),
-            format!(
-                "s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton('{g}') + socket.inet_aton('{}'))",
-                host.addr()
-            ),
-        ),
+        Some(g) => {
+            (g.to_string(), format!("s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton('{g}') + socket.inet_aton('{}'))", host.addr()))
+        }
         None => (host.addr().to_string(), String::new()),
     };
     let code = format!(
@@ -126,11 +122,7 @@ for i in range({count}):
 fn received_with_log(mut p: Spawned) -> (u32, String) {
     assert!(p.wait_timeout(STEP).is_some_and(|s| s.success()), "UDP receiver did not finish\n{}", p.describe());
     let log = p.log_text();
-    let n = log
-        .lines()
-        .find_map(|l| l.strip_prefix("got "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no count from the receiver\n{log}"));
+    let n = log.lines().find_map(|l| l.strip_prefix("got ")).and_then(|n| n.trim().parse().ok()).unwrap_or_else(|| panic!("no count from the receiver\n{log}"));
     (n, log)
 }
 
@@ -147,8 +139,8 @@ fn hosts_reach_each_other_by_unicast() {
     let rig = rig(3);
     let server = tcp_server(&rig.host(0), 7000);
     for from in [1, 2] {
-        let greeting = tcp_connect(&rig.host(from), rig.host(0).addr(), 7000, 3.0)
-            .unwrap_or_else(|out| panic!("host {from} cannot reach host 0\n{}", out.describe()));
+        let greeting =
+            tcp_connect(&rig.host(from), rig.host(0).addr(), 7000, 3.0).unwrap_or_else(|out| panic!("host {from} cannot reach host 0\n{}", out.describe()));
         assert_eq!(greeting, format!("hello from {}", rig.host(0).addr()));
     }
     assert_eq!(rig.host(0).pids(), vec![server.pid()], "the server runs inside host 0's namespace");
@@ -173,10 +165,7 @@ fn multicast_crosses_the_bridge() {
     for (i, p) in [(1, on_1), (2, on_2)] {
         let (n, log) = received_with_log(p);
         assert_eq!(n, 3, "host {i} should receive all 3 multicast datagrams\n{log}");
-        assert!(
-            log.contains(&format!("('mdns-like', '{}')", rig.host(0).addr())),
-            "host {i} should see host 0 as the sender\n{log}"
-        );
+        assert!(log.contains(&format!("('mdns-like', '{}')", rig.host(0).addr())), "host {i} should see host 0 as the sender\n{log}");
     }
 }
 
@@ -199,8 +188,7 @@ fn cut_off_host_is_unreachable_until_reconnected() {
     }
 
     rig.reconnect(0).expect("reconnect host 0");
-    let greeting = tcp_connect(&rig.host(2), to, 7001, 3.0)
-        .unwrap_or_else(|out| panic!("host 0 unreachable after reconnect\n{}", out.describe()));
+    let greeting = tcp_connect(&rig.host(2), to, 7001, 3.0).unwrap_or_else(|out| panic!("host 0 unreachable after reconnect\n{}", out.describe()));
     assert_eq!(greeting, format!("hello from {to}"));
     // Cutting the switch side keeps the host's routes, the multicast one included.
     let routes = rig.host(0).run("ip", ["route", "show"], STEP);
@@ -243,11 +231,8 @@ fn frozen_process_answers_nothing_until_thawed() {
     let to = rig.host(0).addr();
     rig.freeze(server.pid()).expect("freeze");
     // The kernel still completes the handshake; the frozen server never greets.
-    let out = rig.host(1).run(
-        "python3",
-        ["-c", &format!("import socket; c = socket.create_connection(('{to}', 7002), timeout=1); print(repr(c.recv(100)))")],
-        STEP,
-    );
+    let out =
+        rig.host(1).run("python3", ["-c", &format!("import socket; c = socket.create_connection(('{to}', 7002), timeout=1); print(repr(c.recv(100)))")], STEP);
     assert!(!out.success() && out.stderr.contains("timed out"), "frozen server answered\n{}", out.describe());
     rig.thaw(server.pid()).expect("thaw");
     tcp_connect(&rig.host(1), to, 7002, 3.0).unwrap_or_else(|out| panic!("thawed server silent\n{}", out.describe()));

@@ -141,9 +141,8 @@ fn node_serves_services_and_resolve_reverifies_before_answering() {
 
     // Restart: same identity.
     let mut node = start_node(&cfg, &api);
-    let again: Value = wait_until("the restarted API", STEP, || {
-        http_get(&api, "/v1/node").filter(|(s, _)| *s == 200).and_then(|(_, b)| serde_json::from_str(&b).ok())
-    });
+    let again: Value =
+        wait_until("the restarted API", STEP, || http_get(&api, "/v1/node").filter(|(s, _)| *s == 200).and_then(|(_, b)| serde_json::from_str(&b).ok()));
     assert_eq!(again["node"]["peer_id"].as_str(), Some(peer_id.as_str()), "identity persists across restarts");
     assert_eq!(terminate(&mut node), Some(0));
 }

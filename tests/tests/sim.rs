@@ -2,7 +2,7 @@
 //! Each test prints its seed; rerun one with `CRAFTMESH_SIM_SEED=<seed>`.
 
 use craftmesh_protocol::membership::{Config, State};
-use craftmesh_tests::sim::{gossip_rounds, NetConfig, Sim};
+use craftmesh_tests::sim::{NetConfig, Sim, gossip_rounds};
 
 fn seeds(default: &[u64]) -> Vec<u64> {
     match std::env::var("CRAFTMESH_SIM_SEED").ok().and_then(|s| s.parse().ok()) {

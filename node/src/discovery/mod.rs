@@ -75,7 +75,8 @@ impl Discoverer {
                 Vec::new()
             }
         };
-        let mut by_server: std::collections::BTreeMap<&str, (Vec<Finding>, Vec<String>)> = specs.iter().map(|s| (s.name.as_str(), (Vec::new(), Vec::new()))).collect();
+        let mut by_server: std::collections::BTreeMap<&str, (Vec<Finding>, Vec<String>)> =
+            specs.iter().map(|s| (s.name.as_str(), (Vec::new(), Vec::new()))).collect();
         for (name, findings, notes) in results {
             if let Some(e) = by_server.get_mut(name.as_str()) {
                 e.0.extend(findings);

@@ -140,7 +140,8 @@ pub async fn mcp_initialize(client: reqwest::Client, url: &str) -> Result<(Serve
     let tools = if peer.capabilities.tools.is_some() {
         match service.list_all_tools().await {
             Ok(list) => {
-                let pairs: Vec<(String, String)> = list.iter().map(|t| (t.name.to_string(), serde_json::to_string(&*t.input_schema).unwrap_or_default())).collect();
+                let pairs: Vec<(String, String)> =
+                    list.iter().map(|t| (t.name.to_string(), serde_json::to_string(&*t.input_schema).unwrap_or_default())).collect();
                 Some(ToolsSummary { count: pairs.len(), hash: select::tools_hash(&pairs) })
             }
             Err(e) => {
@@ -158,7 +159,11 @@ pub async fn mcp_initialize(client: reqwest::Client, url: &str) -> Result<(Serve
 /// GET `url`, returning the status code; reads at most [`MAX_HEALTH_BODY`] of the body.
 pub async fn http_status(client: &reqwest::Client, url: &str, timeout: Duration) -> Result<u16, Failure> {
     let fut = async {
-        let resp = client.get(url).send().await.map_err(|e| if e.is_timeout() { Failure::silent(short(&describe(&e))) } else { Failure::answered(short(&describe(&e))) })?;
+        let resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { Failure::silent(short(&describe(&e))) } else { Failure::answered(short(&describe(&e))) })?;
         let status = resp.status().as_u16();
         let mut stream = resp.bytes_stream();
         let mut read = 0usize;

@@ -1,10 +1,10 @@
 //! The strategies themselves. Each returns findings and notes for one (server, strategy).
 
 use super::probe::{self, Expect, Target};
-use super::{apply_verdict, expect_for, finding, Discoverer};
+use super::{Discoverer, apply_verdict, expect_for, finding};
 use crate::config_files::expand_home;
-use craftmesh_protocol::config::mcp::{Strategy, StrategyKind, Tier};
 use craftmesh_protocol::config::ServerSpec;
+use craftmesh_protocol::config::mcp::{Strategy, StrategyKind, Tier};
 use craftmesh_protocol::report::{Evidence, Finding, ProcessInfo, Status};
 use futures::future::{BoxFuture, FutureExt as _, Shared};
 use std::path::{Path, PathBuf};
@@ -102,7 +102,13 @@ impl<'a> Ctx<'a> {
                         match Target::from_url(&value, mcp_path, health) {
                             Ok(target) => {
                                 let r = probe::probe(&client, &target, expect, timeout).await;
-                                let mut f = finding(spec, tier, StrategyKind::EnvVariable, Status::Unreachable, Evidence { env_var: Some(var.clone()), port: port_of(&target), ..Default::default() });
+                                let mut f = finding(
+                                    spec,
+                                    tier,
+                                    StrategyKind::EnvVariable,
+                                    Status::Unreachable,
+                                    Evidence { env_var: Some(var.clone()), port: port_of(&target), ..Default::default() },
+                                );
                                 checked(&mut f, &target, &r, expect);
                                 findings.push(f);
                             }
@@ -122,14 +128,26 @@ impl<'a> Ctx<'a> {
                                     (Some(url), pid) => match Target::from_url(&url, mcp_path, health) {
                                         Ok(target) => {
                                             let r = probe::probe(&client, &target, expect, timeout).await;
-                                            let mut f = finding(spec, tier, StrategyKind::LockFile, Status::Unreachable, Evidence { lock_path: Some(shown), port: port_of(&target), pid, ..Default::default() });
+                                            let mut f = finding(
+                                                spec,
+                                                tier,
+                                                StrategyKind::LockFile,
+                                                Status::Unreachable,
+                                                Evidence { lock_path: Some(shown), port: port_of(&target), pid, ..Default::default() },
+                                            );
                                             checked(&mut f, &target, &r, expect);
                                             findings.push(f);
                                         }
                                         Err(e) => notes.push(format!("lock file {shown}: {e}")),
                                     },
                                     (None, Some(pid)) if crate::host::pid_alive(pid) => {
-                                        let mut f = finding(spec, tier, StrategyKind::LockFile, Status::Running, Evidence { lock_path: Some(shown), pid: Some(pid), ..Default::default() });
+                                        let mut f = finding(
+                                            spec,
+                                            tier,
+                                            StrategyKind::LockFile,
+                                            Status::Running,
+                                            Evidence { lock_path: Some(shown), pid: Some(pid), ..Default::default() },
+                                        );
                                         f.detail = Some(format!("lock file names running pid {pid}; no URL to verify"));
                                         findings.push(f);
                                     }
@@ -148,7 +166,13 @@ impl<'a> Ctx<'a> {
                             continue;
                         }
                         seen.push(p.pid);
-                        let mut f = finding(spec, tier, StrategyKind::ProcessCheck, Status::Running, Evidence { pid: Some(p.pid), pattern: Some(pat.clone()), ..Default::default() });
+                        let mut f = finding(
+                            spec,
+                            tier,
+                            StrategyKind::ProcessCheck,
+                            Status::Running,
+                            Evidence { pid: Some(p.pid), pattern: Some(pat.clone()), ..Default::default() },
+                        );
                         f.process = Some(p.clone());
                         findings.push(f);
                     }
@@ -157,14 +181,26 @@ impl<'a> Ctx<'a> {
                     for p in paths {
                         let path = resolve(&base, p);
                         if path.exists() {
-                            findings.push(finding(spec, tier, StrategyKind::PathCheck, Status::Installed, Evidence { path: Some(path.display().to_string()), ..Default::default() }));
+                            findings.push(finding(
+                                spec,
+                                tier,
+                                StrategyKind::PathCheck,
+                                Status::Installed,
+                                Evidence { path: Some(path.display().to_string()), ..Default::default() },
+                            ));
                         }
                     }
                 }
                 Strategy::NpxAvailable { package } => match which("npx", env) {
                     None => notes.push(format!("npx is not on PATH, so {package} cannot be launched")),
                     Some(npx) => {
-                        let mut f = finding(spec, tier, StrategyKind::NpxAvailable, Status::Available, Evidence { package: Some(package.clone()), path: Some(npx.display().to_string()), ..Default::default() });
+                        let mut f = finding(
+                            spec,
+                            tier,
+                            StrategyKind::NpxAvailable,
+                            Status::Available,
+                            Evidence { package: Some(package.clone()), path: Some(npx.display().to_string()), ..Default::default() },
+                        );
                         let cached = npx_cached(package, env);
                         let mut detail = if cached { format!("{package} is in the npx cache") } else { format!("{package} will be downloaded on first use") };
                         if !spec.missing_env.is_empty() {

@@ -1,7 +1,7 @@
 //! The request-response codec of the mesh: a u32 length, then a wire frame
 //! (`craftmesh_protocol::wire`), with the length checked before anything is read.
 
-use craftmesh_protocol::wire::{self, Message, MAX_FRAME};
+use craftmesh_protocol::wire::{self, MAX_FRAME, Message};
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use libp2p::StreamProtocol;
 use std::io;

@@ -43,12 +43,8 @@ impl InterfacePolicy {
 
 /// (interface name, address) pairs the policy permits, IPv4 first.
 pub fn usable(policy: &InterfacePolicy) -> Vec<(String, IpAddr)> {
-    let mut v: Vec<(String, IpAddr)> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| (i.name.clone(), i.ip()))
-        .filter(|(n, ip)| policy.permits(n, ip))
-        .collect();
+    let mut v: Vec<(String, IpAddr)> =
+        if_addrs::get_if_addrs().unwrap_or_default().into_iter().map(|i| (i.name.clone(), i.ip())).filter(|(n, ip)| policy.permits(n, ip)).collect();
     v.sort_by_key(|(n, ip)| (ip.is_ipv6(), n.clone()));
     v
 }

@@ -63,7 +63,9 @@ pub fn generate(path: &Path) -> Result<PreSharedKey, KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|source| if source.kind() == std::io::ErrorKind::AlreadyExists { KeyError::Exists { path: p.clone() } } else { KeyError::Write { path: p.clone(), source } })?;
+    let mut f = opts.open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AlreadyExists { KeyError::Exists { path: p.clone() } } else { KeyError::Write { path: p.clone(), source } }
+    })?;
     f.write_all(format!("{key}\n").as_bytes()).map_err(|source| KeyError::Write { path: p.clone(), source })?;
     Ok(key)
 }

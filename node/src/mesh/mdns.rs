@@ -44,9 +44,14 @@ pub struct McpAdvert {
 pub enum Seen {
     Node(NodeAdvert),
     Mcp(McpAdvert),
-    Removed { fullname: String },
+    Removed {
+        fullname: String,
+    },
     /// An advert that failed validation (counted, logged at debug).
-    Rejected { fullname: String, reason: String },
+    Rejected {
+        fullname: String,
+        reason: String,
+    },
 }
 
 /// The mDNS daemon with our registrations.
@@ -83,7 +88,12 @@ impl Mdns {
     /// Registers this node.
     pub fn register_node(&mut self, peer_id: &str, mesh_id: &str, port: u16, api_port: u16) -> Result<(), mdns_sd::Error> {
         let instance = format!("craftmesh-{}", &peer_id[peer_id.len().saturating_sub(12)..]);
-        let props = [("id", peer_id.to_string()), ("v", craftmesh_protocol::wire::WIRE_VERSION.to_string()), ("mesh", mesh_id.to_string()), ("api", api_port.to_string())];
+        let props = [
+            ("id", peer_id.to_string()),
+            ("v", craftmesh_protocol::wire::WIRE_VERSION.to_string()),
+            ("mesh", mesh_id.to_string()),
+            ("api", api_port.to_string()),
+        ];
         let info = ServiceInfo::new(NODE_SERVICE, &instance, &self.hostname, &self.addrs[..], port, &props[..])?;
         let full = info.get_fullname().to_string();
         self.daemon.register(info)?;
@@ -94,7 +104,13 @@ impl Mdns {
     /// Registers (or re-registers) an MCP server hosted here. Returns its full name.
     pub fn register_mcp(&mut self, name: &str, port: u16, path: &str, version: &str, peer_id: &str) -> Result<String, mdns_sd::Error> {
         let instance = format!("{name} on {}", self.hostname.trim_end_matches(".local."));
-        let props = [("name", name.to_string()), ("transport", "streamable-http".to_string()), ("path", path.to_string()), ("version", version.to_string()), ("node", peer_id.to_string())];
+        let props = [
+            ("name", name.to_string()),
+            ("transport", "streamable-http".to_string()),
+            ("path", path.to_string()),
+            ("version", version.to_string()),
+            ("node", peer_id.to_string()),
+        ];
         let info = ServiceInfo::new(MCP_SERVICE, &instance, &self.hostname, &self.addrs[..], port, &props[..])?;
         let full = info.get_fullname().to_string();
         self.daemon.register(info)?;
@@ -150,14 +166,31 @@ pub fn interpret(ev: ServiceEvent) -> Option<Seen> {
                 if peer_id.parse::<libp2p::PeerId>().is_err() {
                     return Some(Seen::Rejected { fullname: full, reason: "id is not a peer id".into() });
                 }
-                Some(Seen::Node(NodeAdvert { fullname: full, peer_id, mesh_id, version: txt.get("v").cloned().unwrap_or_default(), api_port: txt.get("api").and_then(|p| p.parse().ok()), addrs, port }))
+                Some(Seen::Node(NodeAdvert {
+                    fullname: full,
+                    peer_id,
+                    mesh_id,
+                    version: txt.get("v").cloned().unwrap_or_default(),
+                    api_port: txt.get("api").and_then(|p| p.parse().ok()),
+                    addrs,
+                    port,
+                }))
             } else {
                 let name = txt.get("name").cloned().unwrap_or_else(|| full.split('.').next().unwrap_or("").to_string());
                 let path = txt.get("path").cloned().unwrap_or_else(|| "/mcp".into());
                 if !path.starts_with('/') {
                     return Some(Seen::Rejected { fullname: full, reason: "path must start with /".into() });
                 }
-                Some(Seen::Mcp(McpAdvert { fullname: full, name, transport: txt.get("transport").cloned().unwrap_or_else(|| "streamable-http".into()), path, version: txt.get("version").cloned(), node: txt.get("node").cloned(), addrs, port }))
+                Some(Seen::Mcp(McpAdvert {
+                    fullname: full,
+                    name,
+                    transport: txt.get("transport").cloned().unwrap_or_else(|| "streamable-http".into()),
+                    path,
+                    version: txt.get("version").cloned(),
+                    node: txt.get("node").cloned(),
+                    addrs,
+                    port,
+                }))
             }
         }
         ServiceEvent::ServiceRemoved(_, full) => Some(Seen::Removed { fullname: full }),

@@ -13,14 +13,14 @@ use craftmesh_protocol::membership::{self, Action, Membership, State};
 use craftmesh_protocol::state::{Merged, Records};
 use craftmesh_protocol::wire::{self, Message, NodeRecord, SignedRecord};
 use futures::StreamExt as _;
-use libp2p::core::upgrade::Version;
 use libp2p::core::transport::Transport as _;
+use libp2p::core::upgrade::Version;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, tcp, yamux};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -185,8 +185,13 @@ impl Mesh {
                     .build()
                     .map_err(|e| e.to_string())?;
                 let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
-                let identify = identify::Behaviour::new(identify::Config::new(format!("/craftmesh/1/{mesh_id}"), key.public()).with_push_listen_addr_updates(true));
-                let rpc = request_response::Behaviour::with_codec(Codec, [(codec::PROTOCOL, ProtocolSupport::Full)], request_response::Config::default().with_request_timeout(Duration::from_secs(5)));
+                let identify =
+                    identify::Behaviour::new(identify::Config::new(format!("/craftmesh/1/{mesh_id}"), key.public()).with_push_listen_addr_updates(true));
+                let rpc = request_response::Behaviour::with_codec(
+                    Codec,
+                    [(codec::PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+                );
                 Ok(Behaviour { identify, gossipsub, rpc })
             })
             .map_err(|e| MeshError::Transport(e.to_string()))?
@@ -198,14 +203,20 @@ impl Mesh {
         // Listen on exactly the addresses we advertise.
         let usable = interfaces::usable(&opts.interfaces);
         let mut advertised = Vec::new();
-        let targets: Vec<IpAddr> = if usable.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { usable.iter().map(|(_, ip)| *ip).filter(IpAddr::is_ipv4).collect() };
+        let targets: Vec<IpAddr> =
+            if usable.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { usable.iter().map(|(_, ip)| *ip).filter(IpAddr::is_ipv4).collect() };
         let listen_port = match opts.listen_port {
             // One port on every address: let the OS pick it on the first address.
-            0 => std::net::TcpListener::bind((targets[0], 0)).and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| MeshError::Listen { addr: targets[0].to_string(), reason: e.to_string() })?,
+            0 => std::net::TcpListener::bind((targets[0], 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| MeshError::Listen { addr: targets[0].to_string(), reason: e.to_string() })?,
             p => p,
         };
         for ip in &targets {
-            let addr: Multiaddr = format!("/ip4/{ip}/tcp/{listen_port}").parse().map_err(|e: libp2p::multiaddr::Error| MeshError::Listen { addr: ip.to_string(), reason: e.to_string() })?;
+            let addr: Multiaddr = format!("/ip4/{ip}/tcp/{listen_port}")
+                .parse()
+                .map_err(|e: libp2p::multiaddr::Error| MeshError::Listen { addr: ip.to_string(), reason: e.to_string() })?;
             swarm.listen_on(addr.clone()).map_err(|e| MeshError::Listen { addr: addr.to_string(), reason: e.to_string() })?;
             advertised.push(*ip);
         }
@@ -529,7 +540,8 @@ impl Mesh {
                     return;
                 }
                 let Ok(peer) = n.peer_id.parse::<PeerId>() else { return };
-                let addrs: Vec<Multiaddr> = n.addrs.iter().filter(|a| a.is_ipv4() && !a.is_loopback()).filter_map(|a| format!("/ip4/{a}/tcp/{}", n.port).parse().ok()).collect();
+                let addrs: Vec<Multiaddr> =
+                    n.addrs.iter().filter(|a| a.is_ipv4() && !a.is_loopback()).filter_map(|a| format!("/ip4/{a}/tcp/{}", n.port).parse().ok()).collect();
                 let list = self.addrs_of.entry(peer).or_default();
                 for a in &addrs {
                     if !list.contains(a) {
@@ -548,7 +560,13 @@ impl Mesh {
                 }
                 let Some(ip) = a.addrs.iter().find(|ip| ip.is_ipv4()).copied() else { return };
                 let url = format!("http://{ip}:{}{}", a.port, a.path);
-                let entry = External { name: a.name.clone(), url: url.clone(), addresses: a.addrs.iter().map(|x| x.to_string()).collect(), verified: false, fullname: a.fullname.clone() };
+                let entry = External {
+                    name: a.name.clone(),
+                    url: url.clone(),
+                    addresses: a.addrs.iter().map(|x| x.to_string()).collect(),
+                    verified: false,
+                    fullname: a.fullname.clone(),
+                };
                 if self.externals.len() < 64 || self.externals.contains_key(&a.fullname) {
                     self.events.push_back(MeshEvent::External { name: a.name, url, verified: false });
                     self.externals.insert(a.fullname, entry);
@@ -724,7 +742,8 @@ impl Mesh {
             .members()
             .map(|(id, m)| {
                 let rec = self.records.get(id).map(|e| &e.record);
-                let addresses = id.parse::<PeerId>().ok().and_then(|p| self.addrs_of.get(&p)).map(|v| v.iter().map(|a| a.to_string()).collect()).unwrap_or_default();
+                let addresses =
+                    id.parse::<PeerId>().ok().and_then(|p| self.addrs_of.get(&p)).map(|v| v.iter().map(|a| a.to_string()).collect()).unwrap_or_default();
                 MemberView {
                     id: id.clone(),
                     name: rec.map(|r| r.name.clone()),
@@ -758,7 +777,8 @@ impl Mesh {
 }
 
 fn is_loopback(a: &Multiaddr) -> bool {
-    a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback()) || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback()))
+    a.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback()) || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback()))
 }
 
 /// Whether a dial error says the host answered with a refusal (nothing listens there)

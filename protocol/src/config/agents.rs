@@ -24,13 +24,8 @@ pub enum AgentSource {
 
 impl AgentSource {
     /// The cascade user → project → core → defaults → remote.
-    pub const CASCADE: [AgentSource; 5] = [
-        AgentSource::UserOverride,
-        AgentSource::ProjectSpecific,
-        AgentSource::ProjectCore,
-        AgentSource::BundledDefault,
-        AgentSource::RemoteRegistry,
-    ];
+    pub const CASCADE: [AgentSource; 5] =
+        [AgentSource::UserOverride, AgentSource::ProjectSpecific, AgentSource::ProjectCore, AgentSource::BundledDefault, AgentSource::RemoteRegistry];
 }
 
 /// `.agents/discovery-config.yaml`.

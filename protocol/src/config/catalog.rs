@@ -7,10 +7,8 @@
 
 use super::agents::{AgentDefinition, AgentDiscovery, AgentSource, AgentsDiscoveryFile};
 use super::diag::{Diagnostic, Diagnostics};
-use super::mcp::{
-    DeploymentConfig, DiscoveryFile, ResourceRequirements, ServerLaunch, ServersFile, SettingsPatch, Strategy, Tier,
-};
-use super::source::{self, expand_env, locate, EnvError, Format};
+use super::mcp::{DeploymentConfig, DiscoveryFile, ResourceRequirements, ServerLaunch, ServersFile, SettingsPatch, Strategy, Tier};
+use super::source::{self, EnvError, Format, expand_env, locate};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -246,7 +244,13 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
         for (dir, f) in &layer.agent_defs {
             files.push(f.path.clone());
             if let Some(v) = parse_into::<AgentDefinition>(f, &mut diags) {
-                let src = if layer.kind == LayerKind::User { AgentSource::UserOverride } else if layer.kind == LayerKind::Builtin { AgentSource::BundledDefault } else { *dir };
+                let src = if layer.kind == LayerKind::User {
+                    AgentSource::UserOverride
+                } else if layer.kind == LayerKind::Builtin {
+                    AgentSource::BundledDefault
+                } else {
+                    *dir
+                };
                 agent_defs.push((layer.kind, src, *dir, f.path.clone(), f.text.clone(), v));
             }
         }
@@ -273,9 +277,15 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
         mesh.key_file = m.key_file.clone().or(mesh.key_file.take());
         merge_settings(&mut patch, &d.settings);
         note_origins(&mut origins, &d.settings, path, text, "settings");
-        if let Some(v) = d.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
-        if let Some(v) = d.resource_limits.max_concurrent_servers { limits.max_concurrent_servers = v; }
-        if let Some(v) = d.resource_limits.max_embedded_servers { limits.max_embedded_servers = v; }
+        if let Some(v) = d.resource_limits.total_memory_mb {
+            limits.total_memory_mb = v;
+        }
+        if let Some(v) = d.resource_limits.max_concurrent_servers {
+            limits.max_concurrent_servers = v;
+        }
+        if let Some(v) = d.resource_limits.max_embedded_servers {
+            limits.max_embedded_servers = v;
+        }
     }
     if profile == Profile::Production {
         for (_, path, text, d) in &discovery {
@@ -366,15 +376,39 @@ fn apply_env(patch: &mut SettingsPatch, env: &dyn Fn(&str) -> Option<String>, or
             }
         }
     }
-    if let Some(v) = num::<u64>("CRAFTMESH_CACHE_TTL_MINUTES", env, diags) { patch.cache_ttl_minutes = Some(v); origins.insert("cache_ttl_minutes", Origin::Env("CRAFTMESH_CACHE_TTL_MINUTES")); }
-    if let Some(v) = num::<f64>("CRAFTMESH_HEALTH_CHECK_TIMEOUT", env, diags) { patch.health_check_timeout = Some(v); origins.insert("health_check_timeout", Origin::Env("CRAFTMESH_HEALTH_CHECK_TIMEOUT")); }
-    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_TIMEOUT", env, diags) { patch.discovery_timeout = Some(v); origins.insert("discovery_timeout", Origin::Env("CRAFTMESH_DISCOVERY_TIMEOUT")); }
-    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_INTERVAL", env, diags) { patch.discovery_interval = Some(v); origins.insert("discovery_interval", Origin::Env("CRAFTMESH_DISCOVERY_INTERVAL")); }
-    if let Some(v) = num::<u32>("CRAFTMESH_MAX_DEPLOYMENT_RETRIES", env, diags) { patch.max_deployment_retries = Some(v); origins.insert("max_deployment_retries", Origin::Env("CRAFTMESH_MAX_DEPLOYMENT_RETRIES")); }
-    if let Some(v) = num::<bool>("CRAFTMESH_RESOURCE_CHECK_ENABLED", env, diags) { patch.resource_check_enabled = Some(v); origins.insert("resource_check_enabled", Origin::Env("CRAFTMESH_RESOURCE_CHECK_ENABLED")); }
+    if let Some(v) = num::<u64>("CRAFTMESH_CACHE_TTL_MINUTES", env, diags) {
+        patch.cache_ttl_minutes = Some(v);
+        origins.insert("cache_ttl_minutes", Origin::Env("CRAFTMESH_CACHE_TTL_MINUTES"));
+    }
+    if let Some(v) = num::<f64>("CRAFTMESH_HEALTH_CHECK_TIMEOUT", env, diags) {
+        patch.health_check_timeout = Some(v);
+        origins.insert("health_check_timeout", Origin::Env("CRAFTMESH_HEALTH_CHECK_TIMEOUT"));
+    }
+    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_TIMEOUT", env, diags) {
+        patch.discovery_timeout = Some(v);
+        origins.insert("discovery_timeout", Origin::Env("CRAFTMESH_DISCOVERY_TIMEOUT"));
+    }
+    if let Some(v) = num::<f64>("CRAFTMESH_DISCOVERY_INTERVAL", env, diags) {
+        patch.discovery_interval = Some(v);
+        origins.insert("discovery_interval", Origin::Env("CRAFTMESH_DISCOVERY_INTERVAL"));
+    }
+    if let Some(v) = num::<u32>("CRAFTMESH_MAX_DEPLOYMENT_RETRIES", env, diags) {
+        patch.max_deployment_retries = Some(v);
+        origins.insert("max_deployment_retries", Origin::Env("CRAFTMESH_MAX_DEPLOYMENT_RETRIES"));
+    }
+    if let Some(v) = num::<bool>("CRAFTMESH_RESOURCE_CHECK_ENABLED", env, diags) {
+        patch.resource_check_enabled = Some(v);
+        origins.insert("resource_check_enabled", Origin::Env("CRAFTMESH_RESOURCE_CHECK_ENABLED"));
+    }
 }
 
-fn finish_settings(p: &SettingsPatch, prefer_external: Option<bool>, disable_embedded: Option<bool>, origins: &Origins<'_>, diags: &mut Diagnostics) -> Settings {
+fn finish_settings(
+    p: &SettingsPatch,
+    prefer_external: Option<bool>,
+    disable_embedded: Option<bool>,
+    origins: &Origins<'_>,
+    diags: &mut Diagnostics,
+) -> Settings {
     let d = Settings::default();
     let mut secs = |field: &'static str, v: Option<f64>, default_ms: u64, min: f64, max: f64| -> u64 {
         match v {
@@ -424,7 +458,13 @@ fn merge_servers(
                 let gfield = format!("{field}.discovery_strategies.{group}");
                 let Some(tier) = Tier::from_group(group) else {
                     let (l, c) = locate(text, &gfield);
-                    diags.push(Diagnostic::error(path, l, c, gfield, format!("unknown strategy group `{group}`; expected external, user, docker, npx or embedded")));
+                    diags.push(Diagnostic::error(
+                        path,
+                        l,
+                        c,
+                        gfield,
+                        format!("unknown strategy group `{group}`; expected external, user, docker, npx or embedded"),
+                    ));
                     continue;
                 };
                 for (i, raw) in list.iter().enumerate() {
@@ -455,7 +495,13 @@ fn merge_servers(
             for (tier, _) in &strategies {
                 if !order.contains(tier) {
                     let (l, c) = locate(text, &format!("{field}.priority_order"));
-                    diags.push(Diagnostic::warning(path, l, c, format!("{field}.priority_order"), format!("strategies of tier `{}` exist but the tier is not in priority_order; it is tried last", tier.as_str())));
+                    diags.push(Diagnostic::warning(
+                        path,
+                        l,
+                        c,
+                        format!("{field}.priority_order"),
+                        format!("strategies of tier `{}` exist but the tier is not in priority_order; it is tried last", tier.as_str()),
+                    ));
                     order.push(*tier);
                 }
             }
@@ -483,10 +529,22 @@ fn merge_servers(
     for s in out.values() {
         for a in &s.aliases {
             if out.contains_key(a) && a != &s.name {
-                diags.push(Diagnostic::error(s.defined_in.last().map(String::as_str).unwrap_or(""), 0, 0, format!("servers.{}.aliases", s.name), format!("alias `{a}` is also the name of another server")));
+                diags.push(Diagnostic::error(
+                    s.defined_in.last().map(String::as_str).unwrap_or(""),
+                    0,
+                    0,
+                    format!("servers.{}.aliases", s.name),
+                    format!("alias `{a}` is also the name of another server"),
+                ));
             }
             if let Some(prev) = owner.insert(a.clone(), s.name.clone()) {
-                diags.push(Diagnostic::error(s.defined_in.last().map(String::as_str).unwrap_or(""), 0, 0, format!("servers.{}.aliases", s.name), format!("alias `{a}` is claimed by both `{prev}` and `{}`", s.name)));
+                diags.push(Diagnostic::error(
+                    s.defined_in.last().map(String::as_str).unwrap_or(""),
+                    0,
+                    0,
+                    format!("servers.{}.aliases", s.name),
+                    format!("alias `{a}` is claimed by both `{prev}` and `{}`", s.name),
+                ));
             }
         }
     }
@@ -498,15 +556,16 @@ fn merge_servers(
             let mut launch = launch.clone();
             // ${VAR} expansion: errors for enabled servers, kept verbatim for disabled ones.
             let mut missing = Vec::new();
-            let mut expand = |what: String, v: &mut String| {
-                match expand_env(v, env) {
-                    Ok(x) => *v = x,
-                    Err(EnvError::Unset(var)) if !launch_enabled(&f.mcp_servers, jname) => missing.push(var),
-                    Err(e) => {
-                        let needle = match &e { EnvError::Unset(var) => format!("${{{var}"), _ => "${".to_string() };
-                        let (l, c) = find_text(text, &needle, &locate(text, &what));
-                        diags.push(Diagnostic::error(path, l, c, what, e.to_string()));
-                    }
+            let mut expand = |what: String, v: &mut String| match expand_env(v, env) {
+                Ok(x) => *v = x,
+                Err(EnvError::Unset(var)) if !launch_enabled(&f.mcp_servers, jname) => missing.push(var),
+                Err(e) => {
+                    let needle = match &e {
+                        EnvError::Unset(var) => format!("${{{var}"),
+                        _ => "${".to_string(),
+                    };
+                    let (l, c) = find_text(text, &needle, &locate(text, &what));
+                    diags.push(Diagnostic::error(path, l, c, what, e.to_string()));
                 }
             };
             for (k, v) in launch.env.iter_mut() {
@@ -528,7 +587,10 @@ fn merge_servers(
             let mut needed: Vec<String> = launch.health_check.as_ref().map(|h| h.required_env.clone()).unwrap_or_default();
             needed.retain(|k| env(k).is_none());
             missing.extend(needed);
-            let target = out.values().find(|s| s.name == *jname || s.aliases.contains(jname)).map(|s| s.name.clone())
+            let target = out
+                .values()
+                .find(|s| s.name == *jname || s.aliases.contains(jname))
+                .map(|s| s.name.clone())
                 .or_else(|| out.values().find(|s| launch.aliases.contains(&s.name)).map(|s| s.name.clone()));
             match target {
                 Some(t) => {
@@ -540,26 +602,31 @@ fn merge_servers(
                         }
                     }
                     for m in missing {
-                        if !s.missing_env.contains(&m) { s.missing_env.push(m); }
+                        if !s.missing_env.contains(&m) {
+                            s.missing_env.push(m);
+                        }
                     }
                     s.launch = Some(launch);
                     s.defined_in.push(path.clone());
                 }
                 None => {
                     unlinked_json.push((jname.clone(), path.clone(), text.clone()));
-                    out.insert(jname.clone(), ServerSpec {
-                        name: jname.clone(),
-                        aliases: launch.aliases.clone(),
-                        enabled: launch.enabled,
-                        priority_order: Tier::ALL.to_vec(),
-                        strategies: Vec::new(),
-                        resource_requirements: None,
-                        deployment: None,
-                        requires_api_key: None,
-                        missing_env: missing,
-                        launch: Some(launch),
-                        defined_in: vec![path.clone()],
-                    });
+                    out.insert(
+                        jname.clone(),
+                        ServerSpec {
+                            name: jname.clone(),
+                            aliases: launch.aliases.clone(),
+                            enabled: launch.enabled,
+                            priority_order: Tier::ALL.to_vec(),
+                            strategies: Vec::new(),
+                            resource_requirements: None,
+                            deployment: None,
+                            requires_api_key: None,
+                            missing_env: missing,
+                            launch: Some(launch),
+                            defined_in: vec![path.clone()],
+                        },
+                    );
                 }
             }
         }
@@ -570,7 +637,9 @@ fn merge_servers(
         let similar = out.values().find(|s| s.launch.is_none() && similar_names(&s.name, jname)).map(|s| s.name.clone());
         let (l, c) = locate(text, &format!("mcpServers.{jname}"));
         let msg = match similar {
-            Some(other) => format!("server `{jname}` has no discovery entry, and discovery-config.yaml has `{other}` with no launch entry; if they are one server, add `aliases: [{jname}]` under servers.{other}"),
+            Some(other) => format!(
+                "server `{jname}` has no discovery entry, and discovery-config.yaml has `{other}` with no launch entry; if they are one server, add `aliases: [{jname}]` under servers.{other}"
+            ),
             None => format!("server `{jname}` has no entry in discovery-config.yaml; only its launch settings are known, so it is not discovered"),
         };
         diags.push(Diagnostic::warning(path, l, c, format!("mcpServers.{jname}"), msg));
@@ -579,7 +648,13 @@ fn merge_servers(
     if total > limits.total_memory_mb {
         if let Some((_, path, text, _)) = discovery.last() {
             let (l, c) = locate(text, "resource_limits.total_memory_mb");
-            diags.push(Diagnostic::warning(path, l, c, "resource_limits.total_memory_mb", format!("enabled servers need {total} MB together, more than the limit of {} MB; not all can run on one node", limits.total_memory_mb)));
+            diags.push(Diagnostic::warning(
+                path,
+                l,
+                c,
+                "resource_limits.total_memory_mb",
+                format!("enabled servers need {total} MB together, more than the limit of {} MB; not all can run on one node", limits.total_memory_mb),
+            ));
         }
     }
     out
@@ -622,19 +697,41 @@ fn merge_agents(
     let mut limits = AgentLimits { total_memory_mb: 2048, max_concurrent_agents: 10, model_limits: BTreeMap::new() };
     let mut per_agent: BTreeMap<String, AgentDiscovery> = BTreeMap::new();
     for (_, d) in disc {
-        if let Some(v) = d.settings.cache_ttl_minutes { cache_ttl = v; }
-        if let Some(v) = d.settings.max_concurrent_agents { limits.max_concurrent_agents = v; }
-        if let Some(v) = &d.default_priority_order { default_order = v.clone(); }
-        if let Some(v) = d.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
-        if let Some(v) = d.resource_limits.max_concurrent_agents { limits.max_concurrent_agents = v; }
-        if let Some(v) = &d.resource_limits.model_limits { limits.model_limits.extend(v.clone()); }
-        for (k, v) in &d.agents { per_agent.insert(k.clone(), v.clone()); }
+        if let Some(v) = d.settings.cache_ttl_minutes {
+            cache_ttl = v;
+        }
+        if let Some(v) = d.settings.max_concurrent_agents {
+            limits.max_concurrent_agents = v;
+        }
+        if let Some(v) = &d.default_priority_order {
+            default_order = v.clone();
+        }
+        if let Some(v) = d.resource_limits.total_memory_mb {
+            limits.total_memory_mb = v;
+        }
+        if let Some(v) = d.resource_limits.max_concurrent_agents {
+            limits.max_concurrent_agents = v;
+        }
+        if let Some(v) = &d.resource_limits.model_limits {
+            limits.model_limits.extend(v.clone());
+        }
+        for (k, v) in &d.agents {
+            per_agent.insert(k.clone(), v.clone());
+        }
         if profile == Profile::Production {
             if let Some(p) = &d.production {
-                if let Some(v) = p.resource_limits.max_concurrent_agents { limits.max_concurrent_agents = v; }
-                if let Some(v) = p.max_concurrent_agents { limits.max_concurrent_agents = v; }
-                if let Some(v) = p.resource_limits.total_memory_mb { limits.total_memory_mb = v; }
-                if let Some(v) = &p.resource_limits.model_limits { limits.model_limits.extend(v.clone()); }
+                if let Some(v) = p.resource_limits.max_concurrent_agents {
+                    limits.max_concurrent_agents = v;
+                }
+                if let Some(v) = p.max_concurrent_agents {
+                    limits.max_concurrent_agents = v;
+                }
+                if let Some(v) = p.resource_limits.total_memory_mb {
+                    limits.total_memory_mb = v;
+                }
+                if let Some(v) = &p.resource_limits.model_limits {
+                    limits.model_limits.extend(v.clone());
+                }
             }
         }
     }
@@ -668,7 +765,13 @@ fn merge_agents(
         if let Some(mem) = def.runtime.memory_requirement {
             if mem.as_mb() > limits.total_memory_mb {
                 let (l, c) = locate(text, "runtime.memory_requirement");
-                diags.push(Diagnostic::error(path, l, c, "runtime.memory_requirement", format!("{mem} is more than the agents' total memory limit of {} MB", limits.total_memory_mb)));
+                diags.push(Diagnostic::error(
+                    path,
+                    l,
+                    c,
+                    "runtime.memory_requirement",
+                    format!("{mem} is more than the agents' total memory limit of {} MB", limits.total_memory_mb),
+                ));
             }
         }
         for (i, shared) in def.context.shared.iter().enumerate() {
@@ -699,21 +802,28 @@ fn merge_agents(
         let order = per_agent.get(&id).and_then(|a| a.priority_order.clone()).unwrap_or_else(|| default_order.clone());
         let rank = |s: AgentSource| -> usize {
             let explicit_core = order.contains(&AgentSource::ProjectCore);
-            order.iter().position(|o| *o == s || (*o == AgentSource::ProjectSpecific && s == AgentSource::ProjectCore && !explicit_core)).map(|p| p * 2 + usize::from(s == AgentSource::ProjectCore)).unwrap_or(usize::MAX)
+            order
+                .iter()
+                .position(|o| *o == s || (*o == AgentSource::ProjectSpecific && s == AgentSource::ProjectCore && !explicit_core))
+                .map(|p| p * 2 + usize::from(s == AgentSource::ProjectCore))
+                .unwrap_or(usize::MAX)
         };
         cands.sort_by_key(|(s, k, d, ..)| (rank(*s), std::cmp::Reverse(*k), rank(*d), AgentSource::CASCADE.iter().position(|c| c == d)));
         let Some((src, _, _, path, _, def)) = cands.first().copied() else { continue };
         if rank(src) == usize::MAX {
             continue; // no allowed source for this agent
         }
-        agents.insert(id.clone(), AgentSpec {
-            id: id.clone(),
-            source: src,
-            file: path.to_string(),
-            definition: def.clone(),
-            discovery: per_agent.get(&id).cloned(),
-            candidates: cands.iter().map(|(s, _, _, p, ..)| (*s, p.to_string())).collect(),
-        });
+        agents.insert(
+            id.clone(),
+            AgentSpec {
+                id: id.clone(),
+                source: src,
+                file: path.to_string(),
+                definition: def.clone(),
+                discovery: per_agent.get(&id).cloned(),
+                candidates: cands.iter().map(|(s, _, _, p, ..)| (*s, p.to_string())).collect(),
+            },
+        );
     }
     AgentsConfig { cache_ttl_minutes: cache_ttl, default_priority_order: default_order, limits, agents, context_files: context_files.iter().cloned().collect() }
 }

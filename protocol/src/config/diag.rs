@@ -32,21 +32,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn error(file: &str, line: usize, column: usize, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Error,
-            file: file.to_string(),
-            line,
-            column,
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { severity: Severity::Error, file: file.to_string(), line, column, field: field.into(), message: message.into() }
     }
 
     pub fn warning(file: &str, line: usize, column: usize, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Warning,
-            ..Self::error(file, line, column, field, message)
-        }
+        Self { severity: Severity::Warning, ..Self::error(file, line, column, field, message) }
     }
 
     pub fn is_error(&self) -> bool {

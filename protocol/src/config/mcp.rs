@@ -131,13 +131,7 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub const ALL: [Tier; 5] = [
-        Tier::ExternalDeployment,
-        Tier::UserInstallation,
-        Tier::DockerSidecar,
-        Tier::NpxCloud,
-        Tier::EmbeddedSubmodule,
-    ];
+    pub const ALL: [Tier; 5] = [Tier::ExternalDeployment, Tier::UserInstallation, Tier::DockerSidecar, Tier::NpxCloud, Tier::EmbeddedSubmodule];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -295,24 +289,13 @@ impl StrategyKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Strategy {
-    PortCheck {
-        host: String,
-        ports: Vec<u16>,
-        health_endpoint: Option<String>,
-        mcp_path: String,
-    },
+    PortCheck { host: String, ports: Vec<u16>, health_endpoint: Option<String>, mcp_path: String },
     EnvVariable { variables: Vec<String>, mcp_path: String, health_endpoint: Option<String> },
     ProcessCheck { patterns: Vec<String> },
     PathCheck { paths: Vec<String> },
     LockFile { patterns: Vec<String>, mcp_path: String, health_endpoint: Option<String> },
     NpxAvailable { package: String },
-    Docker {
-        names: Vec<String>,
-        images: Vec<String>,
-        labels: Vec<String>,
-        mcp_path: String,
-        health_endpoint: Option<String>,
-    },
+    Docker { names: Vec<String>, images: Vec<String>, labels: Vec<String>, mcp_path: String, health_endpoint: Option<String> },
 }
 
 impl Strategy {
@@ -346,7 +329,11 @@ impl RawStrategy {
         let mut problems = Vec::new();
         let kind = self.kind;
         if matches!(kind, StrategyKind::Mesh | StrategyKind::Mdns) {
-            problems.push(StrategyProblem { field: "type", message: format!("`{}` is not a configurable strategy; the mesh finds these by itself", kind.as_str()), is_error: true });
+            problems.push(StrategyProblem {
+                field: "type",
+                message: format!("`{}` is not a configurable strategy; the mesh finds these by itself", kind.as_str()),
+                is_error: true,
+            });
             return (None, problems);
         }
         let allowed: &[&str] = match kind {
@@ -409,12 +396,7 @@ impl RawStrategy {
                         Vec::new()
                     }
                 };
-                Strategy::PortCheck {
-                    host: self.host.clone().unwrap_or_else(|| "127.0.0.1".to_string()),
-                    ports,
-                    health_endpoint,
-                    mcp_path,
-                }
+                Strategy::PortCheck { host: self.host.clone().unwrap_or_else(|| "127.0.0.1".to_string()), ports, health_endpoint, mcp_path }
             }
             StrategyKind::EnvVariable => Strategy::EnvVariable { variables: need("variables", &self.variables), mcp_path, health_endpoint },
             StrategyKind::ProcessCheck => Strategy::ProcessCheck { patterns: need("patterns", &self.patterns) },
@@ -423,7 +405,11 @@ impl RawStrategy {
             StrategyKind::NpxAvailable => match &self.package {
                 Some(p) if !p.trim().is_empty() => Strategy::NpxAvailable { package: p.clone() },
                 _ => {
-                    problems.push(StrategyProblem { field: "package", message: "an `npx_available` strategy needs a non-empty `package`".into(), is_error: true });
+                    problems.push(StrategyProblem {
+                        field: "package",
+                        message: "an `npx_available` strategy needs a non-empty `package`".into(),
+                        is_error: true,
+                    });
                     Strategy::NpxAvailable { package: String::new() }
                 }
             },
@@ -433,7 +419,11 @@ impl RawStrategy {
                 let images = self.images.clone().unwrap_or_default();
                 let labels = self.labels.clone().unwrap_or_default();
                 if names.is_empty() && images.is_empty() && labels.is_empty() {
-                    problems.push(StrategyProblem { field: "names", message: "a `docker` strategy needs at least one of `names`, `images`, `labels`".into(), is_error: true });
+                    problems.push(StrategyProblem {
+                        field: "names",
+                        message: "a `docker` strategy needs at least one of `names`, `images`, `labels`".into(),
+                        is_error: true,
+                    });
                 }
                 Strategy::Docker { names, images, labels, mcp_path, health_endpoint }
             }

@@ -7,6 +7,6 @@ pub mod mcp;
 pub mod size;
 pub mod source;
 
-pub use catalog::{load, Config, LayerFiles, LayerKind, Profile, ServerSpec, Settings, TextFile};
+pub use catalog::{Config, LayerFiles, LayerKind, Profile, ServerSpec, Settings, TextFile, load};
 pub use diag::{Diagnostic, Diagnostics, Severity};
 pub use size::ByteSize;

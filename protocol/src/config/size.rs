@@ -58,10 +58,7 @@ impl FromStr for ByteSize {
             "gib" => 1 << 30,
             "tib" => 1 << 40,
             _ => {
-                return Err(SizeError::BadUnit {
-                    input: t.to_string(),
-                    unit: unit.trim().to_string(),
-                });
+                return Err(SizeError::BadUnit { input: t.to_string(), unit: unit.trim().to_string() });
             }
         };
         let bytes = num * mult as f64;

@@ -33,13 +33,7 @@ impl Format {
 /// diagnostic naming file, line, column and field.
 pub fn parse<T: DeserializeOwned>(file: &str, text: &str, format: Format) -> Result<(T, Vec<Diagnostic>), Diagnostic> {
     if text.len() > MAX_CONFIG_BYTES {
-        return Err(Diagnostic::error(
-            file,
-            0,
-            0,
-            "",
-            format!("file is {} bytes; the limit is {MAX_CONFIG_BYTES}", text.len()),
-        ));
+        return Err(Diagnostic::error(file, 0, 0, "", format!("file is {} bytes; the limit is {MAX_CONFIG_BYTES}", text.len())));
     }
     let mut ignored: Vec<String> = Vec::new();
     let mut cb = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));

@@ -39,11 +39,7 @@ pub fn shipped_layer(kind: LayerKind) -> LayerFiles {
         }
     }
     layer.agents_discovery = Some(text_file(".agents/discovery-config.yaml"));
-    for (dir, src) in [
-        ("core", AgentSource::ProjectCore),
-        ("project", AgentSource::ProjectSpecific),
-        ("defaults", AgentSource::BundledDefault),
-    ] {
+    for (dir, src) in [("core", AgentSource::ProjectCore), ("project", AgentSource::ProjectSpecific), ("defaults", AgentSource::BundledDefault)] {
         for p in sorted_entries(&root.join(".agents").join(dir)) {
             if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
                 let name = p.file_name().and_then(|n| n.to_str()).expect("utf-8 name");

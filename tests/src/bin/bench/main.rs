@@ -5,7 +5,7 @@
 //! Measures whole commands as a user runs them (process start to exit), on the shipped
 //! configuration, with the release binary.
 
-use craftmesh_tests::{free_port, python_has_mcp, workspace_root, KillOnDrop, McpServer};
+use craftmesh_tests::{KillOnDrop, McpServer, free_port, python_has_mcp, workspace_root};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,13 +73,16 @@ pub(crate) fn rss_kb(pid: u32, key: &str) -> Option<u64> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let what = args.first().map(String::as_str).unwrap_or("discover");
-    let arg = |name: &str, default: u64| -> u64 { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default) };
+    let arg =
+        |name: &str, default: u64| -> u64 { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default) };
     match what {
         "discover" => {}
         "mesh" => return mesh::run(&args),
         "sim" => return mesh::sim(),
         _ => {
-            eprintln!("usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim");
+            eprintln!(
+                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim"
+            );
             std::process::exit(2);
         }
     }
@@ -95,7 +98,14 @@ fn main() {
     // 1. Nothing running.
     let v = time_discover(&bin, &user_dir, &data_dir, &[], runs);
     let (m, p) = (percentile(&v, 50.0), percentile(&v, 99.0));
-    rows.push(Row { figure: "discover --once, shipped config, nothing running".into(), n: v.len(), median: format!("{m:.1} ms"), p99: format!("{p:.1} ms"), target: "≤ 100 ms".into(), verdict: if m <= 100.0 { "met" } else { "MISSED" } });
+    rows.push(Row {
+        figure: "discover --once, shipped config, nothing running".into(),
+        n: v.len(),
+        median: format!("{m:.1} ms"),
+        p99: format!("{p:.1} ms"),
+        target: "≤ 100 ms".into(),
+        verdict: if m <= 100.0 { "met" } else { "MISSED" },
+    });
 
     // 2. One real MCP server (official Python SDK), found through ZEN_MCP_URL.
     if python_has_mcp() {
@@ -103,7 +113,14 @@ fn main() {
         let env = [("ZEN_MCP_URL", server.url())];
         let v = time_discover(&bin, &user_dir, &data_dir, &env, runs);
         let (m, p) = (percentile(&v, 50.0), percentile(&v, 99.0));
-        rows.push(Row { figure: "discover --once, one real MCP server (initialize + tools/list)".into(), n: v.len(), median: format!("{m:.1} ms"), p99: format!("{p:.1} ms"), target: "≤ 300 ms".into(), verdict: if m <= 300.0 { "met" } else { "MISSED" } });
+        rows.push(Row {
+            figure: "discover --once, one real MCP server (initialize + tools/list)".into(),
+            n: v.len(),
+            median: format!("{m:.1} ms"),
+            p99: format!("{p:.1} ms"),
+            target: "≤ 300 ms".into(),
+            verdict: if m <= 300.0 { "met" } else { "MISSED" },
+        });
     } else {
         eprintln!("skipping the MCP figure: no python with the mcp SDK (run tests/scripts/run-tests.sh once, or set CRAFTMESH_TEST_PYTHON)");
     }
@@ -135,7 +152,14 @@ fn main() {
     let last = rss_kb(node.pid(), "VmRSS:").map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
     let hwm = rss_kb(node.pid(), "VmHWM:").map(|k| k as f64 / 1024.0).unwrap_or(f64::NAN);
     drop(node);
-    rows.push(Row { figure: format!("craftmesh up idle RSS after {rss_wait} s (peak {hwm:.1} MB)"), n: 1, median: format!("{last:.1} MB"), p99: "-".into(), target: "≤ 10 MB".into(), verdict: if last <= 10.0 { "met" } else { "MISSED" } });
+    rows.push(Row {
+        figure: format!("craftmesh up idle RSS after {rss_wait} s (peak {hwm:.1} MB)"),
+        n: 1,
+        median: format!("{last:.1} MB"),
+        p99: "-".into(),
+        target: "≤ 10 MB".into(),
+        verdict: if last <= 10.0 { "met" } else { "MISSED" },
+    });
 
     print_table(&rows);
 }

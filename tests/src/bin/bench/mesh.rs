@@ -3,11 +3,11 @@
 //! Times come from the nodes' own logs (`member state ... to=Alive|Dead` lines carry
 //! microsecond UTC timestamps), compared with the wall clock at the moment of the action.
 
-use super::{percentile, print_table, release_bin, rss_kb, Row};
+use super::{Row, percentile, print_table, release_bin, rss_kb};
 use craftmesh_protocol::membership::{Config, State};
-use craftmesh_tests::meshnode::{wait_until, MeshNode, EMPTY_CONFIG};
-use craftmesh_tests::netns::{netns_available, nft_available, Rig};
-use craftmesh_tests::sim::{gossip_rounds, NetConfig, Sim};
+use craftmesh_tests::meshnode::{EMPTY_CONFIG, MeshNode, wait_until};
+use craftmesh_tests::netns::{Rig, netns_available, nft_available};
+use craftmesh_tests::sim::{NetConfig, Sim, gossip_rounds};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn now_us() -> i64 {
@@ -61,7 +61,14 @@ fn all_logged(observers: &[&MeshNode], peer: &str, to: &str, since: i64, timeout
 fn row(figure: &str, ms: &mut [f64], target: &str, ok: impl Fn(f64) -> bool, unit: &str) -> Row {
     ms.sort_by(f64::total_cmp);
     let (m, p) = (percentile(ms, 50.0), percentile(ms, 99.0));
-    Row { figure: figure.to_string(), n: ms.len(), median: format!("{m:.1} {unit}"), p99: format!("{p:.1} {unit}"), target: target.to_string(), verdict: if !ms.is_empty() && ok(m) { "met" } else { "MISSED" } }
+    Row {
+        figure: figure.to_string(),
+        n: ms.len(),
+        median: format!("{m:.1} {unit}"),
+        p99: format!("{p:.1} {unit}"),
+        target: target.to_string(),
+        verdict: if !ms.is_empty() && ok(m) { "met" } else { "MISSED" },
+    }
 }
 
 fn all_alive(rig: &Rig, nodes: &[&MeshNode]) {
@@ -73,7 +80,8 @@ fn all_alive(rig: &Rig, nodes: &[&MeshNode]) {
 }
 
 pub fn run(args: &[String]) {
-    let arg = |name: &str, default: u64| -> u64 { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default) };
+    let arg =
+        |name: &str, default: u64| -> u64 { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default) };
     let runs = arg("--runs", 20) as usize;
     let loss_secs = arg("--loss-secs", 300);
     let bytes_secs = arg("--bytes-secs", 30);
