@@ -89,9 +89,10 @@ info "CI=${CI:-}"
 
 # ---------------------------------------------------------------------------------------
 if cargo nextest --version >/dev/null 2>&1; then
-    step "4/4 cargo nextest run --workspace --no-fail-fast"
-    cargo nextest run --workspace --no-fail-fast --config-file "$REPO/tests/nextest.toml" "$@"
+    # Slow runs (#[ignore = "slow"]) are included on purpose: CI is where they run.
+    step "4/4 cargo nextest run --workspace --no-fail-fast --run-ignored all"
+    cargo nextest run --workspace --no-fail-fast --run-ignored all --config-file "$REPO/tests/nextest.toml" "$@"
 else
     step "4/4 cargo test --workspace --no-fail-fast (cargo-nextest not installed)"
-    cargo test --workspace --no-fail-fast "$@"
+    cargo test --workspace --no-fail-fast "$@" -- --include-ignored
 fi
