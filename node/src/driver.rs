@@ -1,6 +1,6 @@
 //! The one task that owns the node's state. Everything else talks to it through [`Input`].
 
-use crate::discovery::{Discoverer, now_ms};
+use crate::discovery::Discoverer;
 use crate::host::HostMonitor;
 use crate::mesh::{External, MemberView, Mesh, MeshEvent, MeshStats};
 use craftmesh_protocol::config::Config;
@@ -190,7 +190,6 @@ pub async fn run(
                                     None => r.servers.push(s),
                                 }
                             }
-                            r.finished_at_ms = r.finished_at_ms.min(now_ms());
                         }
                     }
                 }

@@ -14,13 +14,21 @@ pub struct Entry {
     pub signed: SignedRecord,
 }
 
-/// What a merge did.
+/// What a merge did, and for which peer (look the record up with [`Records::get`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Merged {
     /// First record seen from this peer.
-    New,
+    New { peer: String },
     /// A newer version replaced `previous`.
-    Updated { previous: u64 },
+    Updated { peer: String, previous: u64 },
+}
+
+impl Merged {
+    pub fn peer(&self) -> &str {
+        match self {
+            Merged::New { peer } | Merged::Updated { peer, .. } => peer,
+        }
+    }
 }
 
 /// Why a record was not merged. State is unchanged in every case.
@@ -70,14 +78,16 @@ impl Records {
             Some(e) if e.record.version >= record.version => Err(Rejected::Stale { have: e.record.version, got: record.version }),
             Some(e) => {
                 let previous = e.record.version;
-                self.left.remove(&record.peer_id);
-                self.entries.insert(record.peer_id.clone(), Entry { record, signed: signed.clone() });
-                Ok(Merged::Updated { previous })
+                let peer = record.peer_id.clone();
+                self.left.remove(&peer);
+                self.entries.insert(peer.clone(), Entry { record, signed: signed.clone() });
+                Ok(Merged::Updated { peer, previous })
             }
             None => {
-                self.left.remove(&record.peer_id);
-                self.entries.insert(record.peer_id.clone(), Entry { record, signed: signed.clone() });
-                Ok(Merged::New)
+                let peer = record.peer_id.clone();
+                self.left.remove(&peer);
+                self.entries.insert(peer.clone(), Entry { record, signed: signed.clone() });
+                Ok(Merged::New { peer })
             }
         }
     }
@@ -163,10 +173,11 @@ mod tests {
     fn newest_version_wins_and_stale_is_rejected() {
         let k = Keypair::generate_ed25519();
         let mut r = Records::new("m", "self");
-        assert_eq!(r.merge(&rec(&k, 2, "m")), Ok(Merged::New));
+        let pid = k.public().to_peer_id().to_base58();
+        assert_eq!(r.merge(&rec(&k, 2, "m")), Ok(Merged::New { peer: pid.clone() }));
         assert_eq!(r.merge(&rec(&k, 1, "m")), Err(Rejected::Stale { have: 2, got: 1 }));
         assert_eq!(r.merge(&rec(&k, 2, "m")), Err(Rejected::Stale { have: 2, got: 2 }));
-        assert_eq!(r.merge(&rec(&k, 5, "m")), Ok(Merged::Updated { previous: 2 }));
+        assert_eq!(r.merge(&rec(&k, 5, "m")), Ok(Merged::Updated { peer: pid, previous: 2 }));
         assert!(matches!(r.merge(&rec(&k, 9, "other")), Err(Rejected::Invalid(VerifyError::OtherMesh(_)))));
     }
 
@@ -178,7 +189,7 @@ mod tests {
         r.merge(&rec(&k, 3, "m")).expect("merge");
         assert_eq!(r.leave(&sign_leave(&pid, "m", 3, &k).expect("sign")), Ok(true));
         assert_eq!(r.merge(&rec(&k, 3, "m")), Err(Rejected::AfterLeave { left: 3, got: 3 }));
-        assert_eq!(r.merge(&rec(&k, 4, "m")), Ok(Merged::New), "a restarted node rejoins with a newer version");
+        assert_eq!(r.merge(&rec(&k, 4, "m")), Ok(Merged::New { peer: pid }), "a restarted node rejoins with a newer version");
     }
 
     #[test]

@@ -443,8 +443,8 @@ impl Mesh {
         match self.records.merge(s) {
             Ok(m) => {
                 self.stats.records_merged += 1;
-                if let Some(e) = wire::verify_record(s, &self.mesh_id).ok() {
-                    tracing::debug!(peer = %e.peer_id, version = e.version, new = matches!(m, Merged::New), "record merged");
+                if let Some(e) = self.records.get(m.peer()).map(|e| e.record.clone()) {
+                    tracing::debug!(peer = %e.peer_id, version = e.version, new = matches!(m, Merged::New { .. }), "record merged");
                     self.events.push_back(MeshEvent::Record { peer: e.peer_id.clone(), name: e.name.clone(), version: e.version, services: e.services.len() });
                     if let Ok(p) = e.peer_id.parse::<PeerId>() {
                         let list = self.addrs_of.entry(p).or_default();
