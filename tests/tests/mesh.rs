@@ -237,3 +237,33 @@ fn two_meshes_share_a_lan_and_one_host_runs_a_node_of_each() {
     assert_eq!(ids(&a1), vec![a0.peer_id.clone()]);
     assert_eq!(ids(&b2), vec![b0.peer_id.clone()]);
 }
+
+#[test]
+fn garbage_on_the_mesh_port_is_rejected_and_the_node_keeps_working() {
+    let Some(rig) = rig(3) else { return };
+    let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    // Megabytes of noise, a fake multistream hello, and a connection that says nothing.
+    let target = format!("{}", rig.addr(0));
+    let code = format!(
+        "import os, socket, time\n\
+         for payload in [os.urandom(1 << 20), b'\\x13/multistream/1.0.0\\n' + os.urandom(4096), b'']:\n\
+         \x20   s = socket.create_connection(('{target}', 7411), timeout=5)\n\
+         \x20   try:\n\
+         \x20       s.sendall(payload)\n\
+         \x20       time.sleep(0.5)\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   s.close()\n\
+         print('sent')\n"
+    );
+    let out = rig.host(1).run("python3", ["-c", code.as_str()], Duration::from_secs(30));
+    assert!(out.stdout.contains("sent"), "{}", out.describe());
+    let st = wait_until("the node to count rejected handshakes", Duration::from_secs(15), || {
+        let st = a.json(&rig, &["status", "--json"])?;
+        (st["mesh"]["stats"]["rejected"]["handshake"].as_u64().unwrap_or(0) >= 1).then_some(st)
+    });
+    assert!(st["mesh"]["members"].as_u64() == Some(0), "{st}");
+    // and a real node still joins
+    let b = MeshNode::start(&rig, 2, EMPTY_CONFIG, &[]);
+    all_alive(&rig, &[&a, &b]);
+}

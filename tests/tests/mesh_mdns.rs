@@ -349,3 +349,21 @@ fn outside_mcp_advert_to_a_real_mcp_server_resolves_after_verification() {
     let listed = wait_until("node 0 to list outside-mcp", Duration::from_secs(5), || listed_service(&node, &rig, "outside-mcp"));
     assert_eq!(listed["source"], "mdns", "{}", node_context(&node, &rig));
 }
+
+#[test]
+fn malformed_and_spoofed_node_adverts_are_rejected_and_counted() {
+    if !rig_prerequisites() {
+        return;
+    }
+    let rig = rig(2);
+    let node = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    let _bad_id = advertise(&rig, 1, "_craftmesh._tcp.local.", "spoof-bad-id", 7411, &["id=not-a-peer-id", "mesh=open", "v=1"]);
+    let _no_id = advertise(&rig, 1, "_craftmesh._tcp.local.", "spoof-no-id", 7411, &["mesh=open", "v=1"]);
+    let rejected = wait_until("the node to count both spoofed adverts", Duration::from_secs(15), || {
+        let st = node.json(&rig, &["status", "--json"])?;
+        let n = st["mesh"]["stats"]["rejected"]["advert_invalid"].as_u64().unwrap_or(0);
+        (n >= 2).then_some(n)
+    });
+    assert!(rejected >= 2);
+    assert!(node.members(&rig).is_empty(), "a spoofed advert must not create a member");
+}
