@@ -7,6 +7,7 @@ pub mod codec;
 pub mod interfaces;
 pub mod keys;
 pub mod mdns;
+pub mod probe;
 
 use codec::Codec;
 use craftmesh_protocol::membership::{self, Action, Membership, State};
@@ -56,12 +57,14 @@ pub struct Behaviour {
     identify: identify::Behaviour,
     gossipsub: gossipsub::Behaviour,
     rpc: request_response::Behaviour<Codec>,
+    stream: libp2p_stream::Behaviour,
 }
 
 /// One input for the mesh, produced by [`Mesh::next`].
 #[derive(Debug)]
 pub enum Input {
     Swarm(Box<SwarmEvent<BehaviourEvent>>),
+    Probe(probe::ProbeEvent),
     Mdns(mdns::Seen),
     Timer,
 }
@@ -131,6 +134,8 @@ pub struct Mesh {
     own: Option<SignedRecord>,
     own_version: u64,
     probes: HashMap<OutboundRequestId, (PeerId, u64, Instant)>,
+    prober: probe::Prober,
+    probe_sent: HashMap<(PeerId, u64), Instant>,
     indirect: HashMap<OutboundRequestId, (PeerId, u64, String)>,
     relay_channels: HashMap<(String, u64), ResponseChannel<Message>>,
     left: HashSet<PeerId>,
@@ -192,11 +197,12 @@ impl Mesh {
                     [(codec::PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
                 );
-                Ok(Behaviour { identify, gossipsub, rpc })
+                Ok(Behaviour { identify, gossipsub, rpc, stream: libp2p_stream::Behaviour::new() })
             })
             .map_err(|e| MeshError::Transport(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(u64::from(u32::MAX))))
             .build();
+        let prober = probe::Prober::new(swarm.behaviour().stream.new_control()).map_err(MeshError::Transport)?;
         let topic = IdentTopic::new(format!("craftmesh/{mesh_id}/v1"));
         swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| MeshError::Transport(e.to_string()))?;
 
@@ -246,6 +252,8 @@ impl Mesh {
             own: None,
             own_version: 0,
             probes: HashMap::new(),
+            prober,
+            probe_sent: HashMap::new(),
             indirect: HashMap::new(),
             relay_channels: HashMap::new(),
             left: HashSet::new(),
@@ -302,6 +310,7 @@ impl Mesh {
         };
         tokio::select! {
             ev = self.swarm.select_next_some() => Input::Swarm(Box::new(ev)),
+            Some(ev) = self.prober.events_rx.recv() => Input::Probe(ev),
             Some(ev) = node_ev => mdns::interpret(ev).map(Input::Mdns).unwrap_or(Input::Timer),
             Some(ev) = mcp_ev => mdns::interpret(ev).map(Input::Mdns).unwrap_or(Input::Timer),
             () = sleep => Input::Timer,
@@ -313,6 +322,20 @@ impl Mesh {
         match input {
             Input::Swarm(ev) => self.on_swarm(*ev),
             Input::Mdns(seen) => self.on_mdns(seen),
+            Input::Probe(ev) => {
+                let now = self.now();
+                match ev {
+                    probe::ProbeEvent::Ack { peer, seq } => {
+                        if let Some(sent) = self.probe_sent.remove(&(peer, seq)) {
+                            self.membership.handle_ack(&peer.to_base58(), seq, sent.elapsed().as_secs_f64() * 1000.0, now);
+                        }
+                    }
+                    probe::ProbeEvent::Failed { peer, seq } => {
+                        self.probe_sent.remove(&(peer, seq));
+                        self.membership.handle_probe_failed(&peer.to_base58(), seq, now);
+                    }
+                }
+            }
             Input::Timer => {}
         }
         let now = self.now();
@@ -346,6 +369,7 @@ impl Mesh {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
                 if num_established == 0 {
+                    self.prober.forget(&peer_id);
                     let graceful = self.left.contains(&peer_id);
                     tracing::debug!(peer = %peer_id, ?cause, graceful, "connection closed");
                     self.membership.handle_disconnected(&peer_id.to_base58(), !graceful, now);
@@ -591,8 +615,8 @@ impl Mesh {
                 Action::Probe { peer, seq } => {
                     let Ok(p) = peer.parse::<PeerId>() else { continue };
                     self.stats.probes_sent += 1;
-                    let id = self.swarm.behaviour_mut().rpc.send_request(&p, Message::Probe { seq });
-                    self.probes.insert(id, (p, seq, Instant::now()));
+                    self.probe_sent.insert((p, seq), Instant::now());
+                    self.prober.probe(p, seq);
                 }
                 Action::IndirectProbe { via, target, seq } => {
                     let Ok(v) = via.parse::<PeerId>() else { continue };
@@ -644,6 +668,10 @@ impl Mesh {
         // own timeouts; keep our maps bounded anyway
         if self.probes.len() > 4096 {
             self.probes.clear();
+        }
+        if self.probe_sent.len() > 4096 {
+            // acks that never came (the membership timed them out long ago)
+            self.probe_sent.retain(|_, t| t.elapsed() < Duration::from_secs(10));
         }
         if self.indirect.len() > 4096 {
             self.indirect.clear();
