@@ -150,8 +150,9 @@ pub struct Mesh {
     last_published: Option<(Vec<wire::ServiceAd>, Instant)>,
 }
 
-/// A record is re-published at least this often even when nothing changed (capacity).
-const REFRESH_RECORD: Duration = Duration::from_secs(60);
+/// A record is re-published at least this often even when its services did not change
+/// (capacity drifts slowly; every republish costs each node a copy from several peers).
+const REFRESH_RECORD: Duration = Duration::from_secs(600);
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -364,7 +365,6 @@ impl Mesh {
                     self.membership.handle_connected(&peer_id.to_base58(), now);
                     let have = self.records.summary();
                     self.swarm.behaviour_mut().rpc.send_request(&peer_id, Message::SyncRequest { mesh_id: self.mesh_id.clone(), have });
-                    self.swarm.behaviour_mut().gossipsub.add_explicit_peer(&peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
@@ -691,7 +691,7 @@ impl Mesh {
     }
 
     /// Publishes this node's record (a new version) with the given services and capacity.
-    /// Skipped when the services are unchanged and the last record is younger than a minute.
+    /// Skipped when the services are unchanged and the last record is younger than [`REFRESH_RECORD`].
     pub fn publish_record(&mut self, name: &str, api_port: u16, services: Vec<wire::ServiceAd>, capacity: wire::Capacity) {
         if let Some((last, at)) = &self.last_published {
             if *last == services && at.elapsed() < REFRESH_RECORD {
