@@ -125,33 +125,15 @@ fn project_layer(root: &Path, explicit: bool, diags: &mut Diagnostics) -> LayerF
             Ok(None) => {}
             Err(d) => diags.push(d),
         }
-        for p in list(&mcp.join("servers"), &["json"]) {
-            match read_text(&p) {
-                Ok(Some(f)) => l.server_files.push(f),
-                Ok(None) => {}
-                Err(d) => diags.push(d),
-            }
-        }
+        l.server_files = read_all(&list(&mcp.join("servers"), &["json"]), diags);
     }
     let agents = root.join(".agents");
     if agents.is_dir() {
-        match read_text(&agents.join("discovery-config.yaml")) {
-            Ok(f) => l.agents_discovery = f,
-            Err(d) => diags.push(d),
-        }
+        l.agents_discovery = read_or_note(&agents.join("discovery-config.yaml"), diags);
         for (sub, src) in [("core", AgentSource::ProjectCore), ("project", AgentSource::ProjectSpecific), ("defaults", AgentSource::BundledDefault)] {
-            for p in list(&agents.join(sub), &["yaml", "yml"]) {
-                match read_text(&p) {
-                    Ok(Some(f)) => l.agent_defs.push((src, f)),
-                    Ok(None) => {}
-                    Err(d) => diags.push(d),
-                }
-            }
+            l.agent_defs.extend(read_all(&list(&agents.join(sub), &["yaml", "yml"]), diags).into_iter().map(|f| (src, f)));
         }
-        l.context_files = list(&agents.join("context"), &["md", "txt", "yaml", "json"])
-            .iter()
-            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
-            .collect();
+        l.context_files = file_names(&list(&agents.join("context"), &["md", "txt", "yaml", "json"]));
     }
     l
 }
@@ -159,34 +141,35 @@ fn project_layer(root: &Path, explicit: bool, diags: &mut Diagnostics) -> LayerF
 fn user_layer(root: &Path, diags: &mut Diagnostics) -> LayerFiles {
     let mut l = LayerFiles::empty(LayerKind::User);
     let mcp = root.join("mcp");
-    match read_text(&mcp.join("discovery-config.yaml")) {
-        Ok(f) => l.mcp_discovery = f,
-        Err(d) => diags.push(d),
-    }
-    for p in list(&mcp.join("servers"), &["json"]) {
-        match read_text(&p) {
-            Ok(Some(f)) => l.server_files.push(f),
-            Ok(None) => {}
-            Err(d) => diags.push(d),
-        }
-    }
+    l.mcp_discovery = read_or_note(&mcp.join("discovery-config.yaml"), diags);
+    l.server_files = read_all(&list(&mcp.join("servers"), &["json"]), diags);
     let agents = root.join("agents");
-    for p in list(&agents, &["yaml", "yml"]) {
-        if p.file_stem().and_then(|s| s.to_str()) == Some("discovery-config") {
-            match read_text(&p) {
-                Ok(f) => l.agents_discovery = f,
-                Err(d) => diags.push(d),
-            }
-            continue;
-        }
-        match read_text(&p) {
-            Ok(Some(f)) => l.agent_defs.push((AgentSource::UserOverride, f)),
-            Ok(None) => {}
-            Err(d) => diags.push(d),
-        }
+    // `~/.claude/agents/` holds definitions and, optionally, its own discovery-config.yaml.
+    let (disc, defs): (Vec<PathBuf>, Vec<PathBuf>) =
+        list(&agents, &["yaml", "yml"]).into_iter().partition(|p| p.file_stem().and_then(|s| s.to_str()) == Some("discovery-config"));
+    if let Some(p) = disc.first() {
+        l.agents_discovery = read_or_note(p, diags);
     }
-    l.context_files = list(&agents.join("context"), &["md", "txt"]).iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string)).collect();
+    l.agent_defs = read_all(&defs, diags).into_iter().map(|f| (AgentSource::UserOverride, f)).collect();
+    l.context_files = file_names(&list(&agents.join("context"), &["md", "txt"]));
     l
+}
+
+/// Reads a file; an unreadable one becomes a diagnostic. `None` when absent or unreadable.
+fn read_or_note(p: &Path, diags: &mut Diagnostics) -> Option<TextFile> {
+    read_text(p).unwrap_or_else(|d| {
+        diags.push(d);
+        None
+    })
+}
+
+/// Reads every file of `paths` that can be read, noting the others.
+fn read_all(paths: &[PathBuf], diags: &mut Diagnostics) -> Vec<TextFile> {
+    paths.iter().filter_map(|p| read_or_note(p, diags)).collect()
+}
+
+fn file_names(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string)).collect()
 }
 
 /// Files in `dir` with one of `exts`, sorted by name; empty when the dir is missing.
