@@ -315,15 +315,23 @@ pub async fn discover(g: &Global, once: bool, json: bool, only: &[String]) -> an
 
 /// `craftmesh services`.
 pub async fn services(g: &Global, json: bool) -> anyhow::Result<i32> {
+    show(g, "/v1/services", json, |v| {
+        let list: Vec<api::ServiceView> = serde_json::from_value(v).unwrap_or_default();
+        print_services(&list);
+    })
+    .await
+}
+
+/// GETs `path` from the node and prints it: as JSON with `--json`, else with `human`.
+async fn show(g: &Global, path: &str, json: bool, human: impl FnOnce(serde_json::Value)) -> anyhow::Result<i32> {
     let c = Client::new(&api_addr(g), Duration::from_secs(10));
-    match c.get::<serde_json::Value>("/v1/services").await {
+    match c.get::<serde_json::Value>(path).await {
+        Ok(v) if json => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(exit::OK)
+        }
         Ok(v) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let list: Vec<api::ServiceView> = serde_json::from_value(v).unwrap_or_default();
-                print_services(&list);
-            }
+            human(v);
             Ok(exit::OK)
         }
         Err(e) => Ok(client_error(e)),
@@ -332,72 +340,56 @@ pub async fn services(g: &Global, json: bool) -> anyhow::Result<i32> {
 
 /// `craftmesh members`.
 pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
-    let c = Client::new(&api_addr(g), Duration::from_secs(10));
-    match c.get::<serde_json::Value>("/v1/members").await {
-        Ok(v) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(exit::OK);
-            }
-            let list = v.as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!("no other members");
-            }
-            for m in list {
-                let id = m["id"].as_str().unwrap_or("");
-                let short = &id[id.len().saturating_sub(8)..];
-                let cap = &m["capacity"];
-                let mem = cap["memory_available_bytes"].as_u64().map(|b| format!("{:.1} GB free", b as f64 / 1e9)).unwrap_or_default();
-                println!(
-                    "{:<20} …{short}  {:<7} rtt {:>7}  seen {:>6} ms ago  {}  {}",
-                    m["name"].as_str().unwrap_or("?"),
-                    m["state"].as_str().unwrap_or("?"),
-                    m["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into()),
-                    m["last_seen_ms_ago"].as_u64().unwrap_or(0),
-                    m["addresses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
-                    mem
-                );
-            }
-            Ok(exit::OK)
+    show(g, "/v1/members", json, |v| {
+        let list = v.as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            println!("no other members");
         }
-        Err(e) => Ok(client_error(e)),
-    }
+        for m in list {
+            let id = m["id"].as_str().unwrap_or("");
+            let short = id.get(id.len().saturating_sub(8)..).unwrap_or(id);
+            let cap = &m["capacity"];
+            let mem = cap["memory_available_bytes"].as_u64().map(|b| format!("{:.1} GB free", b as f64 / 1e9)).unwrap_or_default();
+            println!(
+                "{:<20} …{short}  {:<7} rtt {:>7}  seen {:>6} ms ago  {}  {}",
+                m["name"].as_str().unwrap_or("?"),
+                m["state"].as_str().unwrap_or("?"),
+                m["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into()),
+                m["last_seen_ms_ago"].as_u64().unwrap_or(0),
+                m["addresses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                mem
+            );
+        }
+    })
+    .await
 }
 
 /// `craftmesh status`.
 pub async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
-    let c = Client::new(&api_addr(g), Duration::from_secs(10));
-    match c.get::<serde_json::Value>("/v1/node").await {
-        Ok(v) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let n = &v["node"];
-                println!(
-                    "node {} ({}) version {}, up {} s",
-                    n["hostname"].as_str().unwrap_or("?"),
-                    n["peer_id"].as_str().unwrap_or("?"),
-                    n["version"].as_str().unwrap_or("?"),
-                    v["uptime_s"]
-                );
-                println!("api {}, data {}", n["api"].as_str().unwrap_or("?"), n["data_dir"].as_str().unwrap_or("?"));
-                match v["mesh"].as_object() {
-                    Some(m) => println!(
-                        "mesh {} on port {} at {}, {} members; rejected: {}",
-                        m["mesh_id"].as_str().unwrap_or("?"),
-                        m["listen_port"],
-                        m["addresses"],
-                        m["members"],
-                        m["stats"]["rejected"]
-                    ),
-                    None => println!("mesh off"),
-                }
-                println!("discovery: {} rounds, last {:.0} ms", v["stats"]["discovery_rounds"], v["stats"]["last_round_ms"].as_f64().unwrap_or(0.0));
-            }
-            Ok(exit::OK)
+    show(g, "/v1/node", json, |v| {
+        let n = &v["node"];
+        println!(
+            "node {} ({}) version {}, up {} s",
+            n["hostname"].as_str().unwrap_or("?"),
+            n["peer_id"].as_str().unwrap_or("?"),
+            n["version"].as_str().unwrap_or("?"),
+            v["uptime_s"]
+        );
+        println!("api {}, data {}", n["api"].as_str().unwrap_or("?"), n["data_dir"].as_str().unwrap_or("?"));
+        match v["mesh"].as_object() {
+            Some(m) => println!(
+                "mesh {} on port {} at {}, {} members; rejected: {}",
+                m["mesh_id"].as_str().unwrap_or("?"),
+                m["listen_port"],
+                m["addresses"],
+                m["members"],
+                m["stats"]["rejected"]
+            ),
+            None => println!("mesh off"),
         }
-        Err(e) => Ok(client_error(e)),
-    }
+        println!("discovery: {} rounds, last {:.0} ms", v["stats"]["discovery_rounds"], v["stats"]["last_round_ms"].as_f64().unwrap_or(0.0));
+    })
+    .await
 }
 
 /// `craftmesh keygen`.

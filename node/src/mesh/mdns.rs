@@ -87,7 +87,7 @@ impl Mdns {
 
     /// Registers this node.
     pub fn register_node(&mut self, peer_id: &str, mesh_id: &str, port: u16, api_port: u16) -> Result<(), mdns_sd::Error> {
-        let instance = format!("craftmesh-{}", &peer_id[peer_id.len().saturating_sub(12)..]);
+        let instance = format!("craftmesh-{}", peer_id.get(peer_id.len().saturating_sub(12)..).unwrap_or(peer_id));
         let props = [
             ("id", peer_id.to_string()),
             ("v", craftmesh_protocol::wire::WIRE_VERSION.to_string()),
