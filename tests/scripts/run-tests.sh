@@ -26,6 +26,9 @@ step "1/4 system packages"
 #   cc + libc.a               -> linking craftmesh, and the static stub_http for the docker test
 #   ip (iproute2)             -> the network-namespace rig (tests/src/netns.rs), as root
 #   nft (nftables)            -> packet loss in that rig (Rig::set_loss)
+#   avahi-daemon, avahi-browse, dbus-daemon, unshare
+#                             -> DNS-SD interop with Avahi (tests/tests/mesh_avahi.rs); the
+#                                daemon runs only inside a test namespace, never as a service
 #   docker                    -> preinstalled and running (not installed here)
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
@@ -39,6 +42,10 @@ if command -v python3 >/dev/null 2>&1 && [ ! -x "$REPO/.venv/bin/python" ]; then
 fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus)
+command -v avahi-daemon >/dev/null 2>&1 || [ -x /usr/sbin/avahi-daemon ] || missing+=(avahi-daemon)
+command -v avahi-browse >/dev/null 2>&1 || missing+=(avahi-utils)
 if [ "${#missing[@]}" -gt 0 ]; then
     info "installing: ${missing[*]}"
     if [ "$(id -u)" -ne 0 ]; then
@@ -47,9 +54,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
+    # Packages must not start their services (avahi-daemon would send mDNS on the host's
+    # real network): policy-rc.d refuses every start while apt runs.
+    policy=/usr/sbin/policy-rc.d
+    had_policy=0
+    [ -e "$policy" ] && had_policy=1
+    if [ "$had_policy" -eq 0 ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [ "$had_policy" -eq 0 ]; then
+        rm -f "$policy"
+        trap - EXIT
+    fi
 else
-    info "all present (python3, python3-venv, cc, libc6-dev, iproute2, nftables)"
+    info "all present (python3, python3-venv, cc, libc6-dev, iproute2, nftables, dbus, avahi)"
 fi
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     info "docker: engine $(docker info --format '{{.ServerVersion}}') running"

@@ -638,7 +638,12 @@ impl ConfigDir {
     /// defaults, an empty user layer, a private data directory, and no inherited
     /// `CRAFTMESH_*` variables.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(craftmesh_bin());
+        self.command_with(&craftmesh_bin(), args)
+    }
+
+    /// [`ConfigDir::command`] with another craftmesh binary (the bench runs release builds).
+    pub fn command_with(&self, bin: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("CRAFTMESH_") {
                 cmd.env_remove(k);

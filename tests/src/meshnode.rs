@@ -16,6 +16,8 @@ pub struct MeshNode {
     pub cfg: ConfigDir,
     pub proc: Option<Spawned>,
     pub peer_id: String,
+    /// The binary `up` runs from (default: [`crate::craftmesh_bin`]); the bench swaps it.
+    pub bin: Option<std::path::PathBuf>,
     args: Vec<String>,
 }
 
@@ -27,7 +29,7 @@ impl MeshNode {
     /// arguments; waits until its API answers (panics after 30 s with the node's log).
     pub fn start(rig: &Rig, i: usize, yaml: &str, extra: &[&str]) -> MeshNode {
         let cfg = ConfigDir::new(yaml);
-        let mut n = MeshNode { index: i, cfg, proc: None, peer_id: String::new(), args: extra.iter().map(|s| s.to_string()).collect() };
+        let mut n = MeshNode { index: i, cfg, proc: None, peer_id: String::new(), bin: None, args: extra.iter().map(|s| s.to_string()).collect() };
         n.restart(rig);
         n
     }
@@ -39,7 +41,10 @@ impl MeshNode {
             args.extend(["--api", "127.0.0.1:7410"]);
         }
         args.extend(self.args.iter().map(String::as_str));
-        let mut cmd = self.cfg.command(&args);
+        let mut cmd = match &self.bin {
+            Some(bin) => self.cfg.command_with(bin, &args),
+            None => self.cfg.command(&args),
+        };
         cmd.env_remove("CRAFTMESH_NO_MESH");
         cmd.env("CRAFTMESH_LOG", "info,craftmesh=debug");
         let _ = std::fs::remove_file(self.cfg.data_dir().join("api.addr"));

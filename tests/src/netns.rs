@@ -603,6 +603,23 @@ impl<'r> Host<'r> {
         self.start(cmd)
     }
 
+    /// Waits (up to `timeout`) until something in this host accepts TCP on `ip:port`.
+    pub fn wait_for_tcp(&self, ip: &str, port: u16, timeout: Duration) -> bool {
+        let code = format!(
+            "import socket, sys, time\n\
+             deadline = time.time() + {secs}\n\
+             while time.time() < deadline:\n\
+             \x20   try:\n\
+             \x20       socket.create_connection(('{ip}', {port}), timeout=0.5).close()\n\
+             \x20       sys.exit(0)\n\
+             \x20   except OSError:\n\
+             \x20       time.sleep(0.05)\n\
+             sys.exit(1)\n",
+            secs = timeout.as_secs_f64()
+        );
+        self.run(crate::python(), ["-c", code.as_str()], timeout + Duration::from_secs(10)).success()
+    }
+
     /// Like [`Host::spawn`] for a prepared plain command (see [`Host::wrap`]).
     pub fn spawn_command(&self, cmd: &Command) -> io::Result<Spawned> {
         self.start(self.wrap(cmd))

@@ -267,3 +267,35 @@ fn garbage_on_the_mesh_port_is_rejected_and_the_node_keeps_working() {
     let b = MeshNode::start(&rig, 2, EMPTY_CONFIG, &[]);
     all_alive(&rig, &[&a, &b]);
 }
+
+/// A node started before its host has an address (a machine booting before DHCP, a laptop
+/// before Wi-Fi) joins as soon as one appears, and stops advertising one that goes away.
+#[test]
+fn node_started_before_the_network_joins_when_an_address_appears() {
+    let Some(rig) = rig(2) else { return };
+    let ip = |i: usize, args: &[&str]| {
+        let out = rig.host(i).run("ip", args, Duration::from_secs(10));
+        assert!(out.success(), "{}", out.describe());
+    };
+    let lan = format!("{}/24", rig.addr(1));
+    ip(1, &["addr", "del", &lan, "dev", "eth0"]);
+    let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    let b = MeshNode::start(&rig, 1, EMPTY_CONFIG, &[]);
+    let addresses = |n: &MeshNode| -> Vec<String> {
+        n.json(&rig, &["status", "--json"])
+            .and_then(|v| v["mesh"]["addresses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()))
+            .unwrap_or_default()
+    };
+    assert!(!addresses(&b).contains(&rig.addr(1).to_string()), "no address yet\n{}", b.log());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(a.state_of(&rig, &b.peer_id), None, "node 1 has no address yet; node 0 should not know it\n{}", a.log());
+
+    ip(1, &["addr", "add", &lan, "dev", "eth0"]);
+    wait_until("node 1 to advertise its new address", Duration::from_secs(20), || addresses(&b).contains(&rig.addr(1).to_string()).then_some(()));
+    all_alive(&rig, &[&a, &b]);
+
+    // The address goes away again: node 1 stops advertising it; node 0 sees it dead.
+    ip(1, &["addr", "del", &lan, "dev", "eth0"]);
+    wait_until("node 1 to drop its old address", Duration::from_secs(20), || (!addresses(&b).contains(&rig.addr(1).to_string())).then_some(()));
+    wait_until("node 0 to see node 1 dead", Duration::from_secs(20), || (a.state_of(&rig, &b.peer_id).as_deref() == Some("dead")).then_some(()));
+}

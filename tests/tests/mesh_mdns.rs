@@ -94,29 +94,12 @@ fn addresses(v: &Value) -> Vec<String> {
     v["addresses"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default()
 }
 
-/// Waits (up to `timeout`) until something in host `i` accepts TCP on `ip:port`.
-fn wait_for_tcp(rig: &Rig, i: usize, ip: &str, port: u16, timeout: Duration) -> bool {
-    let code = format!(
-        "import socket, sys, time\n\
-         deadline = time.time() + {secs}\n\
-         while time.time() < deadline:\n\
-         \x20   try:\n\
-         \x20       socket.create_connection(('{ip}', {port}), timeout=0.5).close()\n\
-         \x20       sys.exit(0)\n\
-         \x20   except OSError:\n\
-         \x20       time.sleep(0.05)\n\
-         sys.exit(1)\n",
-        secs = timeout.as_secs_f64()
-    );
-    rig.host(i).run(python(), ["-c", code.as_str()], timeout + Duration::from_secs(10)).success()
-}
-
 /// The MCP fixture in host `i`, on `0.0.0.0:port`; returns once it accepts connections.
 fn mcp_fixture(rig: &Rig, i: usize, port: u16, name: &str) -> Spawned {
     let tool = fixture("mcp_server.py").to_string_lossy().into_owned();
     let port_s = port.to_string();
     let mut p = rig.host(i).spawn(python(), [tool.as_str(), "--port", &port_s, "--host", "0.0.0.0", "--name", name]).expect("spawn the MCP fixture");
-    assert!(wait_for_tcp(rig, i, "127.0.0.1", port, MCP_START_TIMEOUT), "MCP fixture did not listen\n{}", p.describe());
+    assert!(rig.host(i).wait_for_tcp("127.0.0.1", port, MCP_START_TIMEOUT), "MCP fixture did not listen\n{}", p.describe());
     p
 }
 

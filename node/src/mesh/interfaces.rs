@@ -37,7 +37,7 @@ impl InterfacePolicy {
                 return false;
             }
         }
-        !SKIPPED_BY_DEFAULT.iter().any(|p| name.starts_with(p) && !(*p == "veth" && false))
+        !SKIPPED_BY_DEFAULT.iter().any(|p| name.starts_with(p))
     }
 }
 

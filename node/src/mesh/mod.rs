@@ -66,6 +66,8 @@ pub enum Input {
     Swarm(Box<SwarmEvent<BehaviourEvent>>),
     Probe(probe::ProbeEvent),
     Mdns(mdns::Seen),
+    /// Time to look for address changes.
+    Interfaces,
     Timer,
 }
 
@@ -144,7 +146,13 @@ pub struct Mesh {
     events: VecDeque<MeshEvent>,
     pub externals: BTreeMap<String, External>,
     listen_port: u16,
-    advertised: Vec<IpAddr>,
+    api_port: u16,
+    /// What we listen on (and advertise): the usable IPv4 addresses, or loopback alone
+    /// while there is none.
+    listeners: Vec<(IpAddr, libp2p::core::transport::ListenerId)>,
+    policy: interfaces::InterfacePolicy,
+    mdns_wanted: bool,
+    next_interface_check: Instant,
     tags: Vec<String>,
     mcp_registered: BTreeMap<String, String>,
     last_published: Option<(Vec<wire::ServiceAd>, Instant)>,
@@ -153,6 +161,34 @@ pub struct Mesh {
 /// A record is re-published at least this often even when its services did not change
 /// (capacity drifts slowly; every republish costs each node a copy from several peers).
 const REFRESH_RECORD: Duration = Duration::from_secs(600);
+
+/// How often the node looks for addresses that appeared or went away (DHCP, Wi-Fi,
+/// cables): new ones are listened on and advertised, gone ones dropped.
+const INTERFACE_CHECK: Duration = Duration::from_secs(5);
+
+/// The addresses to listen on: the usable IPv4 ones, or loopback alone when there is none
+/// (static peers on this host still work, and a real address is picked up when it comes).
+fn listen_targets(usable: &[(String, IpAddr)]) -> Vec<IpAddr> {
+    let v4: Vec<IpAddr> = usable.iter().map(|(_, ip)| *ip).filter(IpAddr::is_ipv4).collect();
+    if v4.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { v4 }
+}
+
+fn listen(swarm: &mut Swarm<Behaviour>, ip: IpAddr, port: u16) -> Result<libp2p::core::transport::ListenerId, MeshError> {
+    let addr: Multiaddr =
+        format!("/ip4/{ip}/tcp/{port}").parse().map_err(|e: libp2p::multiaddr::Error| MeshError::Listen { addr: ip.to_string(), reason: e.to_string() })?;
+    swarm.listen_on(addr.clone()).map_err(|e| MeshError::Listen { addr: addr.to_string(), reason: e.to_string() })
+}
+
+/// mDNS on the usable IPv4 interfaces, this node registered; `None` when there is none.
+fn start_mdns(usable: &[(String, IpAddr)], me: &str, mesh_id: &str, port: u16, api_port: u16) -> Result<Option<mdns::Mdns>, MeshError> {
+    let ifaces: Vec<(String, IpAddr)> = usable.iter().filter(|(_, ip)| ip.is_ipv4()).cloned().collect();
+    if ifaces.is_empty() {
+        return Ok(None);
+    }
+    let mut m = mdns::Mdns::start(&ifaces).map_err(|e| MeshError::Mdns(e.to_string()))?;
+    m.register_node(me, mesh_id, port, api_port).map_err(|e| MeshError::Mdns(e.to_string()))?;
+    Ok(Some(m))
+}
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -207,11 +243,10 @@ impl Mesh {
         let topic = IdentTopic::new(format!("craftmesh/{mesh_id}/v1"));
         swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| MeshError::Transport(e.to_string()))?;
 
-        // Listen on exactly the addresses we advertise.
+        // Listen on exactly the addresses we advertise (checked again every
+        // INTERFACE_CHECK: addresses come and go).
         let usable = interfaces::usable(&opts.interfaces);
-        let mut advertised = Vec::new();
-        let targets: Vec<IpAddr> =
-            if usable.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { usable.iter().map(|(_, ip)| *ip).filter(IpAddr::is_ipv4).collect() };
+        let targets = listen_targets(&usable);
         let listen_port = match opts.listen_port {
             // One port on every address: let the OS pick it on the first address.
             0 => std::net::TcpListener::bind((targets[0], 0))
@@ -220,26 +255,18 @@ impl Mesh {
                 .map_err(|e| MeshError::Listen { addr: targets[0].to_string(), reason: e.to_string() })?,
             p => p,
         };
+        let mut listeners = Vec::new();
         for ip in &targets {
-            let addr: Multiaddr = format!("/ip4/{ip}/tcp/{listen_port}")
-                .parse()
-                .map_err(|e: libp2p::multiaddr::Error| MeshError::Listen { addr: ip.to_string(), reason: e.to_string() })?;
-            swarm.listen_on(addr.clone()).map_err(|e| MeshError::Listen { addr: addr.to_string(), reason: e.to_string() })?;
-            advertised.push(*ip);
+            let id = listen(&mut swarm, *ip, listen_port)?;
+            listeners.push((*ip, id));
         }
-        let mut mdns_handle = None;
-        if opts.mdns && !usable.is_empty() {
-            let ifaces: Vec<(String, IpAddr)> = usable.iter().filter(|(_, ip)| ip.is_ipv4()).cloned().collect();
-            let mut m = mdns::Mdns::start(&ifaces).map_err(|e| MeshError::Mdns(e.to_string()))?;
-            m.register_node(&me.to_base58(), &mesh_id, listen_port, api_port).map_err(|e| MeshError::Mdns(e.to_string()))?;
-            mdns_handle = Some(m);
-        }
+        let mdns_handle = if opts.mdns { start_mdns(&usable, &me.to_base58(), &mesh_id, listen_port, api_port)? } else { None };
         for addr in &opts.static_peers {
             if let Err(e) = swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, error = %e, "cannot dial static peer");
             }
         }
-        tracing::info!(mesh_id = %mesh_id, port = listen_port, addrs = ?advertised, mdns = mdns_handle.is_some(), "mesh up");
+        tracing::info!(mesh_id = %mesh_id, port = listen_port, addrs = ?targets, mdns = mdns_handle.is_some(), "mesh up");
         Ok(Mesh {
             swarm,
             records: Records::new(mesh_id.clone(), me.to_base58()),
@@ -263,7 +290,11 @@ impl Mesh {
             events: VecDeque::new(),
             externals: BTreeMap::new(),
             listen_port,
-            advertised,
+            api_port,
+            listeners,
+            policy: opts.interfaces,
+            mdns_wanted: opts.mdns,
+            next_interface_check: Instant::now() + INTERFACE_CHECK,
             tags: opts.tags,
             mcp_registered: BTreeMap::new(),
             last_published: None,
@@ -279,8 +310,47 @@ impl Mesh {
     }
 
     /// Addresses this node advertises (and listens on).
-    pub fn advertised(&self) -> &[IpAddr] {
-        &self.advertised
+    pub fn advertised(&self) -> Vec<IpAddr> {
+        self.listeners.iter().map(|(ip, _)| *ip).collect()
+    }
+
+    /// Follows address changes: listens on addresses that appeared, stops listening on
+    /// those that went away, restarts mDNS on the new set (goodbyes for the old one) and
+    /// republishes the record with the new addresses at the next round.
+    fn check_interfaces(&mut self) {
+        self.next_interface_check = Instant::now() + INTERFACE_CHECK;
+        let usable = interfaces::usable(&self.policy);
+        let wanted = listen_targets(&usable);
+        if wanted == self.advertised() {
+            return;
+        }
+        tracing::info!(from = ?self.advertised(), to = ?wanted, "addresses changed");
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners).into_iter().partition(|(ip, _)| wanted.contains(ip));
+        for (_, id) in gone {
+            self.swarm.remove_listener(id);
+        }
+        self.listeners = keep;
+        for ip in wanted {
+            if self.listeners.iter().any(|(have, _)| *have == ip) {
+                continue;
+            }
+            match listen(&mut self.swarm, ip, self.listen_port) {
+                Ok(id) => self.listeners.push((ip, id)),
+                Err(e) => tracing::warn!(error = %e, "cannot listen on a new address"),
+            }
+        }
+        if self.mdns_wanted {
+            if let Some(old) = self.mdns.take() {
+                tokio::task::spawn_blocking(move || old.shutdown());
+            }
+            self.mcp_registered.clear();
+            match start_mdns(&usable, &self.me, &self.mesh_id, self.listen_port, self.api_port) {
+                Ok(m) => self.mdns = m,
+                Err(e) => tracing::warn!(error = %e, "mDNS did not restart on the new addresses"),
+            }
+        }
+        // The next round republishes (the record carries the addresses).
+        self.last_published = None;
     }
 
     fn now(&self) -> u64 {
@@ -309,8 +379,10 @@ impl Mesh {
                 None => futures::future::pending().await,
             }
         };
+        let check_at = self.next_interface_check;
         tokio::select! {
             ev = self.swarm.select_next_some() => Input::Swarm(Box::new(ev)),
+            () = tokio::time::sleep_until(check_at.into()) => Input::Interfaces,
             Some(ev) = self.prober.events_rx.recv() => Input::Probe(ev),
             Some(ev) = node_ev => mdns::interpret(ev).map(Input::Mdns).unwrap_or(Input::Timer),
             Some(ev) = mcp_ev => mdns::interpret(ev).map(Input::Mdns).unwrap_or(Input::Timer),
@@ -337,6 +409,7 @@ impl Mesh {
                     }
                 }
             }
+            Input::Interfaces => self.check_interfaces(),
             Input::Timer => {}
         }
         let now = self.now();
@@ -354,11 +427,7 @@ impl Mesh {
         match ev {
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
                 if endpoint.is_dialer() {
-                    let a = endpoint.get_remote_address().clone();
-                    let list = self.addrs_of.entry(peer_id).or_default();
-                    if !list.contains(&a) {
-                        list.push(a);
-                    }
+                    remember_addrs(&mut self.addrs_of, peer_id, [endpoint.get_remote_address().clone()]);
                 }
                 if num_established.get() == 1 {
                     self.left.remove(&peer_id);
@@ -391,12 +460,7 @@ impl Mesh {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                let list = self.addrs_of.entry(peer_id).or_default();
-                for a in info.listen_addrs.into_iter().take(16) {
-                    if !is_loopback(&a) && !list.contains(&a) {
-                        list.push(a);
-                    }
-                }
+                remember_addrs(&mut self.addrs_of, peer_id, info.listen_addrs.into_iter().filter(|a| !is_loopback(a)));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message_id, message })) => {
                 self.stats.gossip_received += 1;
@@ -471,14 +535,14 @@ impl Mesh {
                     tracing::debug!(peer = %e.peer_id, version = e.version, new = matches!(m, Merged::New { .. }), "record merged");
                     self.events.push_back(MeshEvent::Record { peer: e.peer_id.clone(), name: e.name.clone(), version: e.version, services: e.services.len() });
                     if let Ok(p) = e.peer_id.parse::<PeerId>() {
-                        let list = self.addrs_of.entry(p).or_default();
-                        for a in e.addrs.iter().take(16).filter_map(|a| a.parse::<Multiaddr>().ok()) {
-                            if !list.contains(&a) {
-                                list.push(a);
-                            }
-                        }
+                        remember_addrs(&mut self.addrs_of, p, e.addrs.iter().take(MAX_ADDRS).filter_map(|a| a.parse::<Multiaddr>().ok()));
                         if !self.swarm.is_connected(&p) && p.to_base58() != self.me {
-                            let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(list.clone()).condition(PeerCondition::DisconnectedAndNotDialing).build());
+                            let _ = self.swarm.dial(
+                                DialOpts::peer_id(p)
+                                    .addresses(self.addrs_of.get(&p).cloned().unwrap_or_default())
+                                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                                    .build(),
+                            );
                         }
                     }
                 }
@@ -566,12 +630,7 @@ impl Mesh {
                 let Ok(peer) = n.peer_id.parse::<PeerId>() else { return };
                 let addrs: Vec<Multiaddr> =
                     n.addrs.iter().filter(|a| a.is_ipv4() && !a.is_loopback()).filter_map(|a| format!("/ip4/{a}/tcp/{}", n.port).parse().ok()).collect();
-                let list = self.addrs_of.entry(peer).or_default();
-                for a in &addrs {
-                    if !list.contains(a) {
-                        list.push(a.clone());
-                    }
-                }
+                remember_addrs(&mut self.addrs_of, peer, addrs.iter().cloned());
                 if !self.swarm.is_connected(&peer) && !addrs.is_empty() {
                     tracing::debug!(%peer, ?addrs, "dialling peer found by mDNS");
                     let _ = self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build());
@@ -701,7 +760,7 @@ impl Mesh {
         self.last_published = Some((services.clone(), Instant::now()));
         let version = self.own_version.saturating_add(1).max(unix_ms());
         self.own_version = version;
-        let addrs = self.advertised.iter().map(|ip| format!("/ip4/{ip}/tcp/{}", self.listen_port)).collect();
+        let addrs = self.advertised().iter().filter(|ip| !ip.is_loopback()).map(|ip| format!("/ip4/{ip}/tcp/{}", self.listen_port)).collect();
         let record = NodeRecord {
             peer_id: self.me.clone(),
             mesh_id: self.mesh_id.clone(),
@@ -804,6 +863,23 @@ impl Mesh {
     }
 }
 
+/// Addresses kept per peer (from dials, identify, records and mDNS).
+const MAX_ADDRS: usize = 16;
+
+/// Adds `addrs` to what we know of `peer`: without a trailing `/p2p/<id>` (the same address
+/// either way), without duplicates, at most [`MAX_ADDRS`].
+fn remember_addrs(addrs_of: &mut HashMap<PeerId, Vec<Multiaddr>>, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+    let list = addrs_of.entry(peer).or_default();
+    for mut a in addrs {
+        if matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+            a.pop();
+        }
+        if list.len() < MAX_ADDRS && !list.contains(&a) {
+            list.push(a);
+        }
+    }
+}
+
 fn is_loopback(a: &Multiaddr) -> bool {
     a.iter()
         .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_loopback()) || matches!(p, libp2p::multiaddr::Protocol::Ip6(ip) if ip.is_loopback()))
@@ -844,4 +920,22 @@ fn chain_refused(e: &(dyn std::error::Error + 'static)) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_addresses_drop_the_p2p_suffix_and_duplicates() {
+        let peer = PeerId::random();
+        let plain: Multiaddr = "/ip4/10.0.0.2/tcp/7411".parse().expect("multiaddr");
+        let with_id: Multiaddr = format!("/ip4/10.0.0.2/tcp/7411/p2p/{peer}").parse().expect("multiaddr");
+        let mut known = HashMap::new();
+        remember_addrs(&mut known, peer, [plain.clone(), with_id, plain.clone()]);
+        assert_eq!(known[&peer], vec![plain]);
+        let many = (0..40u16).map(|p| format!("/ip4/10.0.0.3/tcp/{p}").parse::<Multiaddr>().expect("multiaddr"));
+        remember_addrs(&mut known, peer, many);
+        assert_eq!(known[&peer].len(), MAX_ADDRS);
+    }
 }

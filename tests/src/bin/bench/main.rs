@@ -38,6 +38,23 @@ pub(crate) fn release_bin() -> PathBuf {
     target.join("release").join("craftmesh")
 }
 
+/// Builds the static binary the deployment ships (deploy/Dockerfile: glibc linked in,
+/// runs in an empty image) and returns its path.
+pub(crate) fn static_release_bin() -> PathBuf {
+    const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+    let root = workspace_root();
+    eprintln!("building the static release binary (crt-static, --target {TRIPLE})…");
+    let st = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .args(["build", "--release", "-p", "craftmesh", "--bin", "craftmesh", "--target", TRIPLE])
+        .status()
+        .expect("run cargo");
+    assert!(st.success(), "cargo build --release --target {TRIPLE} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    target.join(TRIPLE).join("release").join("craftmesh")
+}
+
 /// Runs `craftmesh discover --once --json` on the shipped config `runs` times; returns ms, sorted.
 fn time_discover(bin: &Path, user_dir: &Path, data_dir: &Path, env: &[(&str, String)], runs: usize) -> Vec<f64> {
     let mut v = Vec::with_capacity(runs);
