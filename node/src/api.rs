@@ -141,22 +141,19 @@ async fn members(State(s): State<AppState>) -> Response {
 async fn events_stream(State(s): State<AppState>) -> Sse<impl futures::Stream<Item = Result<SseEvent, std::convert::Infallible>>> {
     let rx = s.events.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => {
-                    let kind = match &ev {
-                        ApiEvent::Mesh(_) => "mesh",
-                        ApiEvent::Service { .. } => "service",
-                    };
-                    let data = serde_json::to_string(&ev).unwrap_or_default();
-                    return Some((Ok(SseEvent::default().event(kind).data(data)), rx));
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    return Some((Ok(SseEvent::default().event("lagged").data(n.to_string())), rx));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        let event = match rx.recv().await {
+            Ok(ev) => {
+                let kind = match &ev {
+                    ApiEvent::Mesh(_) => "mesh",
+                    ApiEvent::Service { .. } => "service",
+                };
+                SseEvent::default().event(kind).data(serde_json::to_string(&ev).unwrap_or_default())
             }
-        }
+            // The client fell behind; say how many events it missed.
+            Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(n.to_string()),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
@@ -217,15 +214,15 @@ async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Respons
         }
         None => return err(StatusCode::NOT_FOUND, format!("no server named `{name}` is configured or advertised"), Some(&name)),
     };
-    if let Some(report) = snap.report.as_ref().filter(|r| select::is_fresh(r.finished_at_ms, now_ms(), cfg.settings.cache_ttl_minutes)) {
-        if let Some(sr) = report.servers.iter().find(|x| x.name == spec.name) {
-            for f in sr.findings.iter().filter(|f| f.healthy && f.url.is_some()) {
-                let checked = s.discoverer.reverify(spec, f).await;
-                if checked.healthy {
-                    return Json(checked).into_response();
-                }
-                tracing::info!(server = %spec.name, url = ?f.url, "cached endpoint failed re-verification");
+    if let Some(report) = snap.report.as_ref().filter(|r| select::is_fresh(r.finished_at_ms, now_ms(), cfg.settings.cache_ttl_minutes))
+        && let Some(sr) = report.servers.iter().find(|x| x.name == spec.name)
+    {
+        for f in sr.findings.iter().filter(|f| f.healthy && f.url.is_some()) {
+            let checked = s.discoverer.reverify(spec, f).await;
+            if checked.healthy {
+                return Json(checked).into_response();
             }
+            tracing::info!(server = %spec.name, url = ?f.url, "cached endpoint failed re-verification");
         }
     }
     let (reports, _) = s.discoverer.discover(&[spec]).await;

@@ -7,6 +7,7 @@
 //! - before suspecting on our own evidence we ask other peers to check (indirect probes),
 //!   so a lossy link between two nodes does not kill a healthy third party's view;
 //! - a node that hears it is suspected refutes with a higher incarnation.
+//!
 //! Nothing here reads a clock: every input carries `now` in milliseconds.
 
 use crate::wire::Rumor;
@@ -524,25 +525,28 @@ impl Membership {
         let mut to_forget = Vec::new();
         let mut redial = Vec::new();
         for (p, m) in self.members.iter_mut() {
-            if let Some(d) = m.redial_deadline {
-                if now >= d && !m.connected {
-                    m.redial_deadline = None;
-                    to_suspect.push(p.clone());
-                }
+            if let Some(d) = m.redial_deadline
+                && now >= d
+                && !m.connected
+            {
+                m.redial_deadline = None;
+                to_suspect.push(p.clone());
             }
-            if let Some(d) = m.suspicion_deadline {
-                if now >= d && m.state == State::Suspect {
-                    to_dead.push(p.clone());
-                }
+            if let Some(d) = m.suspicion_deadline
+                && now >= d
+                && m.state == State::Suspect
+            {
+                to_dead.push(p.clone());
             }
             if matches!(m.state, State::Dead | State::Left) && now.saturating_sub(m.state_since_ms) >= self.cfg.forget_after_ms {
                 to_forget.push(p.clone());
             }
-            if let Some(r) = m.next_redial {
-                if now >= r && m.state == State::Dead {
-                    m.next_redial = Some(now + self.cfg.dead_redial_every_ms);
-                    redial.push(p.clone());
-                }
+            if let Some(r) = m.next_redial
+                && now >= r
+                && m.state == State::Dead
+            {
+                m.next_redial = Some(now + self.cfg.dead_redial_every_ms);
+                redial.push(p.clone());
             }
         }
         for p in to_suspect {

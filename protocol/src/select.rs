@@ -108,11 +108,9 @@ pub fn classify(obs: &Observation, expect_mcp: bool) -> Verdict {
 /// Order in which tiers are tried for `spec`, honouring `prefer_external`.
 pub fn tier_order(spec: &ServerSpec, prefer_external: bool) -> Vec<Tier> {
     let mut order = spec.priority_order.clone();
-    if prefer_external {
-        if let Some(i) = order.iter().position(|t| *t == Tier::ExternalDeployment) {
-            let t = order.remove(i);
-            order.insert(0, t);
-        }
+    if prefer_external && let Some(i) = order.iter().position(|t| *t == Tier::ExternalDeployment) {
+        let t = order.remove(i);
+        order.insert(0, t);
     }
     order
 }
@@ -166,10 +164,10 @@ pub fn rewrite_loopback(url: &str, lan: &str) -> String {
     for lo in ["127.0.0.1", "localhost", "[::1]"] {
         for scheme in ["http://", "https://"] {
             let prefix = format!("{scheme}{lo}");
-            if let Some(rest) = url.strip_prefix(&prefix) {
-                if rest.is_empty() || rest.starts_with(':') || rest.starts_with('/') {
-                    return format!("{scheme}{lan}{rest}");
-                }
+            if let Some(rest) = url.strip_prefix(&prefix)
+                && (rest.is_empty() || rest.starts_with(':') || rest.starts_with('/'))
+            {
+                return format!("{scheme}{lan}{rest}");
             }
         }
     }

@@ -69,10 +69,10 @@ impl Records {
         if record.peer_id == self.self_id {
             return Err(Rejected::Own);
         }
-        if let Some(&l) = self.left.get(&record.peer_id) {
-            if record.version <= l {
-                return Err(Rejected::AfterLeave { left: l, got: record.version });
-            }
+        if let Some(&l) = self.left.get(&record.peer_id)
+            && record.version <= l
+        {
+            return Err(Rejected::AfterLeave { left: l, got: record.version });
         }
         match self.entries.get(&record.peer_id) {
             Some(e) if e.record.version >= record.version => Err(Rejected::Stale { have: e.record.version, got: record.version }),
@@ -95,10 +95,10 @@ impl Records {
     /// Applies a verified leave: the peer's record is dropped and older records become replays.
     pub fn leave(&mut self, l: &SignedLeave) -> Result<bool, Rejected> {
         wire::verify_leave(l, &self.mesh_id)?;
-        if let Some(e) = self.entries.get(&l.peer_id) {
-            if e.record.version > l.version {
-                return Err(Rejected::Stale { have: e.record.version, got: l.version });
-            }
+        if let Some(e) = self.entries.get(&l.peer_id)
+            && e.record.version > l.version
+        {
+            return Err(Rejected::Stale { have: e.record.version, got: l.version });
         }
         let prev = self.left.get(&l.peer_id).copied().unwrap_or(0);
         self.left.insert(l.peer_id.clone(), prev.max(l.version));

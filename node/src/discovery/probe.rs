@@ -109,10 +109,12 @@ pub async fn probe(client: &reqwest::Client, target: &Target, expect: Expect, ti
         let mcp_ok = matches!(obs.mcp, Some(Ok(_)));
         // A server silent to MCP would be silent to HTTP too: do not wait a second time.
         let mcp_silent = matches!(&obs.mcp, Some(Err(f)) if f.silent);
-        if !mcp_ok && !mcp_silent && expect != Expect::Tcp {
-            if let Some(h) = &target.health_url {
-                obs.http = Some(http_status(client, h, timeout).await);
-            }
+        if !mcp_ok
+            && !mcp_silent
+            && expect != Expect::Tcp
+            && let Some(h) = &target.health_url
+        {
+            obs.http = Some(http_status(client, h, timeout).await);
         }
     }
     ProbeResult { observation: obs, latency: start.elapsed() }

@@ -436,13 +436,11 @@ impl Mesh {
                     self.swarm.behaviour_mut().rpc.send_request(&peer_id, Message::SyncRequest { mesh_id: self.mesh_id.clone(), have });
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
-                if num_established == 0 {
-                    self.prober.forget(&peer_id);
-                    let graceful = self.left.contains(&peer_id);
-                    tracing::debug!(peer = %peer_id, ?cause, graceful, "connection closed");
-                    self.membership.handle_disconnected(&peer_id.to_base58(), !graceful, now);
-                }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                self.prober.forget(&peer_id);
+                let graceful = self.left.contains(&peer_id);
+                tracing::debug!(peer = %peer_id, ?cause, graceful, "connection closed");
+                self.membership.handle_disconnected(&peer_id.to_base58(), !graceful, now);
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 let refused = is_refused(&error);
@@ -594,18 +592,21 @@ impl Mesh {
     fn on_response(&mut self, peer: PeerId, id: OutboundRequestId, resp: Message, now: u64) {
         match resp {
             Message::Ack { seq } => {
-                if let Some((p, s, sent)) = self.probes.remove(&id) {
-                    if p == peer && s == seq {
-                        let rtt = sent.elapsed().as_secs_f64() * 1000.0;
-                        self.membership.handle_ack(&peer.to_base58(), seq, rtt, now);
-                    }
+                if let Some((p, s, sent)) = self.probes.remove(&id)
+                    && p == peer
+                    && s == seq
+                {
+                    let rtt = sent.elapsed().as_secs_f64() * 1000.0;
+                    self.membership.handle_ack(&peer.to_base58(), seq, rtt, now);
                 }
             }
             Message::ProbeResponse { req, target, alive } => {
-                if let Some((via, seq, t)) = self.indirect.remove(&id) {
-                    if via == peer && seq == req && t == target {
-                        self.membership.handle_probe_reply(&via.to_base58(), seq, &target, alive, now);
-                    }
+                if let Some((via, seq, t)) = self.indirect.remove(&id)
+                    && via == peer
+                    && seq == req
+                    && t == target
+                {
+                    self.membership.handle_probe_reply(&via.to_base58(), seq, &target, alive, now);
                 }
             }
             Message::SyncResponse { records } => {
@@ -752,10 +753,11 @@ impl Mesh {
     /// Publishes this node's record (a new version) with the given services and capacity.
     /// Skipped when the services are unchanged and the last record is younger than [`REFRESH_RECORD`].
     pub fn publish_record(&mut self, name: &str, api_port: u16, services: Vec<wire::ServiceAd>, capacity: wire::Capacity) {
-        if let Some((last, at)) = &self.last_published {
-            if *last == services && at.elapsed() < REFRESH_RECORD {
-                return;
-            }
+        if let Some((last, at)) = &self.last_published
+            && *last == services
+            && at.elapsed() < REFRESH_RECORD
+        {
+            return;
         }
         self.last_published = Some((services.clone(), Instant::now()));
         let version = self.own_version.saturating_add(1).max(unix_ms());
@@ -852,7 +854,7 @@ impl Mesh {
         let mut out = Vec::new();
         for e in self.records.iter() {
             let m = self.membership.get(&e.record.peer_id);
-            if !m.is_some_and(|m| m.state == State::Alive) {
+            if m.is_none_or(|m| m.state != State::Alive) {
                 continue;
             }
             for s in &e.record.services {

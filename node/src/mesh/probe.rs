@@ -69,10 +69,10 @@ impl Prober {
 
     /// Sends probe `seq` to `peer`, opening the peer's stream if needed.
     pub fn probe(&mut self, peer: PeerId, seq: u64) {
-        if let Some(tx) = self.senders.get(&peer) {
-            if tx.send(seq).is_ok() {
-                return;
-            }
+        if let Some(tx) = self.senders.get(&peer)
+            && tx.send(seq).is_ok()
+        {
+            return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(seq);

@@ -645,17 +645,17 @@ fn merge_servers(
         diags.push(Diagnostic::warning(path, l, c, format!("mcpServers.{jname}"), msg));
     }
     let total: u64 = out.values().filter(|s| s.enabled).filter_map(|s| s.resource_requirements.as_ref().and_then(|r| r.memory_mb)).sum();
-    if total > limits.total_memory_mb {
-        if let Some((_, path, text, _)) = discovery.last() {
-            let (l, c) = locate(text, "resource_limits.total_memory_mb");
-            diags.push(Diagnostic::warning(
-                path,
-                l,
-                c,
-                "resource_limits.total_memory_mb",
-                format!("enabled servers need {total} MB together, more than the limit of {} MB; not all can run on one node", limits.total_memory_mb),
-            ));
-        }
+    if total > limits.total_memory_mb
+        && let Some((_, path, text, _)) = discovery.last()
+    {
+        let (l, c) = locate(text, "resource_limits.total_memory_mb");
+        diags.push(Diagnostic::warning(
+            path,
+            l,
+            c,
+            "resource_limits.total_memory_mb",
+            format!("enabled servers need {total} MB together, more than the limit of {} MB; not all can run on one node", limits.total_memory_mb),
+        ));
     }
     out
 }
@@ -718,20 +718,20 @@ fn merge_agents(
         for (k, v) in &d.agents {
             per_agent.insert(k.clone(), v.clone());
         }
-        if profile == Profile::Production {
-            if let Some(p) = &d.production {
-                if let Some(v) = p.resource_limits.max_concurrent_agents {
-                    limits.max_concurrent_agents = v;
-                }
-                if let Some(v) = p.max_concurrent_agents {
-                    limits.max_concurrent_agents = v;
-                }
-                if let Some(v) = p.resource_limits.total_memory_mb {
-                    limits.total_memory_mb = v;
-                }
-                if let Some(v) = &p.resource_limits.model_limits {
-                    limits.model_limits.extend(v.clone());
-                }
+        if profile == Profile::Production
+            && let Some(p) = &d.production
+        {
+            if let Some(v) = p.resource_limits.max_concurrent_agents {
+                limits.max_concurrent_agents = v;
+            }
+            if let Some(v) = p.max_concurrent_agents {
+                limits.max_concurrent_agents = v;
+            }
+            if let Some(v) = p.resource_limits.total_memory_mb {
+                limits.total_memory_mb = v;
+            }
+            if let Some(v) = &p.resource_limits.model_limits {
+                limits.model_limits.extend(v.clone());
             }
         }
     }
@@ -762,17 +762,17 @@ fn merge_agents(
                 }
             }
         }
-        if let Some(mem) = def.runtime.memory_requirement {
-            if mem.as_mb() > limits.total_memory_mb {
-                let (l, c) = locate(text, "runtime.memory_requirement");
-                diags.push(Diagnostic::error(
-                    path,
-                    l,
-                    c,
-                    "runtime.memory_requirement",
-                    format!("{mem} is more than the agents' total memory limit of {} MB", limits.total_memory_mb),
-                ));
-            }
+        if let Some(mem) = def.runtime.memory_requirement
+            && mem.as_mb() > limits.total_memory_mb
+        {
+            let (l, c) = locate(text, "runtime.memory_requirement");
+            diags.push(Diagnostic::error(
+                path,
+                l,
+                c,
+                "runtime.memory_requirement",
+                format!("{mem} is more than the agents' total memory limit of {} MB", limits.total_memory_mb),
+            ));
         }
         for (i, shared) in def.context.shared.iter().enumerate() {
             let name = shared.trim_start_matches('/').trim_start_matches("context/");
@@ -790,11 +790,11 @@ fn merge_agents(
         }
         list.push((*src, *kind, *dir, path, text, def));
     }
-    for (name, _) in &per_agent {
-        if !by_id.contains_key(name) {
-            if let Some((path, _)) = disc.last() {
-                diags.push(Diagnostic::warning(path, 0, 0, format!("agents.{name}"), format!("agent `{name}` is configured but no definition file was found")));
-            }
+    for name in per_agent.keys() {
+        if !by_id.contains_key(name)
+            && let Some((path, _)) = disc.last()
+        {
+            diags.push(Diagnostic::warning(path, 0, 0, format!("agents.{name}"), format!("agent `{name}` is configured but no definition file was found")));
         }
     }
     let mut agents = BTreeMap::new();

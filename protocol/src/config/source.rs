@@ -37,7 +37,9 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str, format: Format) -> Res
     }
     let mut ignored: Vec<String> = Vec::new();
     let mut cb = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
-    let result: Result<T, (String, Option<(usize, usize)>, String)> = match format {
+    // (field path, line and column, message) of a failure.
+    type Failure = (String, Option<(usize, usize)>, String);
+    let result: Result<T, Failure> = match format {
         Format::Yaml => {
             if text.trim().is_empty() {
                 return Err(Diagnostic::error(file, 0, 0, "", "file is empty"));
@@ -69,7 +71,6 @@ pub fn parse<T: DeserializeOwned>(file: &str, text: &str, format: Format) -> Res
             }
         }
     };
-    drop(cb);
     match result {
         Ok(v) => {
             // Each warning is located by a scan of the text, so a file made of thousands of
