@@ -46,7 +46,7 @@ pub struct Global {
     /// Configuration profile: default or production.
     #[arg(long, global = true, env = "CRAFTMESH_PROFILE", value_name = "NAME", default_value = "default")]
     pub profile: String,
-    /// Log filter (tracing env-filter syntax), e.g. `debug` or `craftmesh=trace`.
+    /// Log filter: a level, or comma-separated `target=level` pairs, e.g. `debug` or `info,craftmesh=trace`.
     #[arg(long, global = true, env = "CRAFTMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 }

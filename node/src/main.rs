@@ -2,14 +2,28 @@
 
 use clap::Parser as _;
 use craftmesh::cli::{self, Cli, Command};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 
 fn main() {
     let cli = Cli::parse();
     let default = if matches!(cli.command, Command::Up(_)) { "info" } else { "warn" };
-    let filter = cli.global.log.clone().map(EnvFilter::new).unwrap_or_else(|| EnvFilter::new(default));
+    // `Targets` (level, or `target=level` pairs) rather than `EnvFilter`: no regex engine
+    // is built at start-up, which keeps the node's resident code small.
+    let spec = cli.global.log.clone().unwrap_or_else(|| default.to_string());
+    let filter: Targets = match spec.parse() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --log / CRAFTMESH_LOG `{spec}`: {e} (expected a level such as `debug`, or `info,craftmesh=trace`)");
+            std::process::exit(2);
+        }
+    };
     use std::io::IsTerminal as _;
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).init();
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr))
+        .with(filter)
+        .init();
     // One thread is plenty for a node's I/O and keeps its memory small; blocking scans
     // (processes) go to tokio's blocking pool.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

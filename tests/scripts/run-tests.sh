@@ -98,7 +98,17 @@ info "import check: $("$PY" -c "$check_mcp")"
 export CRAFTMESH_TEST_PYTHON="$PY"
 
 # ---------------------------------------------------------------------------------------
-step "3/4 cargo build --workspace --bins"
+step "3/4 lint (rustfmt, clippy -D warnings) and cargo build --workspace --bins"
+if cargo fmt --version >/dev/null 2>&1; then
+    cargo fmt --all --check
+else
+    info "rustfmt not installed: format check skipped"
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+    cargo clippy --workspace --all-targets --quiet -- -D warnings
+else
+    info "clippy not installed: lint skipped"
+fi
 cargo build --workspace --bins
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO/$TARGET_DIR" ;; esac

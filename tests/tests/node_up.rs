@@ -154,3 +154,16 @@ fn cli_without_a_node_says_how_to_start_one() {
     assert_eq!(out.code(), Some(3), "{}", out.describe());
     assert!(out.stderr.contains("craftmesh up"), "{}", out.describe());
 }
+
+#[test]
+fn a_bad_log_filter_is_a_clear_error_before_anything_starts() {
+    let cfg = ConfigDir::new("servers: {}\n");
+    let out = run_with_timeout(cfg.command(&["up", "--api", "127.0.0.1:0"]).env("CRAFTMESH_LOG", "info,craftmesh=loud"), STEP);
+    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("CRAFTMESH_LOG") && out.stderr.contains("craftmesh=loud"),
+        "the error should name the variable and the value\n{}",
+        out.describe()
+    );
+    assert!(!cfg.data_dir().join("api.addr").exists(), "the node should not have started\n{}", out.describe());
+}
