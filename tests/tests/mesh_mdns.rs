@@ -350,3 +350,64 @@ fn malformed_and_spoofed_node_adverts_are_rejected_and_counted() {
     assert!(rejected >= 2);
     assert!(node.members(&rig).is_empty(), "a spoofed advert must not create a member");
 }
+
+/// `zeroconf_tool.py flood`: `count` instances of `service_type` from host `i` at once.
+fn flood(rig: &Rig, i: usize, service_type: &str, prefix: &str, count: usize, props: &[&str]) -> Spawned {
+    let tool = fixture("zeroconf_tool.py");
+    let mut args: Vec<String> = vec![
+        tool.to_string_lossy().into_owned(),
+        "flood".into(),
+        service_type.into(),
+        prefix.into(),
+        "--count".into(),
+        count.to_string(),
+        "--port".into(),
+        "9".into(),
+        "--address".into(),
+        rig.addr(i).to_string(),
+        "--seconds".into(),
+        "120".into(),
+    ];
+    for p in props {
+        args.push("--prop".into());
+        args.push(p.to_string());
+    }
+    let mut p = rig.host(i).spawn(python(), &args).expect("spawn zeroconf flood");
+    assert!(p.wait_for_log("flooding ", Duration::from_secs(60)), "zeroconf flood did not register\n{}", p.describe());
+    p
+}
+
+/// Hundreds of outside `_mcp._tcp` adverts and spoofed `_craftmesh._tcp` adverts at once:
+/// the node keeps answering, keeps at most 64 outside adverts, counts the spoofed ones,
+/// and its real peer stays alive.
+#[test]
+fn a_flood_of_adverts_is_capped_counted_and_the_node_keeps_working() {
+    if !rig_prerequisites() {
+        return;
+    }
+    let rig = rig(3);
+    let node = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    let peer = MeshNode::start(&rig, 2, EMPTY_CONFIG, &[]);
+    wait_until("node 0 to see its peer alive", Duration::from_secs(20), || (node.state_of(&rig, &peer.peer_id).as_deref() == Some("alive")).then_some(()));
+
+    let _mcp = flood(&rig, 1, MCP_TYPE, "flood-mcp", 300, &["name=flooded", "transport=streamable-http", "path=/mcp"]);
+    let _nodes = flood(&rig, 1, NODE_TYPE, "flood-node", 300, &["id=not-a-peer-id", "mesh=open", "v=1"]);
+
+    // The node keeps answering its API while it takes the flood in (each CLI call has a
+    // deadline of its own), counts the spoofed node adverts and caps the outside ones.
+    let rejected = wait_until("node 0 to count the spoofed node adverts", Duration::from_secs(30), || {
+        let st = node.json(&rig, &["status", "--json"]).unwrap_or_else(|| panic!("status failed during the flood\n{}", node.log()));
+        let n = st["mesh"]["stats"]["rejected"]["advert_invalid"].as_u64().unwrap_or(0);
+        (n >= 100).then_some(n)
+    });
+    assert!(rejected >= 100);
+    let services = node.json(&rig, &["services", "--json"]).unwrap_or_else(|| panic!("services failed during the flood\n{}", node.log()));
+    let outside = services.as_array().map(|a| a.iter().filter(|s| s["source"] == "mdns").count()).unwrap_or(0);
+    assert!(outside <= 64, "outside adverts must be capped at 64, {outside} listed");
+    assert!(outside > 0, "some outside adverts should be listed\n{}", node_context(&node, &rig));
+    assert!(node.members(&rig).iter().all(|m| m["id"] == peer.peer_id.as_str()), "a spoofed advert must not create a member");
+    assert_eq!(node.state_of(&rig, &peer.peer_id).as_deref(), Some("alive"), "the real peer should stay alive through the flood\n{}", node.log());
+    // A flooded `resolve` hands out nothing unverified (port 9 speaks no MCP).
+    let out = node.cli(&rig, &["resolve", "flooded", "--json"]);
+    assert!(!out.success(), "an unverified flooded advert must not resolve\n{}", out.describe());
+}
