@@ -115,6 +115,13 @@ case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$REPO/$TARGET_DIR" ;; esac
 export CRAFTMESH_BIN="$TARGET_DIR/debug/craftmesh"
 [ -x "$CRAFTMESH_BIN" ] || { echo "error: $CRAFTMESH_BIN was not built" >&2; exit 1; }
 info "CRAFTMESH_BIN=$CRAFTMESH_BIN"
+# The static binary the deployment image holds (tests/tests/deploy.rs), unoptimised and
+# without debug info to keep the build and the image small.
+RUSTFLAGS='-C target-feature=+crt-static -C debuginfo=0' \
+    cargo build -p craftmesh --bin craftmesh --target x86_64-unknown-linux-gnu
+export CRAFTMESH_STATIC_BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/debug/craftmesh"
+[ -x "$CRAFTMESH_STATIC_BIN" ] || { echo "error: $CRAFTMESH_STATIC_BIN was not built" >&2; exit 1; }
+info "CRAFTMESH_STATIC_BIN=$CRAFTMESH_STATIC_BIN"
 info "CRAFTMESH_TEST_PYTHON=$CRAFTMESH_TEST_PYTHON"
 info "CI=${CI:-}"
 

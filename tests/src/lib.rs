@@ -750,6 +750,7 @@ impl Discovery {
 pub enum DockerCleanup {
     Container(String),
     Image(String),
+    Network(String),
 }
 
 impl Drop for DockerCleanup {
@@ -757,6 +758,7 @@ impl Drop for DockerCleanup {
         let args: Vec<&str> = match self {
             DockerCleanup::Container(id) => vec!["rm", "-f", "-v", id.as_str()],
             DockerCleanup::Image(tag) => vec!["rmi", "-f", tag.as_str()],
+            DockerCleanup::Network(name) => vec!["network", "rm", name.as_str()],
         };
         let out = run_with_timeout(Command::new("docker").args(&args), Duration::from_secs(60));
         if !out.success() {

@@ -38,21 +38,15 @@ pub(crate) fn release_bin() -> PathBuf {
     target.join("release").join("craftmesh")
 }
 
-/// Builds the static binary the deployment ships (deploy/Dockerfile: glibc linked in,
-/// runs in an empty image) and returns its path.
+/// Builds the static binary deployments run (`deploy/build-static.sh`) and returns its path.
 pub(crate) fn static_release_bin() -> PathBuf {
-    const TRIPLE: &str = "x86_64-unknown-linux-gnu";
     let root = workspace_root();
-    eprintln!("building the static release binary (crt-static, --target {TRIPLE})…");
-    let st = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "--release", "-p", "craftmesh", "--bin", "craftmesh", "--target", TRIPLE])
-        .status()
-        .expect("run cargo");
-    assert!(st.success(), "cargo build --release --target {TRIPLE} failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    target.join(TRIPLE).join("release").join("craftmesh")
+    eprintln!("building the static release binary (deploy/build-static.sh)…");
+    let out = Command::new("bash").current_dir(&root).arg("deploy/build-static.sh").stderr(Stdio::inherit()).output().expect("run deploy/build-static.sh");
+    assert!(out.status.success(), "deploy/build-static.sh failed");
+    let last = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+    let p = PathBuf::from(last);
+    if p.is_absolute() { p } else { root.join(p) }
 }
 
 /// Runs `craftmesh discover --once --json` on the shipped config `runs` times; returns ms, sorted.

@@ -1,0 +1,115 @@
+//! The deployment as shipped: `deploy/Dockerfile` around the static binary, two nodes in
+//! containers on a Docker network of the test's own (a user-defined bridge; nothing is
+//! published on the host), meshing over DNS-SD and libp2p like two machines on a LAN;
+//! `docker stop` is a clean leave.
+//!
+//! Not `--internal`: Docker's isolation rules for internal networks drop traffic to any
+//! address outside the subnet, multicast included, whenever bridged traffic goes through
+//! iptables (`br_netfilter`), so mDNS never arrives there (nodes on such a network need
+//! `--peer`).
+//!
+//! Needs a running Docker engine and the static binary (`CRAFTMESH_STATIC_BIN`, built by
+//! `tests/scripts/run-tests.sh` with `crt-static`); skips otherwise (fails in CI).
+
+use craftmesh_tests::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn docker(args: &[&str], timeout: Duration) -> CmdOutput {
+    let out = run_with_timeout(Command::new("docker").args(args), timeout);
+    assert!(out.success(), "docker {} failed\n{}", args.join(" "), out.describe());
+    out
+}
+
+fn static_bin() -> Option<PathBuf> {
+    std::env::var_os("CRAFTMESH_STATIC_BIN").map(PathBuf::from).filter(|p| p.is_file())
+}
+
+/// `craftmesh <args> --json` inside container `name` (the image has only the binary).
+fn cli_json(name: &str, args: &[&str]) -> Option<Value> {
+    let mut full = vec!["exec", name, "/craftmesh"];
+    full.extend_from_slice(args);
+    full.extend(["--json", "--api", "127.0.0.1:7410"]);
+    let out = run_with_timeout(Command::new("docker").args(&full), Duration::from_secs(20));
+    if !out.success() {
+        return None;
+    }
+    serde_json::from_str(&out.stdout).ok()
+}
+
+fn state_of(observer: &str, peer: &str) -> Option<String> {
+    cli_json(observer, &["members"])?.as_array()?.iter().find(|m| m["id"] == peer)?["state"].as_str().map(str::to_string)
+}
+
+fn logs(name: &str) -> String {
+    run_with_timeout(Command::new("docker").args(["logs", name]), Duration::from_secs(20)).describe()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, context: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}\n{}", context());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn two_containers_from_the_shipped_image_mesh_and_leave_cleanly() {
+    if !require("a running docker engine (`docker info` failed)", docker_available())
+        || !require("the static craftmesh binary in CRAFTMESH_STATIC_BIN (tests/scripts/run-tests.sh builds it)", static_bin().is_some())
+    {
+        return;
+    }
+    let bin = static_bin().expect("checked above");
+    let id = random_suffix();
+    let ctx = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(workspace_root().join("deploy").join("Dockerfile"), ctx.path().join("Dockerfile")).expect("copy Dockerfile");
+    std::fs::copy(&bin, ctx.path().join("craftmesh")).expect("copy the static binary");
+    let tag = format!("craftmesh-test-node:{id}");
+    let net = format!("craftmesh-test-{id}");
+    let (a, b) = (format!("craftmesh-test-{id}-a"), format!("craftmesh-test-{id}-b"));
+
+    // Dropped in reverse order: containers, then the network, then the image.
+    docker(&["build", "-q", "-t", &tag, &ctx.path().to_string_lossy()], Duration::from_secs(180));
+    let _image = DockerCleanup::Image(tag.clone());
+    docker(&["network", "create", &net], Duration::from_secs(60));
+    let _net = DockerCleanup::Network(net.clone());
+    let mut containers = Vec::new();
+    for name in [&a, &b] {
+        // The image's own CMD (`up --api 0.0.0.0:7410`); nothing published on the host.
+        docker(
+            &["run", "-d", "--name", name, "--hostname", name, "--network", &net, "-e", "CRAFTMESH_LOG=info,craftmesh=debug", &tag],
+            Duration::from_secs(60),
+        );
+        containers.push(DockerCleanup::Container(name.to_string()));
+    }
+    let context = || format!("--- {a} ---\n{}\n--- {b} ---\n{}", logs(&a), logs(&b));
+    let peer_id = |name: &str| {
+        wait_for(&format!("{name} to answer status"), Duration::from_secs(30), context, || {
+            cli_json(name, &["status"])?["node"]["peer_id"].as_str().map(str::to_string)
+        })
+    };
+    let (id_a, id_b) = (peer_id(&a), peer_id(&b));
+
+    // Found over DNS-SD on the Docker network, connected over libp2p.
+    wait_for("a to see b alive", Duration::from_secs(30), context, || (state_of(&a, &id_b).as_deref() == Some("alive")).then_some(()));
+    wait_for("b to see a alive", Duration::from_secs(30), context, || (state_of(&b, &id_a).as_deref() == Some("alive")).then_some(()));
+    let status = cli_json(&a, &["status"]).unwrap_or_else(|| panic!("status\n{}", context()));
+    let addrs = status["mesh"]["addresses"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !addrs.is_empty() && addrs.iter().all(|x| x.as_str().is_some_and(|s| s.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))),
+        "a should advertise its container address, not loopback: {addrs:?}\n{}",
+        context()
+    );
+
+    // `docker stop` sends SIGTERM: b says goodbye and a lists it as left.
+    docker(&["stop", "-t", "10", &b], Duration::from_secs(30));
+    wait_for("a to see b left", Duration::from_secs(20), context, || (state_of(&a, &id_b).as_deref() == Some("left")).then_some(()));
+    let out = docker(&["inspect", "-f", "{{.State.ExitCode}}", &b], Duration::from_secs(20));
+    assert_eq!(out.stdout.trim(), "0", "b should exit 0 on SIGTERM\n{}", context());
+}
