@@ -135,29 +135,25 @@ s.serve_forever()
     p
 }
 
-/// `zeroconf_tool.py advertise TYPE NAME --port P --address <host i> --prop ...` in host
-/// `i`, kept for 60 s; returns once registered.
-fn advertise(rig: &Rig, i: usize, service_type: &str, name: &str, port: u16, props: &[&str]) -> Spawned {
-    let tool = fixture("zeroconf_tool.py");
-    let mut args: Vec<String> = vec![
-        tool.to_string_lossy().into_owned(),
-        "advertise".into(),
-        service_type.into(),
-        name.into(),
-        "--port".into(),
-        port.to_string(),
-        "--address".into(),
-        rig.addr(i).to_string(),
-        "--seconds".into(),
-        "60".into(),
-    ];
+/// Runs `zeroconf_tool.py <args> --address <host i> --prop k=v ...` in host `i` and waits
+/// (up to `timeout`) for the line starting with `ready`.
+fn zeroconf_tool(rig: &Rig, i: usize, args: &[String], props: &[&str], ready: &str, timeout: Duration) -> Spawned {
+    let mut all: Vec<String> = vec![fixture("zeroconf_tool.py").to_string_lossy().into_owned()];
+    all.extend(args.iter().cloned());
+    all.extend(["--address".into(), rig.addr(i).to_string()]);
     for p in props {
-        args.push("--prop".into());
-        args.push(p.to_string());
+        all.extend(["--prop".into(), p.to_string()]);
     }
-    let mut p = rig.host(i).spawn(python(), &args).expect("spawn zeroconf advertise");
-    assert!(p.wait_for_log("advertising ", Duration::from_secs(15)), "zeroconf advertise did not register\n{}", p.describe());
+    let mut p = rig.host(i).spawn(python(), &all).expect("spawn zeroconf_tool.py");
+    assert!(p.wait_for_log(ready, timeout), "zeroconf_tool.py never printed `{ready}`\n{}", p.describe());
     p
+}
+
+/// `zeroconf_tool.py advertise TYPE NAME --port P` in host `i`, kept for 60 s; returns once
+/// registered.
+fn advertise(rig: &Rig, i: usize, service_type: &str, name: &str, port: u16, props: &[&str]) -> Spawned {
+    let args = ["advertise".into(), service_type.into(), name.into(), "--port".into(), port.to_string(), "--seconds".into(), "60".into()];
+    zeroconf_tool(rig, i, &args, props, "advertising ", Duration::from_secs(15))
 }
 
 /// The entry named `name` in the node's `services --json`, if listed.
@@ -351,11 +347,9 @@ fn malformed_and_spoofed_node_adverts_are_rejected_and_counted() {
     assert!(node.members(&rig).is_empty(), "a spoofed advert must not create a member");
 }
 
-/// `zeroconf_tool.py flood`: `count` instances of `service_type` from host `i` at once.
+/// `zeroconf_tool.py flood`: `count` instances of `service_type` (port 9) from host `i` at once.
 fn flood(rig: &Rig, i: usize, service_type: &str, prefix: &str, count: usize, props: &[&str]) -> Spawned {
-    let tool = fixture("zeroconf_tool.py");
-    let mut args: Vec<String> = vec![
-        tool.to_string_lossy().into_owned(),
+    let args = [
         "flood".into(),
         service_type.into(),
         prefix.into(),
@@ -363,18 +357,10 @@ fn flood(rig: &Rig, i: usize, service_type: &str, prefix: &str, count: usize, pr
         count.to_string(),
         "--port".into(),
         "9".into(),
-        "--address".into(),
-        rig.addr(i).to_string(),
         "--seconds".into(),
         "120".into(),
     ];
-    for p in props {
-        args.push("--prop".into());
-        args.push(p.to_string());
-    }
-    let mut p = rig.host(i).spawn(python(), &args).expect("spawn zeroconf flood");
-    assert!(p.wait_for_log("flooding ", Duration::from_secs(60)), "zeroconf flood did not register\n{}", p.describe());
-    p
+    zeroconf_tool(rig, i, &args, props, "flooding ", Duration::from_secs(60))
 }
 
 /// Hundreds of outside `_mcp._tcp` adverts and spoofed `_craftmesh._tcp` adverts at once:
