@@ -58,43 +58,71 @@ fn wait_for<T>(what: &str, timeout: Duration, context: impl Fn() -> String, mut 
     }
 }
 
+/// The shipped image built around the static binary, and a Docker network of the test's
+/// own; removed on drop (containers first: declare them after this).
+struct Deployment {
+    tag: String,
+    net: String,
+    id: String,
+    _ctx: tempfile::TempDir,
+    _net: DockerCleanup,
+    _image: DockerCleanup,
+}
+
+impl Deployment {
+    /// `None` (test skipped) without Docker or the static binary; in CI that fails.
+    fn build(internal: bool) -> Option<Deployment> {
+        if !require("a running docker engine (`docker info` failed)", docker_available())
+            || !require("the static craftmesh binary in CRAFTMESH_STATIC_BIN (tests/scripts/run-tests.sh builds it)", static_bin().is_some())
+        {
+            return None;
+        }
+        let bin = static_bin().expect("checked above");
+        let id = random_suffix();
+        let ctx = tempfile::tempdir().expect("tempdir");
+        std::fs::copy(workspace_root().join("deploy").join("Dockerfile"), ctx.path().join("Dockerfile")).expect("copy Dockerfile");
+        std::fs::copy(&bin, ctx.path().join("craftmesh")).expect("copy the static binary");
+        let tag = format!("craftmesh-test-node:{id}");
+        let net = format!("craftmesh-test-{id}");
+        docker(&["build", "-q", "-t", &tag, &ctx.path().to_string_lossy()], Duration::from_secs(180));
+        let image = DockerCleanup::Image(tag.clone());
+        let mut create = vec!["network", "create"];
+        if internal {
+            create.push("--internal");
+        }
+        create.push(&net);
+        docker(&create, Duration::from_secs(60));
+        Some(Deployment { _net: DockerCleanup::Network(net.clone()), _image: image, _ctx: ctx, tag, net, id })
+    }
+
+    /// Starts container `<id>-<suffix>` on the network; `args` replace the image's CMD.
+    fn run(&self, suffix: &str, env: &[&str], args: &[&str]) -> (String, DockerCleanup) {
+        let name = format!("craftmesh-test-{}-{suffix}", self.id);
+        let mut all = vec!["run", "-d", "--name", &name, "--hostname", &name, "--network", &self.net];
+        for e in env {
+            all.extend(["-e", e]);
+        }
+        all.push(&self.tag);
+        all.extend_from_slice(args);
+        docker(&all, Duration::from_secs(60));
+        (name.clone(), DockerCleanup::Container(name))
+    }
+}
+
+fn peer_id(name: &str, context: impl Fn() -> String) -> String {
+    wait_for(&format!("{name} to answer status"), Duration::from_secs(30), context, || {
+        cli_json(name, &["status"])?["node"]["peer_id"].as_str().map(str::to_string)
+    })
+}
+
 #[test]
 fn two_containers_from_the_shipped_image_mesh_and_leave_cleanly() {
-    if !require("a running docker engine (`docker info` failed)", docker_available())
-        || !require("the static craftmesh binary in CRAFTMESH_STATIC_BIN (tests/scripts/run-tests.sh builds it)", static_bin().is_some())
-    {
-        return;
-    }
-    let bin = static_bin().expect("checked above");
-    let id = random_suffix();
-    let ctx = tempfile::tempdir().expect("tempdir");
-    std::fs::copy(workspace_root().join("deploy").join("Dockerfile"), ctx.path().join("Dockerfile")).expect("copy Dockerfile");
-    std::fs::copy(&bin, ctx.path().join("craftmesh")).expect("copy the static binary");
-    let tag = format!("craftmesh-test-node:{id}");
-    let net = format!("craftmesh-test-{id}");
-    let (a, b) = (format!("craftmesh-test-{id}-a"), format!("craftmesh-test-{id}-b"));
-
-    // Dropped in reverse order: containers, then the network, then the image.
-    docker(&["build", "-q", "-t", &tag, &ctx.path().to_string_lossy()], Duration::from_secs(180));
-    let _image = DockerCleanup::Image(tag.clone());
-    docker(&["network", "create", &net], Duration::from_secs(60));
-    let _net = DockerCleanup::Network(net.clone());
-    let mut containers = Vec::new();
-    for name in [&a, &b] {
-        // The image's own CMD (`up --api 0.0.0.0:7410`); nothing published on the host.
-        docker(
-            &["run", "-d", "--name", name, "--hostname", name, "--network", &net, "-e", "CRAFTMESH_LOG=info,craftmesh=debug", &tag],
-            Duration::from_secs(60),
-        );
-        containers.push(DockerCleanup::Container(name.to_string()));
-    }
+    let Some(d) = Deployment::build(false) else { return };
+    // The image's own CMD (`up --api 0.0.0.0:7410`); nothing published on the host.
+    let (a, _ca) = d.run("a", &["CRAFTMESH_LOG=info,craftmesh=debug"], &[]);
+    let (b, _cb) = d.run("b", &["CRAFTMESH_LOG=info,craftmesh=debug"], &[]);
     let context = || format!("--- {a} ---\n{}\n--- {b} ---\n{}", logs(&a), logs(&b));
-    let peer_id = |name: &str| {
-        wait_for(&format!("{name} to answer status"), Duration::from_secs(30), context, || {
-            cli_json(name, &["status"])?["node"]["peer_id"].as_str().map(str::to_string)
-        })
-    };
-    let (id_a, id_b) = (peer_id(&a), peer_id(&b));
+    let (id_a, id_b) = (peer_id(&a, context), peer_id(&b, context));
 
     // Found over DNS-SD on the Docker network, connected over libp2p.
     wait_for("a to see b alive", Duration::from_secs(30), context, || (state_of(&a, &id_b).as_deref() == Some("alive")).then_some(()));
@@ -112,4 +140,20 @@ fn two_containers_from_the_shipped_image_mesh_and_leave_cleanly() {
     wait_for("a to see b left", Duration::from_secs(20), context, || (state_of(&a, &id_b).as_deref() == Some("left")).then_some(()));
     let out = docker(&["inspect", "-f", "{{.State.ExitCode}}", &b], Duration::from_secs(20));
     assert_eq!(out.stdout.trim(), "0", "b should exit 0 on SIGTERM\n{}", context());
+}
+
+/// On an `--internal` Docker network multicast never arrives (see the module docs), so
+/// DNS-SD finds nothing; a node given `--peer` still joins, and both see each other.
+#[test]
+fn containers_on_an_internal_network_mesh_through_static_peers() {
+    let Some(d) = Deployment::build(true) else { return };
+    let (a, _ca) = d.run("a", &[], &[]);
+    let ip_a = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &a], Duration::from_secs(20)).stdout.trim().to_string();
+    assert!(ip_a.parse::<std::net::Ipv4Addr>().is_ok(), "no address for {a}: `{ip_a}`");
+    let peer = format!("/ip4/{ip_a}/tcp/7411");
+    let (b, _cb) = d.run("b", &[], &["up", "--api", "0.0.0.0:7410", "--peer", &peer]);
+    let context = || format!("--- {a} ---\n{}\n--- {b} ---\n{}", logs(&a), logs(&b));
+    let (id_a, id_b) = (peer_id(&a, context), peer_id(&b, context));
+    wait_for("b to see a alive", Duration::from_secs(30), context, || (state_of(&b, &id_a).as_deref() == Some("alive")).then_some(()));
+    wait_for("a to see b alive", Duration::from_secs(30), context, || (state_of(&a, &id_b).as_deref() == Some("alive")).then_some(()));
 }
