@@ -84,7 +84,8 @@ pub fn run(args: &[String]) {
         |name: &str, default: u64| -> u64 { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default) };
     let runs = arg("--runs", 20) as usize;
     let loss_secs = arg("--loss-secs", 300);
-    let bytes_secs = arg("--bytes-secs", 30);
+    // Long enough to take in the periodic mDNS cache refreshes (A/SRV records live 120 s).
+    let bytes_secs = arg("--bytes-secs", 120);
     let rss_wait = arg("--rss-wait", 60);
     // --only join|loss|idle runs one section (default: all).
     let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).map(String::as_str);
