@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod interfaces;
 pub mod lockfile;
 pub mod membership;
 pub mod report;

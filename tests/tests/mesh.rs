@@ -298,4 +298,16 @@ fn node_started_before_the_network_joins_when_an_address_appears() {
     ip(1, &["addr", "del", &lan, "dev", "eth0"]);
     wait_until("node 1 to drop its old address", Duration::from_secs(20), || (!addresses(&b).contains(&rig.addr(1).to_string())).then_some(()));
     wait_until("node 0 to see node 1 dead", Duration::from_secs(20), || (a.state_of(&rig, &b.peer_id).as_deref() == Some("dead")).then_some(()));
+
+    // Another address comes (a new DHCP lease): node 1 advertises it and both meet again.
+    let other = std::net::Ipv4Addr::from(u32::from(rig.addr(1)) + 100);
+    ip(1, &["addr", "add", &format!("{other}/24"), "dev", "eth0"]);
+    wait_until("node 1 to advertise the new address", Duration::from_secs(20), || addresses(&b).contains(&other.to_string()).then_some(()));
+    all_alive(&rig, &[&a, &b]);
+    let known = wait_until("node 0 to know node 1 at its new address", Duration::from_secs(20), || {
+        let m = a.members(&rig).into_iter().find(|m| m["id"] == b.peer_id.as_str())?;
+        let addrs: Vec<String> = m["addresses"].as_array()?.iter().filter_map(|x| x.as_str().map(str::to_string)).collect();
+        addrs.iter().any(|x| x.contains(&format!("/ip4/{other}/"))).then_some(addrs)
+    });
+    assert!(!known.is_empty());
 }

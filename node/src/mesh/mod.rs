@@ -152,6 +152,9 @@ pub struct Mesh {
     listeners: Vec<(IpAddr, libp2p::core::transport::ListenerId)>,
     policy: interfaces::InterfacePolicy,
     mdns_wanted: bool,
+    /// The mDNS daemon of the previous address set, saying goodbye; the new one starts
+    /// once it is done, so no late goodbye cancels a fresh announcement.
+    mdns_stopping: Option<tokio::task::JoinHandle<()>>,
     next_interface_check: Instant,
     tags: Vec<String>,
     mcp_registered: BTreeMap<String, String>,
@@ -165,13 +168,6 @@ const REFRESH_RECORD: Duration = Duration::from_secs(600);
 /// How often the node looks for addresses that appeared or went away (DHCP, Wi-Fi,
 /// cables): new ones are listened on and advertised, gone ones dropped.
 const INTERFACE_CHECK: Duration = Duration::from_secs(5);
-
-/// The addresses to listen on: the usable IPv4 ones, or loopback alone when there is none
-/// (static peers on this host still work, and a real address is picked up when it comes).
-fn listen_targets(usable: &[(String, IpAddr)]) -> Vec<IpAddr> {
-    let v4: Vec<IpAddr> = usable.iter().map(|(_, ip)| *ip).filter(IpAddr::is_ipv4).collect();
-    if v4.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { v4 }
-}
 
 fn listen(swarm: &mut Swarm<Behaviour>, ip: IpAddr, port: u16) -> Result<libp2p::core::transport::ListenerId, MeshError> {
     let addr: Multiaddr =
@@ -246,7 +242,7 @@ impl Mesh {
         // Listen on exactly the addresses we advertise (checked again every
         // INTERFACE_CHECK: addresses come and go).
         let usable = interfaces::usable(&opts.interfaces);
-        let targets = listen_targets(&usable);
+        let targets = craftmesh_protocol::interfaces::listen_targets(&usable);
         let listen_port = match opts.listen_port {
             // One port on every address: let the OS pick it on the first address.
             0 => std::net::TcpListener::bind((targets[0], 0))
@@ -294,6 +290,7 @@ impl Mesh {
             listeners,
             policy: opts.interfaces,
             mdns_wanted: opts.mdns,
+            mdns_stopping: None,
             next_interface_check: Instant::now() + INTERFACE_CHECK,
             tags: opts.tags,
             mcp_registered: BTreeMap::new(),
@@ -315,42 +312,38 @@ impl Mesh {
     }
 
     /// Follows address changes: listens on addresses that appeared, stops listening on
-    /// those that went away, restarts mDNS on the new set (goodbyes for the old one) and
-    /// republishes the record with the new addresses at the next round.
+    /// those that went away, restarts mDNS on the new set (goodbyes for the old one first)
+    /// and republishes the record with the new addresses at the next round.
     fn check_interfaces(&mut self) {
         self.next_interface_check = Instant::now() + INTERFACE_CHECK;
         let usable = interfaces::usable(&self.policy);
-        let wanted = listen_targets(&usable);
-        if wanted == self.advertised() {
-            return;
-        }
-        tracing::info!(from = ?self.advertised(), to = ?wanted, "addresses changed");
-        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners).into_iter().partition(|(ip, _)| wanted.contains(ip));
-        for (_, id) in gone {
-            self.swarm.remove_listener(id);
-        }
-        self.listeners = keep;
-        for ip in wanted {
-            if self.listeners.iter().any(|(have, _)| *have == ip) {
-                continue;
+        let wanted = craftmesh_protocol::interfaces::listen_targets(&usable);
+        if let Some(change) = craftmesh_protocol::interfaces::address_change(&self.advertised(), &wanted) {
+            tracing::info!(added = ?change.add, removed = ?change.remove, "addresses changed");
+            for (_, id) in self.listeners.extract_if(.., |(ip, _)| change.remove.contains(ip)) {
+                self.swarm.remove_listener(id);
             }
-            match listen(&mut self.swarm, ip, self.listen_port) {
-                Ok(id) => self.listeners.push((ip, id)),
-                Err(e) => tracing::warn!(error = %e, "cannot listen on a new address"),
+            for ip in change.add {
+                match listen(&mut self.swarm, ip, self.listen_port) {
+                    Ok(id) => self.listeners.push((ip, id)),
+                    Err(e) => tracing::warn!(error = %e, "cannot listen on a new address"),
+                }
             }
-        }
-        if self.mdns_wanted {
             if let Some(old) = self.mdns.take() {
-                tokio::task::spawn_blocking(move || old.shutdown());
+                self.mdns_stopping = Some(tokio::task::spawn_blocking(move || old.shutdown()));
             }
             self.mcp_registered.clear();
+            // The next round republishes (the record carries the addresses).
+            self.last_published = None;
+        }
+        let stopped = self.mdns_stopping.as_ref().is_none_or(|h| h.is_finished());
+        if self.mdns_wanted && self.mdns.is_none() && stopped {
+            self.mdns_stopping = None;
             match start_mdns(&usable, &self.me, &self.mesh_id, self.listen_port, self.api_port) {
                 Ok(m) => self.mdns = m,
-                Err(e) => tracing::warn!(error = %e, "mDNS did not restart on the new addresses"),
+                Err(e) => tracing::debug!(error = %e, "mDNS did not start on the current addresses; trying again"),
             }
         }
-        // The next round republishes (the record carries the addresses).
-        self.last_published = None;
     }
 
     fn now(&self) -> u64 {
