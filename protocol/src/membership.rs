@@ -242,6 +242,10 @@ impl Membership {
     }
 
     /// A connection to `peer` is established.
+    ///
+    /// A connection alone does not undo a leave: the leaving process may still accept
+    /// connections while it winds down (a dial started by a late mDNS answer lands there).
+    /// A record newer than the leave does, see [`Membership::handle_rejoined`].
     pub fn handle_connected(&mut self, peer: &str, now: u64) {
         if peer == self.me {
             return;
@@ -251,6 +255,23 @@ impl Membership {
         m.last_seen_ms = now;
         m.redial_deadline = None;
         m.reset_pending = false;
+        if m.state != State::Left {
+            self.set(peer, State::Alive, now);
+        }
+    }
+
+    /// A record of `peer` newer than its leave was accepted: a new run of that node.
+    pub fn handle_rejoined(&mut self, peer: &str, now: u64) {
+        let redial_timeout = self.cfg.redial_timeout_ms;
+        let Some(m) = self.members.get_mut(peer) else { return };
+        if m.state != State::Left {
+            return;
+        }
+        m.last_seen_ms = now;
+        if !m.connected {
+            // Heard of through others: it must answer a dial like any member.
+            m.redial_deadline = Some(now + redial_timeout);
+        }
         self.set(peer, State::Alive, now);
     }
 
@@ -842,6 +863,43 @@ mod tests {
         assert!(!a.iter().any(|x| matches!(x, Action::Redial { .. })), "no redial of a peer that said goodbye: {a:?}");
         m.handle_timeout(10 + cfg.forget_after_ms);
         assert!(m.get("b").is_none());
+    }
+
+    #[test]
+    fn a_connection_after_a_leave_does_not_revive_but_a_newer_record_does() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        m.handle_leave("b", 10);
+        m.handle_disconnected("b", false, 11);
+        // a dial from a late mDNS answer reaches the process still winding down
+        m.handle_connected("b", 20);
+        assert_eq!(state(&m, "b"), State::Left);
+        m.handle_disconnected("b", true, 30);
+        m.handle_dial_failed("b", true, 31);
+        m.handle_timeout(31 + cfg.redial_timeout_ms + cfg.suspicion_max_ms);
+        assert_eq!(state(&m, "b"), State::Left, "a goodbye is not turned into a death");
+        // the node restarts: it connects and its record (newer than the leave) arrives
+        m.handle_connected("b", 5000);
+        m.handle_rejoined("b", 5001);
+        assert_eq!(state(&m, "b"), State::Alive);
+        let (e, _) = drain(&mut m);
+        assert_eq!(e.last(), Some(&Event::Changed { peer: "b".into(), from: Some(State::Left), to: State::Alive }));
+    }
+
+    #[test]
+    fn a_rejoin_heard_through_others_must_still_answer_a_dial() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        m.handle_leave("b", 10);
+        m.handle_disconnected("b", false, 11);
+        m.handle_rejoined("b", 100);
+        assert_eq!(state(&m, "b"), State::Alive);
+        m.handle_timeout(100 + cfg.redial_timeout_ms);
+        assert_eq!(state(&m, "b"), State::Suspect, "no connection within the redial timeout");
+        m.handle_rejoined("c", 100); // unknown peers are ignored
+        assert!(m.get("c").is_none());
     }
 
     #[test]

@@ -140,6 +140,9 @@ fn two_containers_from_the_shipped_image_mesh_and_leave_cleanly() {
     wait_for("a to see b left", Duration::from_secs(20), context, || (state_of(&a, &id_b).as_deref() == Some("left")).then_some(()));
     let out = docker(&["inspect", "-f", "{{.State.ExitCode}}", &b], Duration::from_secs(20));
     assert_eq!(out.stdout.trim(), "0", "b should exit 0 on SIGTERM\n{}", context());
+    // It stays left: a late dial to the stopping process or a failed redial is no death.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(state_of(&a, &id_b).as_deref(), Some("left"), "b should stay left\n{}", context());
 }
 
 /// On an `--internal` Docker network multicast never arrives (see the module docs), so

@@ -151,6 +151,14 @@ fn node_leaving_on_sigterm_is_left_everywhere() {
             (n.state_of(&rig, &c.peer_id).as_deref() == Some("left")).then_some(())
         });
     }
+    // A goodbye stays a goodbye: late mDNS answers and failed redials do not turn it into a death.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in [&a, &b] {
+        assert_eq!(n.state_of(&rig, &c.peer_id).as_deref(), Some("left"), "node {}\n{}", n.index, n.log());
+    }
+    // The same node started again is a new run: alive everywhere.
+    c.restart(&rig);
+    all_alive(&rig, &[&a, &b, &c]);
 }
 
 #[test]

@@ -423,7 +423,6 @@ impl Mesh {
                     remember_addrs(&mut self.addrs_of, peer_id, [endpoint.get_remote_address().clone()]);
                 }
                 if num_established.get() == 1 {
-                    self.left.remove(&peer_id);
                     self.membership.handle_connected(&peer_id.to_base58(), now);
                     let have = self.records.summary();
                     self.swarm.behaviour_mut().rpc.send_request(&peer_id, Message::SyncRequest { mesh_id: self.mesh_id.clone(), have });
@@ -492,7 +491,7 @@ impl Mesh {
         };
         self.membership.handle_heard_from(&source.to_base58(), now);
         match msg {
-            Message::Record(s) => self.merge_record(&s),
+            Message::Record(s) => self.merge_record(&s, now),
             Message::Leave(l) => match self.records.leave(&l) {
                 Ok(_) => {
                     if let Ok(p) = l.peer_id.parse::<PeerId>() {
@@ -518,7 +517,7 @@ impl Mesh {
         }
     }
 
-    fn merge_record(&mut self, s: &SignedRecord) -> MessageAcceptance {
+    fn merge_record(&mut self, s: &SignedRecord, now: u64) -> MessageAcceptance {
         match self.records.merge(s) {
             Ok(m) => {
                 self.stats.records_merged += 1;
@@ -526,6 +525,9 @@ impl Mesh {
                     tracing::debug!(peer = %e.peer_id, version = e.version, new = matches!(m, Merged::New { .. }), "record merged");
                     self.events.push_back(MeshEvent::Record { peer: e.peer_id.clone(), name: e.name.clone(), version: e.version, services: e.services.len() });
                     if let Ok(p) = e.peer_id.parse::<PeerId>() {
+                        // Newer than any leave (Records checked that): a new run of the node.
+                        self.left.remove(&p);
+                        self.membership.handle_rejoined(&e.peer_id, now);
                         remember_addrs(&mut self.addrs_of, p, e.addrs.iter().take(MAX_ADDRS).filter_map(|a| a.parse::<Multiaddr>().ok()));
                         if !self.swarm.is_connected(&p) && p.to_base58() != self.me {
                             let _ = self.swarm.dial(
@@ -604,7 +606,7 @@ impl Mesh {
             }
             Message::SyncResponse { records } => {
                 for r in records.iter().take(512) {
-                    self.merge_record(r);
+                    self.merge_record(r, now);
                 }
             }
             _ => self.stats.reject("unexpected_response"),
