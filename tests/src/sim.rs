@@ -58,6 +58,12 @@ enum Msg {
     },
     /// The connection from `from` was reset (its process died).
     Reset,
+    /// `from` says goodbye (a signed leave on gossip).
+    Leave,
+    /// A dial to `from` landed on its process (which may be winding down after a leave).
+    Connected,
+    /// A record of `from` newer than its leave arrived: a new run of the node.
+    Rejoined,
     DialResult {
         refused: bool,
         ok: bool,
@@ -170,7 +176,7 @@ impl Sim {
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.messages += 1;
-        let reliable = matches!(msg, Msg::Reset | Msg::DialResult { .. });
+        let reliable = matches!(msg, Msg::Reset | Msg::DialResult { .. } | Msg::Connected | Msg::Rejoined);
         if !reliable && (self.cut_off[from] || self.cut_off[to] || self.rng.unit() < self.net.loss) {
             return;
         }
@@ -194,6 +200,34 @@ impl Sim {
                 self.schedule(self.now + lat, Delivery { from: x, to: j, msg: Msg::Reset });
             }
         }
+    }
+
+    /// Node `x` leaves on SIGTERM: a goodbye to everyone; while it winds down a late dial
+    /// from `late` still lands on it; then its process is gone (connections reset).
+    pub fn leave(&mut self, x: usize, late: usize) {
+        for j in 0..self.nodes.len() {
+            if j != x {
+                self.send(x, j, Msg::Leave);
+            }
+        }
+        let lat = self.net.max_latency_ms + 1;
+        self.schedule(self.now + lat, Delivery { from: x, to: late, msg: Msg::Connected });
+        let at = self.now + lat + 5;
+        self.run_until(at);
+        self.crash(x);
+    }
+
+    /// Node `x` (crashed or left) starts again: it connects to everyone and its new record arrives.
+    pub fn restart(&mut self, x: usize) {
+        self.crashed[x] = false;
+        for j in 0..self.nodes.len() {
+            if j != x && !self.crashed[j] {
+                let lat = self.net.min_latency_ms;
+                self.schedule(self.now + lat, Delivery { from: x, to: j, msg: Msg::Connected });
+                self.schedule(self.now + 2 * lat, Delivery { from: x, to: j, msg: Msg::Rejoined });
+            }
+        }
+        self.rearm(x);
     }
 
     /// Cuts node `x` off the network (or reconnects it).
@@ -307,6 +341,9 @@ impl Sim {
                 self.nodes[i].handle_rumor(&from_name, &a, incarnation, rumor, now);
             }
             Msg::Reset => self.nodes[i].handle_disconnected(&from_name, true, now),
+            Msg::Leave => self.nodes[i].handle_leave(&from_name, now),
+            Msg::Connected => self.nodes[i].handle_connected(&from_name, now),
+            Msg::Rejoined => self.nodes[i].handle_rejoined(&from_name, now),
             Msg::DialResult { refused, ok } => {
                 if ok {
                     self.nodes[i].handle_connected(&from_name, now);

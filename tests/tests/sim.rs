@@ -45,6 +45,26 @@ fn cut_off_node_is_dead_within_1500ms_and_alive_after_the_link_returns() {
 }
 
 #[test]
+fn a_node_that_left_stays_left_until_it_runs_again() {
+    for seed in seeds(&[41, 42, 43]) {
+        eprintln!("seed {seed}");
+        let mut sim = Sim::new(5, seed, Config::default(), NetConfig::default());
+        sim.run_until(5_000);
+        let t0 = sim.now;
+        sim.leave(1, 3);
+        sim.run_until(t0 + 10_000);
+        sim.all_saw(1, State::Left, t0).unwrap_or_else(|| panic!("seed {seed}: not everyone saw the leave"));
+        let after_leave: Vec<_> = sim.changes.iter().filter(|(t, o, p, _)| *t >= t0 && *o != 1 && *p == 1).map(|c| c.3).collect();
+        assert!(after_leave.iter().all(|s| *s == State::Left), "seed {seed}: a goodbye turned into {after_leave:?}");
+        let t1 = sim.now;
+        sim.restart(1);
+        sim.run_until(t1 + 5_000);
+        sim.all_saw(1, State::Alive, t1).unwrap_or_else(|| panic!("seed {seed}: the restarted node is not alive everywhere"));
+        assert_eq!(sim.false_deaths(), 0, "seed {seed}");
+    }
+}
+
+#[test]
 fn no_false_deaths_in_five_minutes_at_ten_percent_loss() {
     for seed in seeds(&[21, 22, 23]) {
         eprintln!("seed {seed}");
