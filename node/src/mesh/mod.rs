@@ -23,7 +23,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, tcp, yamux};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -140,7 +140,6 @@ pub struct Mesh {
     probe_sent: HashMap<(PeerId, u64), Instant>,
     indirect: HashMap<OutboundRequestId, (PeerId, u64, String)>,
     relay_channels: HashMap<(String, u64), ResponseChannel<Message>>,
-    left: HashSet<PeerId>,
     epoch: Instant,
     pub stats: MeshStats,
     events: VecDeque<MeshEvent>,
@@ -280,7 +279,6 @@ impl Mesh {
             probe_sent: HashMap::new(),
             indirect: HashMap::new(),
             relay_channels: HashMap::new(),
-            left: HashSet::new(),
             epoch: Instant::now(),
             stats: MeshStats::default(),
             events: VecDeque::new(),
@@ -430,7 +428,7 @@ impl Mesh {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
                 self.prober.forget(&peer_id);
-                let graceful = self.left.contains(&peer_id);
+                let graceful = self.membership.get(&peer_id.to_base58()).is_some_and(|m| m.state == State::Left);
                 tracing::debug!(peer = %peer_id, ?cause, graceful, "connection closed");
                 self.membership.handle_disconnected(&peer_id.to_base58(), !graceful, now);
             }
@@ -494,9 +492,6 @@ impl Mesh {
             Message::Record(s) => self.merge_record(&s, now),
             Message::Leave(l) => match self.records.leave(&l) {
                 Ok(_) => {
-                    if let Ok(p) = l.peer_id.parse::<PeerId>() {
-                        self.left.insert(p);
-                    }
                     self.membership.handle_leave(&l.peer_id, now);
                     MessageAcceptance::Accept
                 }
@@ -526,7 +521,6 @@ impl Mesh {
                     self.events.push_back(MeshEvent::Record { peer: e.peer_id.clone(), name: e.name.clone(), version: e.version, services: e.services.len() });
                     if let Ok(p) = e.peer_id.parse::<PeerId>() {
                         // Newer than any leave (Records checked that): a new run of the node.
-                        self.left.remove(&p);
                         self.membership.handle_rejoined(&e.peer_id, now);
                         remember_addrs(&mut self.addrs_of, p, e.addrs.iter().take(MAX_ADDRS).filter_map(|a| a.parse::<Multiaddr>().ok()));
                         if !self.swarm.is_connected(&p) && p.to_base58() != self.me {
