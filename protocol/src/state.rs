@@ -126,6 +126,14 @@ impl Records {
         self.entries.values().map(|e| (e.record.peer_id.clone(), e.record.version)).collect()
     }
 
+    /// Of the `connected` peers, those with no record here, in the given order. They are asked
+    /// for a sync again (anti-entropy): a peer that answered the first sync before it had a
+    /// record of its own, and published it by gossip before it knew who subscribed, leaves
+    /// such a gap; so does a record that was dropped by a leave if the node then runs again.
+    pub fn lacking<'a>(&self, connected: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        connected.into_iter().filter(|p| *p != self.self_id && !self.entries.contains_key(*p)).collect()
+    }
+
     /// Records the asker lacks or has older versions of, given its summary (the asker's own
     /// record excluded). Bounded by `max` records.
     pub fn newer_than(&self, have: &[(String, u64)], asker: &str, max: usize) -> Vec<SignedRecord> {
@@ -203,6 +211,20 @@ mod tests {
         let out = r.newer_than(&have, "asker", 10);
         assert_eq!(out.len(), 1);
         assert_eq!(wire::verify_record(&out[0], "m").expect("ok").version, 7);
+    }
+
+    #[test]
+    fn connected_peers_without_a_record_are_lacking() {
+        let a = Keypair::generate_ed25519();
+        let b = Keypair::generate_ed25519();
+        let (pa, pb) = (a.public().to_peer_id().to_base58(), b.public().to_peer_id().to_base58());
+        let mut r = Records::new("m", "self");
+        r.merge(&rec(&a, 2, "m")).expect("merge");
+        assert_eq!(r.lacking([pa.as_str(), pb.as_str(), "self"]), vec![pb.as_str()], "own id and known peers are not lacking");
+        r.merge(&rec(&b, 2, "m")).expect("merge");
+        assert!(r.lacking([pa.as_str(), pb.as_str()]).is_empty());
+        r.leave(&sign_leave(&pb, "m", 2, &b).expect("sign")).expect("leave");
+        assert_eq!(r.lacking([pa.as_str(), pb.as_str()]), vec![pb.as_str()], "a leave drops the record");
     }
 
     proptest! {

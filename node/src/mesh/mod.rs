@@ -312,6 +312,20 @@ impl Mesh {
     /// Follows address changes: listens on addresses that appeared, stops listening on
     /// those that went away, restarts mDNS on the new set (goodbyes for the old one first)
     /// and republishes the record with the new addresses at the next round.
+    /// Asks connected peers whose record we lack for a sync again (see [`Records::lacking`]).
+    fn resync_lacking(&mut self) {
+        let connected: Vec<String> = self.swarm.connected_peers().map(|p| p.to_base58()).collect();
+        let lacking: Vec<PeerId> = self.records.lacking(connected.iter().map(String::as_str)).into_iter().filter_map(|p| p.parse().ok()).collect();
+        if lacking.is_empty() {
+            return;
+        }
+        let have = self.records.summary();
+        for p in lacking {
+            tracing::debug!(peer = %p, "no record of a connected peer: asking for a sync again");
+            self.swarm.behaviour_mut().rpc.send_request(&p, Message::SyncRequest { mesh_id: self.mesh_id.clone(), have: have.clone() });
+        }
+    }
+
     fn check_interfaces(&mut self) {
         self.next_interface_check = Instant::now() + INTERFACE_CHECK;
         let usable = interfaces::usable(&self.policy);
@@ -400,7 +414,10 @@ impl Mesh {
                     }
                 }
             }
-            Input::Interfaces => self.check_interfaces(),
+            Input::Interfaces => {
+                self.check_interfaces();
+                self.resync_lacking();
+            }
             Input::Timer => {}
         }
         let now = self.now();
