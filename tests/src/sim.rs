@@ -111,6 +111,7 @@ pub struct Sim {
     order: u64,
     rng: Rng,
     net: NetConfig,
+    cfg: Config,
     /// (time, observer, peer, new state) of every state change.
     pub changes: Vec<(u64, usize, usize, State)>,
     pub messages: u64,
@@ -144,6 +145,7 @@ impl Sim {
             order: 0,
             rng: Rng::new(seed),
             net,
+            cfg,
             changes: Vec::new(),
             messages: 0,
         };
@@ -217,13 +219,16 @@ impl Sim {
         self.crash(x);
     }
 
-    /// Node `x` (crashed or left) starts again: it connects to everyone and its new record arrives.
+    /// Node `x` (crashed or left) starts again with fresh state: it connects to everyone
+    /// and its new record arrives.
     pub fn restart(&mut self, x: usize) {
         self.crashed[x] = false;
+        self.nodes[x] = Membership::new(self.names[x].clone(), self.cfg.clone());
+        let lat = self.net.min_latency_ms;
         for j in 0..self.nodes.len() {
             if j != x && !self.crashed[j] {
-                let lat = self.net.min_latency_ms;
                 self.schedule(self.now + lat, Delivery { from: x, to: j, msg: Msg::Connected });
+                self.schedule(self.now + lat, Delivery { from: j, to: x, msg: Msg::Connected });
                 self.schedule(self.now + 2 * lat, Delivery { from: x, to: j, msg: Msg::Rejoined });
             }
         }

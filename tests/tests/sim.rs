@@ -60,6 +60,8 @@ fn a_node_that_left_stays_left_until_it_runs_again() {
         sim.restart(1);
         sim.run_until(t1 + 5_000);
         sim.all_saw(1, State::Alive, t1).unwrap_or_else(|| panic!("seed {seed}: the restarted node is not alive everywhere"));
+        let view: Vec<State> = sim.nodes[1].members().map(|(_, m)| m.state).collect();
+        assert_eq!(view, vec![State::Alive; 4], "seed {seed}: the restarted node's own view");
         assert_eq!(sim.false_deaths(), 0, "seed {seed}");
     }
 }
