@@ -169,6 +169,7 @@ async fn node(State(s): State<AppState>) -> Response {
                     "listen_port": m.listen_port,
                     "addresses": m.addresses,
                     "members": m.members.len(),
+                    "other_meshes": m.other_meshes,
                     "stats": m.stats,
                 })
             });

@@ -253,6 +253,7 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             mdns: !a.no_mdns && mc.mdns.unwrap_or(true),
             tags: or_cfg(&a.tags, &mc.tags),
             membership: craftmesh_protocol::membership::Config::default(),
+            state_dir: Some(data.path().to_path_buf()),
         })
     };
     let addr = g.api.clone().unwrap_or_else(|| api::DEFAULT_API.to_string());

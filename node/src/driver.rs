@@ -53,6 +53,8 @@ pub struct MeshSnapshot {
     pub members: Vec<MemberView>,
     pub remote: Vec<RemoteService>,
     pub externals: Vec<External>,
+    /// Distinct nodes of other meshes seen recently on the LAN.
+    pub other_meshes: usize,
     pub stats: MeshStats,
 }
 
@@ -209,8 +211,9 @@ fn mesh_snapshot(m: &Mesh) -> MeshSnapshot {
         addresses: m.advertised().iter().map(|a| a.to_string()).collect(),
         members: m.members(),
         remote: m.remote_services().into_iter().map(|(node, node_name, rtt_ms, service)| RemoteService { node, node_name, rtt_ms, service }).collect(),
-        externals: m.externals.values().cloned().collect(),
-        stats: m.stats.clone(),
+        externals: m.externals(),
+        other_meshes: m.other_meshes(),
+        stats: m.stats(),
     }
 }
 

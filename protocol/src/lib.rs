@@ -9,6 +9,7 @@ pub mod config;
 pub mod interfaces;
 pub mod lockfile;
 pub mod membership;
+pub mod mesh;
 pub mod report;
 pub mod select;
 pub mod state;

@@ -117,6 +117,18 @@ impl Member {
     }
 }
 
+/// Largest incarnation a rumor may carry (see [`Membership::handle_rumor`]).
+pub const MAX_INCARNATION: u64 = 1 << 32;
+
+/// Why a rumor did not count. Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RumorRejected {
+    #[error("the raiser is not a live member")]
+    NotALiveMember,
+    #[error("incarnation {0} is out of range")]
+    Incarnation(u64),
+}
+
 /// Something the app must know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -450,16 +462,30 @@ impl Membership {
         self.send_probe(&target, now);
     }
 
-    /// A rumor from `from` about `peer`.
-    pub fn handle_rumor(&mut self, from: &str, peer: &str, incarnation: u64, rumor: Rumor, now: u64) {
+    /// A rumor raised by `from` about `peer` (its signature checked by the caller). Counts
+    /// only when `from` is itself a live member: a rumor from a stranger, a dead or a
+    /// suspected member is dropped, and the same member repeating a rumor adds nothing
+    /// (confirmations are a set of distinct members). Incarnations above
+    /// [`MAX_INCARNATION`] are rejected: no honest node gets there (one step per
+    /// refutation), and one near `u64::MAX` would make every later refutation overflow.
+    pub fn handle_rumor(&mut self, from: &str, peer: &str, incarnation: u64, rumor: Rumor, now: u64) -> Result<(), RumorRejected> {
+        if incarnation > MAX_INCARNATION {
+            return Err(RumorRejected::Incarnation(incarnation));
+        }
+        if from != peer && self.members.get(from).is_none_or(|m| m.state != State::Alive) {
+            return Err(RumorRejected::NotALiveMember);
+        }
         if peer == self.me {
             if matches!(rumor, Rumor::Suspect | Rumor::Dead) && incarnation >= self.my_incarnation {
                 self.my_incarnation = incarnation + 1;
                 self.actions.push_back(Action::Broadcast { peer: self.me.clone(), incarnation: self.my_incarnation, rumor: Rumor::Alive });
             }
-            return;
+            return Ok(());
         }
-        let Some(m) = self.members.get_mut(peer) else { return };
+        if from == peer && rumor != Rumor::Alive {
+            return Err(RumorRejected::NotALiveMember);
+        }
+        let Some(m) = self.members.get_mut(peer) else { return Ok(()) };
         match rumor {
             Rumor::Alive => {
                 if incarnation > m.incarnation {
@@ -471,7 +497,7 @@ impl Membership {
             }
             Rumor::Suspect | Rumor::Dead => {
                 if incarnation < m.incarnation {
-                    return;
+                    return Ok(());
                 }
                 let fresh = m.connected && now.saturating_sub(m.last_seen_ms) <= self.cfg.alive_evidence_ms;
                 match (m.state, rumor) {
@@ -480,7 +506,9 @@ impl Membership {
                         self.set(peer, State::Dead, now);
                     }
                     (State::Suspect, _) => {
-                        m.confirmations.insert(from.to_string());
+                        if !m.confirmations.insert(from.to_string()) {
+                            return Ok(()); // the same member again: not a new confirmation
+                        }
                         let n = if rumor == Rumor::Dead { self.cfg.confirmations } else { m.confirmations.len() as u32 };
                         let deadline = m.state_since_ms + suspicion_timeout(&self.cfg, n);
                         m.suspicion_deadline = Some(m.suspicion_deadline.map_or(deadline, |d| d.min(deadline)));
@@ -501,6 +529,12 @@ impl Membership {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// How many distinct members confirmed the suspicion of `peer` so far.
+    pub fn confirmations(&self, peer: &str) -> usize {
+        self.members.get(peer).map(|m| m.confirmations.len()).unwrap_or(0)
     }
 
     /// A signed leave from `peer` was verified.
@@ -811,7 +845,9 @@ mod tests {
     #[test]
     fn suspected_node_refutes_with_a_higher_incarnation() {
         let mut m = Membership::new("me", Config::default());
-        m.handle_rumor("c", "me", 0, Rumor::Suspect, 10);
+        m.handle_connected("c", 0);
+        drain(&mut m);
+        m.handle_rumor("c", "me", 0, Rumor::Suspect, 10).expect("counted");
         assert_eq!(m.incarnation(), 1);
         let (_, a) = drain(&mut m);
         assert_eq!(a, vec![Action::Broadcast { peer: "me".into(), incarnation: 1, rumor: Rumor::Alive }]);
@@ -821,18 +857,52 @@ mod tests {
         other.handle_disconnected("me", false, 5);
         other.handle_timeout(5 + cfg.redial_timeout_ms);
         assert_eq!(state(&other, "me"), State::Suspect);
-        other.handle_rumor("me", "me", 1, Rumor::Alive, 500);
+        other.handle_rumor("me", "me", 1, Rumor::Alive, 500).expect("a refutation by the node itself");
         assert_eq!(state(&other, "me"), State::Alive);
+    }
+
+    #[test]
+    fn a_rumor_from_a_non_member_or_repeated_is_not_a_confirmation() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        for p in ["b", "c"] {
+            m.handle_connected(p, 0);
+        }
+        m.handle_disconnected("b", false, 10);
+        m.handle_timeout(10 + cfg.redial_timeout_ms);
+        assert_eq!(state(&m, "b"), State::Suspect);
+        assert_eq!(m.handle_rumor("stranger", "b", 0, Rumor::Suspect, 500), Err(RumorRejected::NotALiveMember));
+        assert_eq!(m.confirmations("b"), 0);
+        m.handle_rumor("c", "b", 0, Rumor::Suspect, 510).expect("c is a live member");
+        m.handle_rumor("c", "b", 0, Rumor::Suspect, 520).expect("accepted, but not counted again");
+        assert_eq!(m.confirmations("b"), 1, "one member is one confirmation");
+        // a suspected member's own rumors do not count either
+        assert_eq!(m.handle_rumor("b", "c", 0, Rumor::Suspect, 530), Err(RumorRejected::NotALiveMember));
+        assert_eq!(m.handle_rumor("b", "b", 0, Rumor::Dead, 530), Err(RumorRejected::NotALiveMember));
+    }
+
+    #[test]
+    fn an_incarnation_near_the_maximum_is_rejected_so_refutations_never_overflow() {
+        let mut m = Membership::new("me", Config::default());
+        m.handle_connected("c", 0);
+        drain(&mut m);
+        assert_eq!(m.handle_rumor("c", "me", u64::MAX, Rumor::Suspect, 10), Err(RumorRejected::Incarnation(u64::MAX)));
+        assert_eq!(m.incarnation(), 0);
+        m.handle_rumor("c", "me", MAX_INCARNATION, Rumor::Suspect, 10).expect("in range");
+        assert_eq!(m.incarnation(), MAX_INCARNATION + 1, "the refutation is above the rumor");
+        let (_, a) = drain(&mut m);
+        assert_eq!(a, vec![Action::Broadcast { peer: "me".into(), incarnation: MAX_INCARNATION + 1, rumor: Rumor::Alive }]);
     }
 
     #[test]
     fn fresh_evidence_ignores_a_suspicion_rumor() {
         let mut m = Membership::new("me", Config::default());
         m.handle_connected("b", 0);
+        m.handle_connected("c", 0);
         m.handle_heard_from("b", 1000);
-        m.handle_rumor("c", "b", 0, Rumor::Suspect, 1100);
+        m.handle_rumor("c", "b", 0, Rumor::Suspect, 1100).expect("counted");
         assert_eq!(state(&m, "b"), State::Alive);
-        m.handle_rumor("c", "b", 0, Rumor::Suspect, 5000);
+        m.handle_rumor("c", "b", 0, Rumor::Suspect, 5000).expect("counted");
         assert_eq!(state(&m, "b"), State::Suspect, "stale evidence joins the suspicion");
     }
 

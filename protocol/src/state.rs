@@ -50,8 +50,9 @@ pub struct Records {
     mesh_id: String,
     self_id: String,
     entries: BTreeMap<String, Entry>,
-    /// Peer → version at which it left; older or equal records are replays.
-    left: BTreeMap<String, u64>,
+    /// Peer → (version at which it left, when we learned it); older or equal records are
+    /// replays. Capped and aged by [`Records::prune_leaves`].
+    left: BTreeMap<String, (u64, u64)>,
 }
 
 impl Records {
@@ -69,7 +70,7 @@ impl Records {
         if record.peer_id == self.self_id {
             return Err(Rejected::Own);
         }
-        if let Some(&l) = self.left.get(&record.peer_id)
+        if let Some(&(l, _)) = self.left.get(&record.peer_id)
             && record.version <= l
         {
             return Err(Rejected::AfterLeave { left: l, got: record.version });
@@ -93,16 +94,38 @@ impl Records {
     }
 
     /// Applies a verified leave: the peer's record is dropped and older records become replays.
-    pub fn leave(&mut self, l: &SignedLeave) -> Result<bool, Rejected> {
+    pub fn leave(&mut self, l: &SignedLeave, now: u64) -> Result<bool, Rejected> {
         wire::verify_leave(l, &self.mesh_id)?;
+        if l.peer_id == self.self_id {
+            return Err(Rejected::Own);
+        }
         if let Some(e) = self.entries.get(&l.peer_id)
             && e.record.version > l.version
         {
             return Err(Rejected::Stale { have: e.record.version, got: l.version });
         }
-        let prev = self.left.get(&l.peer_id).copied().unwrap_or(0);
-        self.left.insert(l.peer_id.clone(), prev.max(l.version));
+        let prev = self.left.get(&l.peer_id).map(|x| x.0).unwrap_or(0);
+        self.left.insert(l.peer_id.clone(), (prev.max(l.version), now));
         Ok(self.entries.remove(&l.peer_id).is_some())
+    }
+
+    /// Bounds what leaves remember: those older than `max_age_ms` are forgotten, and of the
+    /// rest at most `max` (the newest) are kept. A peer chooses its own id, so a stream of
+    /// signed leaves from fresh ids must not grow this without end.
+    pub fn prune_leaves(&mut self, now: u64, max_age_ms: u64, max: usize) {
+        self.left.retain(|_, (_, at)| now.saturating_sub(*at) < max_age_ms);
+        if self.left.len() > max {
+            let mut by_age: Vec<(u64, String)> = self.left.iter().map(|(p, (_, at))| (*at, p.clone())).collect();
+            by_age.sort();
+            for (_, p) in by_age.into_iter().take(self.left.len() - max) {
+                self.left.remove(&p);
+            }
+        }
+    }
+
+    /// How many leaves are remembered.
+    pub fn leaves(&self) -> usize {
+        self.left.len()
     }
 
     pub fn get(&self, peer: &str) -> Option<&Entry> {
@@ -134,17 +157,31 @@ impl Records {
         connected.into_iter().filter(|p| *p != self.self_id && !self.entries.contains_key(*p)).collect()
     }
 
-    /// Records the asker lacks or has older versions of, given its summary (the asker's own
-    /// record excluded). Bounded by `max` records.
-    pub fn newer_than(&self, have: &[(String, u64)], asker: &str, max: usize) -> Vec<SignedRecord> {
+    /// One page of what the asker lacks or has older versions of, given its summary (the
+    /// asker's own record excluded): `first` (our own record, if the asker lacks it) and then
+    /// known records, until `budget` bytes on the wire. Returns the page and whether more is
+    /// left. A page holds at least one record when any is due, so paging always progresses.
+    pub fn page(&self, have: &[(String, u64)], asker: &str, first: Option<(&SignedRecord, u64)>, budget: usize) -> (Vec<SignedRecord>, bool) {
         let have: BTreeMap<&str, u64> = have.iter().map(|(p, v)| (p.as_str(), *v)).collect();
-        self.entries
-            .values()
-            .filter(|e| e.record.peer_id != asker)
-            .filter(|e| have.get(e.record.peer_id.as_str()).is_none_or(|v| *v < e.record.version))
-            .take(max)
-            .map(|e| e.signed.clone())
-            .collect()
+        let own = first.filter(|(_, version)| have.get(self.self_id.as_str()).is_none_or(|v| version > v)).map(|(s, _)| s);
+        let due = own.into_iter().chain(
+            self.entries
+                .values()
+                .filter(|e| e.record.peer_id != asker)
+                .filter(|e| have.get(e.record.peer_id.as_str()).is_none_or(|v| *v < e.record.version))
+                .map(|e| &e.signed),
+        );
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for s in due {
+            let size = wire::record_wire_size(s);
+            if !out.is_empty() && used + size > budget {
+                return (out, true);
+            }
+            used += size;
+            out.push(s.clone());
+        }
+        (out, false)
     }
 
     /// Drops a peer's record (e.g. declared dead long ago).
@@ -195,7 +232,7 @@ mod tests {
         let pid = k.public().to_peer_id().to_base58();
         let mut r = Records::new("m", "self");
         r.merge(&rec(&k, 3, "m")).expect("merge");
-        assert_eq!(r.leave(&sign_leave(&pid, "m", 3, &k).expect("sign")), Ok(true));
+        assert_eq!(r.leave(&sign_leave(&pid, "m", 3, &k).expect("sign"), 0), Ok(true));
         assert_eq!(r.merge(&rec(&k, 3, "m")), Err(Rejected::AfterLeave { left: 3, got: 3 }));
         assert_eq!(r.merge(&rec(&k, 4, "m")), Ok(Merged::New { peer: pid }), "a restarted node rejoins with a newer version");
     }
@@ -208,9 +245,58 @@ mod tests {
         r.merge(&rec(&a, 2, "m")).expect("merge");
         r.merge(&rec(&b, 7, "m")).expect("merge");
         let have = vec![(a.public().to_peer_id().to_base58(), 2), (b.public().to_peer_id().to_base58(), 3)];
-        let out = r.newer_than(&have, "asker", 10);
+        let (out, more) = r.page(&have, "asker", None, 1 << 20);
         assert_eq!(out.len(), 1);
+        assert!(!more);
         assert_eq!(wire::verify_record(&out[0], "m").expect("ok").version, 7);
+    }
+
+    /// A record padded to nearly the per-record limit.
+    fn big_rec(k: &Keypair, version: u64) -> SignedRecord {
+        let mut r = wire::verify_record(&rec(k, version, "m"), "m").expect("valid");
+        r.name = "x".repeat(wire::MAX_RECORD - 400);
+        sign_record(&r, k).expect("sign")
+    }
+
+    #[test]
+    fn a_sync_of_three_hundred_maximum_records_is_paged_below_the_frame_cap() {
+        let keys: Vec<Keypair> = (0..300).map(|_| Keypair::generate_ed25519()).collect();
+        let mut server = Records::new("m", "self");
+        for k in &keys {
+            server.merge(&big_rec(k, 1)).expect("merge");
+        }
+        let mut asker = Records::new("m", "asker");
+        let budget = wire::MAX_FRAME - 4096;
+        let mut pages = 0;
+        loop {
+            let (page, more) = server.page(&asker.summary(), "asker", None, budget);
+            let frame = wire::encode(&wire::Message::SyncResponse { records: page.clone(), more });
+            assert!(frame.len() <= wire::MAX_FRAME, "page {pages} is {} bytes", frame.len());
+            let Ok(wire::Message::SyncResponse { records, .. }) = wire::decode(&frame) else { panic!("page {pages} does not decode") };
+            for s in &records {
+                asker.merge(s).expect("merge");
+            }
+            pages += 1;
+            if !more {
+                break;
+            }
+            assert!(pages < 1000, "paging does not progress");
+        }
+        assert_eq!(asker.len(), 300);
+        assert!(pages >= 75, "{pages} pages for 300 records of ~64 KB");
+    }
+
+    #[test]
+    fn leaves_are_capped_and_aged() {
+        let mut r = Records::new("m", "self");
+        for i in 0..20u64 {
+            let k = Keypair::generate_ed25519();
+            r.leave(&sign_leave(&k.public().to_peer_id().to_base58(), "m", 1, &k).expect("sign"), i * 1000).expect("leave");
+        }
+        r.prune_leaves(20_000, 60_000, 8);
+        assert_eq!(r.leaves(), 8, "capped to the newest");
+        r.prune_leaves(100_000, 60_000, 8);
+        assert_eq!(r.leaves(), 0, "aged out");
     }
 
     #[test]
@@ -223,7 +309,7 @@ mod tests {
         assert_eq!(r.lacking([pa.as_str(), pb.as_str(), "self"]), vec![pb.as_str()], "own id and known peers are not lacking");
         r.merge(&rec(&b, 2, "m")).expect("merge");
         assert!(r.lacking([pa.as_str(), pb.as_str()]).is_empty());
-        r.leave(&sign_leave(&pb, "m", 2, &b).expect("sign")).expect("leave");
+        r.leave(&sign_leave(&pb, "m", 2, &b).expect("sign"), 0).expect("leave");
         assert_eq!(r.lacking([pa.as_str(), pb.as_str()]), vec![pb.as_str()], "a leave drops the record");
     }
 

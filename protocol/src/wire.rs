@@ -9,15 +9,20 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Current wire version; frames starting with another byte are rejected.
-pub const WIRE_VERSION: u8 = 1;
+/// 2: signed rumors, paged sync replies.
+pub const WIRE_VERSION: u8 = 2;
 /// Largest frame accepted (checked before decoding).
 pub const MAX_FRAME: usize = 256 * 1024;
+/// Largest message carried in several frames (see [`chunks`]).
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 /// Largest encoded record accepted inside a frame.
 pub const MAX_RECORD: usize = 64 * 1024;
 /// Domain separation for record signatures.
 const RECORD_DOMAIN: &[u8] = b"craftmesh/record/v1\0";
 /// Domain separation for leave signatures.
 const LEAVE_DOMAIN: &[u8] = b"craftmesh/leave/v1\0";
+/// Domain separation for rumor signatures.
+const RUMOR_DOMAIN: &[u8] = b"craftmesh/rumor/v1\0";
 
 /// A service a node offers to the mesh.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +95,21 @@ pub enum Rumor {
     Dead,
 }
 
+/// A membership rumor signed by the node that raises it, so a confirmation can be
+/// attributed to one member whoever relays it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRumor {
+    /// Peer id of the node that raises the rumor (must match the signing key).
+    pub raiser: String,
+    pub mesh_id: String,
+    /// The member the rumor is about.
+    pub peer: String,
+    pub incarnation: u64,
+    pub rumor: Rumor,
+    pub public_key: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
 /// Every mesh message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -102,15 +122,14 @@ pub enum Message {
         mesh_id: String,
         have: Vec<(String, u64)>,
     },
+    /// One page of a sync reply, below the frame cap; `more` asks for another request
+    /// (with the records of this page added to `have`).
     SyncResponse {
         records: Vec<SignedRecord>,
+        more: bool,
     },
-    /// Membership rumor about `peer` at `incarnation`, from the sender's view.
-    Member {
-        peer: String,
-        incarnation: u64,
-        rumor: Rumor,
-    },
+    /// Membership rumor, signed by the node that raises it.
+    Member(SignedRumor),
     /// Direct probe and its acknowledgement (request-response).
     Probe {
         seq: u64,
@@ -162,14 +181,26 @@ pub fn encode(msg: &Message) -> Vec<u8> {
 
 /// Decodes a frame, checking size and version first.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    decode_large(bytes, MAX_FRAME)
+}
+
+/// Decodes a message of at most `max` bytes (reassembled from chunks by the transport).
+pub fn decode_large(bytes: &[u8], max: usize) -> Result<Message, DecodeError> {
     let (&v, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if bytes.len() > MAX_FRAME {
+    if bytes.len() > max {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
     if v != WIRE_VERSION {
         return Err(DecodeError::UnknownVersion(v));
     }
-    let (msg, used) = bincode::serde::decode_from_slice::<Message, _>(body, config()).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    // bincode checks claimed lengths against its limit before allocating: keep the limit
+    // at one frame unless a larger message was asked for.
+    let decoded = if max <= MAX_FRAME {
+        bincode::serde::decode_from_slice::<Message, _>(body, config())
+    } else {
+        bincode::serde::decode_from_slice::<Message, _>(body, bincode::config::standard().with_limit::<MAX_MESSAGE>())
+    };
+    let (msg, used) = decoded.map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(DecodeError::Trailing(body.len() - used));
     }
@@ -225,6 +256,129 @@ pub fn verify_record(s: &SignedRecord, mesh_id: &str) -> Result<NodeRecord, Veri
         return Err(VerifyError::OtherMesh(rec.mesh_id));
     }
     Ok(rec)
+}
+
+fn rumor_message(raiser: &str, mesh_id: &str, peer: &str, incarnation: u64, rumor: Rumor) -> Vec<u8> {
+    let mut m = RUMOR_DOMAIN.to_vec();
+    for part in [raiser, mesh_id, peer] {
+        m.extend_from_slice(part.as_bytes());
+        m.push(0);
+    }
+    m.extend_from_slice(&incarnation.to_le_bytes());
+    m.push(match rumor {
+        Rumor::Alive => 0,
+        Rumor::Suspect => 1,
+        Rumor::Dead => 2,
+    });
+    m
+}
+
+/// Signs a rumor about `peer` raised by the keypair's node.
+pub fn sign_rumor(mesh_id: &str, peer: &str, incarnation: u64, rumor: Rumor, key: &libp2p_identity::Keypair) -> Result<SignedRumor, String> {
+    let raiser = key.public().to_peer_id().to_base58();
+    let signature = key.sign(&rumor_message(&raiser, mesh_id, peer, incarnation, rumor)).map_err(|e| e.to_string())?;
+    Ok(SignedRumor { raiser, mesh_id: mesh_id.into(), peer: peer.into(), incarnation, rumor, public_key: key.public().encode_protobuf(), signature })
+}
+
+/// Checks a rumor's signature, raiser and mesh.
+pub fn verify_rumor(r: &SignedRumor, mesh_id: &str) -> Result<(), VerifyError> {
+    let key = PublicKey::try_decode_protobuf(&r.public_key).map_err(|_| VerifyError::BadKey)?;
+    if !key.verify(&rumor_message(&r.raiser, &r.mesh_id, &r.peer, r.incarnation, r.rumor), &r.signature) {
+        return Err(VerifyError::BadSignature);
+    }
+    let actual = PeerId::from_public_key(&key).to_base58();
+    if r.raiser != actual {
+        return Err(VerifyError::WrongPeer { claimed: r.raiser.clone(), actual });
+    }
+    if r.mesh_id != mesh_id {
+        return Err(VerifyError::OtherMesh(r.mesh_id.clone()));
+    }
+    Ok(())
+}
+
+/// (peer id, version) of a signed record, decoded without checking the signature: for
+/// bookkeeping of what a sync already brought, never for trust.
+pub fn record_key(s: &SignedRecord) -> Option<(String, u64)> {
+    if s.record.len() > MAX_RECORD {
+        return None;
+    }
+    let (rec, _): (NodeRecord, usize) = bincode::serde::decode_from_slice(&s.record, config()).ok()?;
+    Some((rec.peer_id, rec.version))
+}
+
+/// Bytes a signed record takes inside a frame (an upper bound, for paging sync replies).
+pub fn record_wire_size(s: &SignedRecord) -> usize {
+    // bincode's varint length prefixes take at most 9 bytes each.
+    s.record.len() + s.public_key.len() + s.signature.len() + 27
+}
+
+// ---------------------------------------------------------------------------------------
+// Chunked transfers: a logical message larger than one frame travels as several frames.
+// ---------------------------------------------------------------------------------------
+
+/// Top bit of a frame header: more frames of the same message follow.
+const MORE: u32 = 1 << 31;
+
+/// The 4-byte header of one frame of `len` bytes (`len` ≤ [`MAX_FRAME`]).
+pub fn frame_header(len: usize, more: bool) -> [u8; 4] {
+    let mut h = (len.min(MAX_FRAME) as u32) & !MORE;
+    if more {
+        h |= MORE;
+    }
+    h.to_be_bytes()
+}
+
+/// Splits a logical message into frame payloads of at most [`MAX_FRAME`] bytes (an empty
+/// message is one empty frame).
+pub fn chunks(bytes: &[u8]) -> Vec<&[u8]> {
+    if bytes.is_empty() {
+        return vec![bytes];
+    }
+    bytes.chunks(MAX_FRAME).collect()
+}
+
+/// Why a chunked message was not accepted. Nothing is kept on any of these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("frame of {0} bytes is over the limit")]
+    FrameTooLarge(usize),
+    #[error("message over {0} bytes")]
+    MessageTooLarge(usize),
+}
+
+/// Reassembles one logical message from frames, with a cap on its total size.
+#[derive(Debug)]
+pub struct Reassembly {
+    max_total: usize,
+    buf: Vec<u8>,
+}
+
+impl Reassembly {
+    pub fn new(max_total: usize) -> Self {
+        Reassembly { max_total, buf: Vec::new() }
+    }
+
+    /// Reads a frame header: (payload length, more frames follow). Checked before the
+    /// payload is read, so nothing over the caps is ever buffered.
+    pub fn header(&self, h: [u8; 4]) -> Result<(usize, bool), ChunkError> {
+        let h = u32::from_be_bytes(h);
+        let len = (h & !MORE) as usize;
+        if len > MAX_FRAME {
+            return Err(ChunkError::FrameTooLarge(len));
+        }
+        if self.buf.len() + len > self.max_total {
+            return Err(ChunkError::MessageTooLarge(self.max_total));
+        }
+        Ok((len, h & MORE != 0))
+    }
+
+    pub fn push(&mut self, payload: &[u8]) {
+        self.buf.extend_from_slice(payload);
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
 }
 
 fn leave_message(peer_id: &str, mesh_id: &str, version: u64) -> Vec<u8> {
@@ -327,6 +481,40 @@ mod tests {
         assert_eq!(verify_leave(&l2, "mesh-a"), Err(VerifyError::BadSignature));
     }
 
+    #[test]
+    fn rumors_are_signed_by_their_raiser() {
+        let k = libp2p_identity::Keypair::generate_ed25519();
+        let r = sign_rumor("mesh-a", "someone", 4, Rumor::Suspect, &k).expect("sign");
+        assert_eq!(verify_rumor(&r, "mesh-a"), Ok(()));
+        assert!(matches!(verify_rumor(&r, "mesh-b"), Err(VerifyError::OtherMesh(_))));
+        let mut forged = r.clone();
+        forged.rumor = Rumor::Dead;
+        assert_eq!(verify_rumor(&forged, "mesh-a"), Err(VerifyError::BadSignature));
+        let mut other = r.clone();
+        other.raiser = libp2p_identity::Keypair::generate_ed25519().public().to_peer_id().to_base58();
+        assert_eq!(verify_rumor(&other, "mesh-a"), Err(VerifyError::BadSignature));
+        let frame = encode(&Message::Member(r.clone()));
+        assert_eq!(decode(&frame), Ok(Message::Member(r)));
+    }
+
+    #[test]
+    fn a_large_message_travels_in_frames_and_reassembles_within_its_cap() {
+        let big: Vec<u8> = (0..(3 * MAX_FRAME + 17)).map(|i| (i % 251) as u8).collect();
+        let parts = chunks(&big);
+        assert_eq!(parts.len(), 4);
+        let mut r = Reassembly::new(4 * MAX_FRAME);
+        for (i, p) in parts.iter().enumerate() {
+            let (len, more) = r.header(frame_header(p.len(), i + 1 < parts.len())).expect("header");
+            assert_eq!((len, more), (p.len(), i + 1 < parts.len()));
+            r.push(p);
+        }
+        assert_eq!(r.finish(), big);
+        let mut small = Reassembly::new(MAX_FRAME);
+        small.push(&big[..MAX_FRAME]);
+        assert_eq!(small.header(frame_header(1, false)), Err(ChunkError::MessageTooLarge(MAX_FRAME)));
+        assert!(matches!(small.header(((MAX_FRAME as u32) + 1).to_be_bytes()), Err(ChunkError::FrameTooLarge(_))));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
@@ -344,7 +532,7 @@ mod tests {
 
         #[test]
         fn messages_round_trip(target in ".{0,64}", alive in any::<bool>(), inc in any::<u64>()) {
-            for m in [Message::ProbeResponse { req: inc, target: target.clone(), alive }, Message::Member { peer: target.clone(), incarnation: inc, rumor: Rumor::Suspect }] {
+            for m in [Message::ProbeResponse { req: inc, target: target.clone(), alive }, Message::SyncRequest { mesh_id: target.clone(), have: vec![(target.clone(), inc)] }] {
                 prop_assert_eq!(decode(&encode(&m)), Ok(m));
             }
         }

@@ -1,13 +1,18 @@
-//! Deterministic simulation of the membership protocol: many nodes in one process on
-//! virtual time, with seeded message loss, latency, crashes and cut-off hosts.
-//!
-//! The nodes run the real `craftmesh_protocol::membership::Membership`; only the network
-//! is simulated. A run is fully determined by its seed, which failing tests print.
+//! Deterministic simulation of the mesh: many nodes in one process on virtual time, each
+//! running the real `craftmesh_protocol::mesh::MeshCore` (membership, records, sync, adverts,
+//! dial budget, signed rumors) exactly as the node drives it; only the network and the
+//! hosts are simulated. Every message kind can be lost: requests, responses, gossip,
+//! probes and their acks, adverts, resets (re-sent after a retransmission timeout, as TCP
+//! does) and dial results (a lost one becomes a dial timeout). Hosts can crash, restart
+//! with their stored state, be cut off, partitioned or paused (SIGSTOP). A run is fully
+//! determined by its seed, which failing tests print.
 
-use craftmesh_protocol::membership::{Action, Config, Event, Membership, State};
-use craftmesh_protocol::wire::Rumor;
+use craftmesh_protocol::membership::{Config, State};
+use craftmesh_protocol::mesh::{self, Action, Event, MeshCore, NodeSeen};
+use craftmesh_protocol::wire::{self, Message};
+use libp2p_identity::Keypair;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 /// SplitMix64: small, seedable, good enough for simulation choices.
 #[derive(Debug, Clone)]
@@ -33,41 +38,49 @@ impl Rng {
     }
 }
 
+/// How long the real node's request-response waits for an answer.
+const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// TCP's first retransmission timeout: a lost reset comes again after it.
+const RTO_MS: u64 = 200;
+
 #[derive(Debug, Clone)]
 enum Msg {
-    Ping {
-        seq: u64,
+    Request {
+        id: u64,
+        msg: Message,
     },
-    Ack {
+    Response {
+        id: u64,
+        msg: Message,
+    },
+    /// The request `id` failed (its stream closed, or it timed out).
+    Failed {
+        id: u64,
+    },
+    Gossip(Vec<u8>),
+    Ping {
         seq: u64,
         sent_at: u64,
     },
-    ProbeRequest {
-        req: u64,
-        target: usize,
+    Pong {
+        seq: u64,
+        sent_at: u64,
     },
-    ProbeReply {
-        req: u64,
-        target: usize,
-        alive: bool,
+    ProbeFailed {
+        seq: u64,
     },
-    Rumor {
-        about: usize,
-        incarnation: u64,
-        rumor: Rumor,
+    Advert,
+    /// The connection from `from` was reset (its process died) or closed by `from`.
+    Closed {
+        attempt: u32,
     },
-    /// The connection from `from` was reset (its process died).
-    Reset,
-    /// `from` says goodbye (a signed leave on gossip).
-    Leave,
-    /// A dial to `from` landed on its process (which may be winding down after a leave).
-    Connected,
-    /// A record of `from` newer than its leave arrived: a new run of the node.
-    Rejoined,
+    /// The outcome of our dial to `from`.
     DialResult {
-        refused: bool,
         ok: bool,
+        refused: bool,
     },
+    /// `from` dialled us and the connection is up.
+    Accepted,
 }
 
 #[derive(Debug, Clone)]
@@ -80,7 +93,7 @@ struct Delivery {
 /// Network and failure settings.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// Probability that one message is lost.
+    /// Probability that one message (of any kind) is lost.
     pub loss: f64,
     pub min_latency_ms: u64,
     pub max_latency_ms: u64,
@@ -94,96 +107,175 @@ impl Default for NetConfig {
     }
 }
 
+/// One simulated host and its node process.
+#[derive(Debug)]
+struct Host {
+    core: MeshCore,
+    key: Keypair,
+    crashed: bool,
+    paused: bool,
+    /// Deliveries held while paused (the kernel still takes them in).
+    held: Vec<Delivery>,
+    /// Peers this node believes it is connected to.
+    conns: BTreeSet<usize>,
+    /// Requests it sent that are still open: id → (peer, deadline).
+    open: BTreeMap<u64, (usize, u64)>,
+    deadline: Option<u64>,
+}
+
 /// A simulated mesh.
 #[derive(Debug)]
 pub struct Sim {
     pub now: u64,
-    pub nodes: Vec<Membership>,
-    names: Vec<String>,
+    hosts: Vec<Host>,
+    pub ids: Vec<String>,
     index: BTreeMap<String, usize>,
-    crashed: Vec<bool>,
-    cut_off: Vec<bool>,
+    /// Network group of each host: `None` is cut off from everyone.
+    group: Vec<Option<u32>>,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    /// (deadline, node) of each node's next timer; stale entries are skipped.
     timers: BinaryHeap<Reverse<(u64, usize)>>,
-    deadline: Vec<Option<u64>>,
+    /// (deadline, node, request id) of open requests; stale entries are skipped.
+    request_timers: BinaryHeap<Reverse<(u64, usize, u64)>>,
     deliveries: Vec<Option<Delivery>>,
     order: u64,
     rng: Rng,
     net: NetConfig,
-    cfg: Config,
+    cfg: mesh::Config,
+    records: bool,
+    /// Inbound request channels: channel → (requester, its request id).
+    channels: BTreeMap<u64, (usize, u64)>,
+    next_channel: u64,
     /// (time, observer, peer, new state) of every state change.
     pub changes: Vec<(u64, usize, usize, State)>,
+    /// (time, observer, peer) of every record merged.
+    pub records_seen: Vec<(u64, usize, usize)>,
     pub messages: u64,
 }
 
+fn host_key(seed: u64, i: usize) -> Keypair {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&seed.to_le_bytes());
+    b[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    b[16] = 0xc3;
+    Keypair::ed25519_from_bytes(b).expect("32 bytes make an ed25519 key")
+}
+
 impl Sim {
-    /// `n` fully connected nodes.
+    /// `n` nodes that find each other by adverts, with the node's membership timing.
     pub fn new(n: usize, seed: u64, cfg: Config, net: NetConfig) -> Sim {
-        let names: Vec<String> = (0..n).map(|i| format!("n{i:04}")).collect();
-        let index = names.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect();
-        let mut nodes: Vec<Membership> = names.iter().map(|s| Membership::new(s.clone(), cfg.clone())).collect();
-        for (i, m) in nodes.iter_mut().enumerate() {
-            for (j, other) in names.iter().enumerate() {
-                if i != j {
-                    m.handle_connected(other, 0);
-                }
-            }
-            while m.poll_event().is_some() {}
-        }
+        Sim::with(n, seed, mesh::Config { membership: cfg, ..mesh::Config::default() }, net, true)
+    }
+
+    /// `n` nodes with the given mesh configuration; `records: false` skips publishing
+    /// records (large runs that only study membership).
+    pub fn with(n: usize, seed: u64, cfg: mesh::Config, net: NetConfig, records: bool) -> Sim {
+        let keys: Vec<Keypair> = (0..n).map(|i| host_key(seed, i)).collect();
+        let ids: Vec<String> = keys.iter().map(|k| k.public().to_peer_id().to_base58()).collect();
+        let index = ids.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect();
+        let hosts = keys
+            .into_iter()
+            .map(|key| Host {
+                core: MeshCore::new(key.clone(), "sim", cfg.clone(), 0),
+                key,
+                crashed: false,
+                paused: false,
+                held: Vec::new(),
+                conns: BTreeSet::new(),
+                open: BTreeMap::new(),
+                deadline: None,
+            })
+            .collect();
         let mut sim = Sim {
             now: 0,
-            nodes,
-            names,
+            hosts,
+            ids,
             index,
-            crashed: vec![false; n],
-            cut_off: vec![false; n],
+            group: vec![Some(0); n],
             queue: BinaryHeap::new(),
             timers: BinaryHeap::new(),
-            deadline: vec![None; n],
+            request_timers: BinaryHeap::new(),
             deliveries: Vec::new(),
             order: 0,
             rng: Rng::new(seed),
             net,
             cfg,
+            records,
+            channels: BTreeMap::new(),
+            next_channel: 1,
             changes: Vec::new(),
+            records_seen: Vec::new(),
             messages: 0,
         };
         for i in 0..n {
-            sim.rearm(i);
+            sim.boot(i);
         }
         sim
     }
 
-    /// Records node `i`'s next timer after it handled something.
-    fn rearm(&mut self, i: usize) {
-        let t = if self.crashed[i] { None } else { self.nodes[i].poll_timeout() };
-        if t != self.deadline[i] {
-            self.deadline[i] = t;
-            if let Some(t) = t {
-                self.timers.push(Reverse((t, i)));
-            }
-        }
+    pub fn len(&self) -> usize {
+        self.hosts.len()
     }
 
-    fn next_timer(&mut self) -> Option<(u64, usize)> {
-        while let Some(Reverse((t, i))) = self.timers.peek().copied() {
-            if self.deadline[i] == Some(t) && !self.crashed[i] {
-                return Some((t, i));
-            }
-            self.timers.pop();
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Node `i`'s core (read-only).
+    pub fn core(&self, i: usize) -> &MeshCore {
+        &self.hosts[i].core
+    }
+
+    /// Starts node `i`'s process: it publishes its record and announces itself (mDNS sends
+    /// an announcement at once, after 1 s and after 3 s; each can be lost).
+    fn boot(&mut self, i: usize) {
+        let now = self.now;
+        if self.records {
+            let r = mesh::record(&format!("host{i}"), vec![format!("/ip4/10.0.0.{}/tcp/7411", i + 1)], 7410, vec![], wire::Capacity::default(), vec![], "sim");
+            self.hosts[i].core.publish_record(r, 1_000_000 + now, now);
         }
-        None
+        for delay in [0, 1_000, 3_000] {
+            for j in 0..self.hosts.len() {
+                if j != i {
+                    self.send_at(now + delay, i, j, Msg::Advert);
+                    self.send_at(now + delay, j, i, Msg::Advert);
+                }
+            }
+        }
+        self.apply(i);
+    }
+
+    fn link_up(&self, a: usize, b: usize) -> bool {
+        matches!((self.group[a], self.group[b]), (Some(x), Some(y)) if x == y)
+    }
+
+    fn latency(&mut self) -> u64 {
+        self.net.min_latency_ms + self.rng.below(self.net.max_latency_ms - self.net.min_latency_ms + 1)
+    }
+
+    /// Sends a message over the network: lost with the configured probability or when the
+    /// link is down at the time of sending.
+    fn send_at(&mut self, at: u64, from: usize, to: usize, msg: Msg) {
+        self.messages += 1;
+        if !self.link_up(from, to) || self.rng.unit() < self.net.loss {
+            self.lost(at, from, to, msg);
+            return;
+        }
+        let lat = self.latency();
+        self.schedule(at + lat, Delivery { from, to, msg });
+    }
+
+    /// What losing `msg` means: most messages are simply gone (the sender's timers judge);
+    /// a reset is sent again after a retransmission timeout; a lost dial result is a
+    /// dial that times out.
+    fn lost(&mut self, at: u64, from: usize, to: usize, msg: Msg) {
+        match msg {
+            Msg::Closed { attempt } if attempt < 5 => self.schedule(at + RTO_MS, Delivery { from, to, msg: Msg::Closed { attempt: attempt + 1 } }),
+            _ => {}
+        }
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
-        self.messages += 1;
-        let reliable = matches!(msg, Msg::Reset | Msg::DialResult { .. } | Msg::Connected | Msg::Rejoined);
-        if !reliable && (self.cut_off[from] || self.cut_off[to] || self.rng.unit() < self.net.loss) {
-            return;
-        }
-        let lat = self.net.min_latency_ms + self.rng.below(self.net.max_latency_ms - self.net.min_latency_ms + 1);
-        self.schedule(self.now + lat, Delivery { from, to, msg });
+        self.send_at(self.now, from, to, msg);
     }
 
     fn schedule(&mut self, at: u64, d: Delivery) {
@@ -192,180 +284,323 @@ impl Sim {
         self.queue.push(Reverse((at, self.order, self.deliveries.len() - 1)));
     }
 
-    /// Crashes node `x`: its connections reset and it answers nothing.
-    pub fn crash(&mut self, x: usize) {
-        self.crashed[x] = true;
-        self.deadline[x] = None;
-        for j in 0..self.nodes.len() {
-            if j != x && !self.crashed[j] {
-                let lat = self.net.min_latency_ms;
-                self.schedule(self.now + lat, Delivery { from: x, to: j, msg: Msg::Reset });
+    fn rearm(&mut self, i: usize) {
+        let h = &self.hosts[i];
+        let t = if h.crashed || h.paused { None } else { h.core.poll_timeout().map(|t| t.max(self.now)) };
+        if t != self.hosts[i].deadline {
+            self.hosts[i].deadline = t;
+            if let Some(t) = t {
+                self.timers.push(Reverse((t, i)));
             }
         }
     }
 
-    /// Node `x` leaves on SIGTERM: a goodbye to everyone; while it winds down a late dial
-    /// from `late` still lands on it; then its process is gone (connections reset).
+    /// Crashes node `x`: the host stays up, the process is gone. Its connections are reset
+    /// (each peer hears it, maybe after retransmissions) and dials to it are refused.
+    pub fn crash(&mut self, x: usize) {
+        let h = &mut self.hosts[x];
+        h.crashed = true;
+        h.paused = false;
+        h.held.clear();
+        h.deadline = None;
+        h.open.clear();
+        let conns: Vec<usize> = std::mem::take(&mut h.conns).into_iter().collect();
+        for j in conns {
+            self.send(x, j, Msg::Closed { attempt: 0 });
+        }
+    }
+
+    /// Starts node `x` again with what it keeps on disk (its key and record version) and
+    /// fresh state otherwise; it finds the others by adverts.
+    pub fn restart(&mut self, x: usize) {
+        let last = self.hosts[x].core.own_version();
+        let key = self.hosts[x].key.clone();
+        let h = &mut self.hosts[x];
+        h.core = MeshCore::new(key, "sim", self.cfg.clone(), last);
+        h.crashed = false;
+        h.paused = false;
+        h.conns.clear();
+        h.open.clear();
+        self.boot(x);
+    }
+
+    /// Node `x` leaves on SIGTERM: its signed leave goes out; while it winds down, `late`
+    /// (which heard a late advert) dials it and lands on the stopping process; then the
+    /// process is gone.
     pub fn leave(&mut self, x: usize, late: usize) {
-        for j in 0..self.nodes.len() {
-            if j != x {
-                self.send(x, j, Msg::Leave);
+        if let Some(l) = self.hosts[x].core.leave() {
+            let bytes = wire::encode(&l);
+            let conns: Vec<usize> = self.hosts[x].conns.iter().copied().collect();
+            for j in conns {
+                self.send(x, j, Msg::Gossip(bytes.clone()));
             }
         }
-        let lat = self.net.max_latency_ms + 1;
-        self.schedule(self.now + lat, Delivery { from: x, to: late, msg: Msg::Connected });
-        let at = self.now + lat + 5;
+        let at = self.now + self.net.max_latency_ms + 1;
+        self.run_until(at);
+        // the late advert: `late` closes its connection and dials again
+        if self.hosts[late].conns.remove(&x) {
+            self.hosts[x].conns.remove(&late);
+            let now = self.now;
+            self.hosts[late].core.handle_disconnected(&self.ids[x].clone(), now);
+            self.hosts[x].core.handle_disconnected(&self.ids[late].clone(), now);
+            self.apply(late);
+            self.apply(x);
+        }
+        self.send(x, late, Msg::Advert);
+        let at = self.now + 20;
         self.run_until(at);
         self.crash(x);
     }
 
-    /// Node `x` (crashed or left) starts again with fresh state: it connects to everyone
-    /// and its new record arrives.
-    pub fn restart(&mut self, x: usize) {
-        self.crashed[x] = false;
-        self.nodes[x] = Membership::new(self.names[x].clone(), self.cfg.clone());
-        let lat = self.net.min_latency_ms;
-        for j in 0..self.nodes.len() {
-            if j != x && !self.crashed[j] {
-                self.schedule(self.now + lat, Delivery { from: x, to: j, msg: Msg::Connected });
-                self.schedule(self.now + lat, Delivery { from: j, to: x, msg: Msg::Connected });
-                self.schedule(self.now + 2 * lat, Delivery { from: x, to: j, msg: Msg::Rejoined });
+    /// Cuts node `x` off the network (or plugs it back in, into the main group).
+    pub fn set_cut_off(&mut self, x: usize, cut: bool) {
+        self.group[x] = if cut { None } else { Some(0) };
+    }
+
+    /// Splits the network: the nodes in `side` can reach each other but not the rest.
+    pub fn partition(&mut self, side: &[usize]) {
+        for (i, g) in self.group.iter_mut().enumerate() {
+            *g = Some(if side.contains(&i) { 1 } else { 0 });
+        }
+    }
+
+    /// Heals every partition and cut.
+    pub fn heal(&mut self) {
+        self.group.iter_mut().for_each(|g| *g = Some(0));
+    }
+
+    /// Freezes node `x` (SIGSTOP): it handles nothing and its timers stop, but what is sent
+    /// to it waits in its socket buffers.
+    pub fn pause(&mut self, x: usize, paused: bool) {
+        self.hosts[x].paused = paused;
+        if !paused {
+            let held = std::mem::take(&mut self.hosts[x].held);
+            for d in held {
+                self.deliver(d);
             }
         }
         self.rearm(x);
     }
 
-    /// Cuts node `x` off the network (or reconnects it).
-    pub fn set_cut_off(&mut self, x: usize, cut: bool) {
-        self.cut_off[x] = cut;
-    }
-
-    fn apply_actions(&mut self, i: usize) {
-        while let Some(a) = self.nodes[i].poll_action() {
-            match a {
-                Action::Probe { peer, seq } => {
-                    let j = self.index[&peer];
-                    self.send(i, j, Msg::Ping { seq });
-                }
-                Action::IndirectProbe { via, target, seq } => {
-                    let (v, t) = (self.index[&via], self.index[&target]);
-                    self.send(i, v, Msg::ProbeRequest { req: seq, target: t });
-                }
-                Action::ProbeReply { origin, req, target, alive } => {
-                    let (o, t) = (self.index[&origin], self.index[&target]);
-                    self.send(i, o, Msg::ProbeReply { req, target: t, alive });
-                }
-                Action::Broadcast { peer, incarnation, rumor } => {
-                    let about = self.index[&peer];
-                    for j in 0..self.nodes.len() {
-                        if j != i {
-                            self.send(i, j, Msg::Rumor { about, incarnation, rumor });
-                        }
+    /// Carries out node `i`'s actions and records its events.
+    fn apply(&mut self, i: usize) {
+        while let Some(a) = self.hosts[i].core.poll_action() {
+            self.act(i, a);
+        }
+        while let Some(e) = self.hosts[i].core.poll_event() {
+            match e {
+                Event::Member { peer, to, .. } => {
+                    if let Some(&j) = self.index.get(&peer) {
+                        self.changes.push((self.now, i, j, to));
                     }
                 }
-                Action::Redial { peer } => {
-                    let j = self.index[&peer];
-                    let (at, refused, ok) = if self.crashed[j] {
-                        (self.now + 2 * self.net.min_latency_ms, true, false)
-                    } else if self.cut_off[i] || self.cut_off[j] {
-                        (self.now + self.net.dial_timeout_ms, false, false)
-                    } else {
-                        (self.now + 2 * self.net.min_latency_ms, false, true)
-                    };
-                    self.schedule(at, Delivery { from: j, to: i, msg: Msg::DialResult { refused, ok } });
+                Event::Record { peer, .. } => {
+                    if let Some(&j) = self.index.get(&peer) {
+                        self.records_seen.push((self.now, i, j));
+                    }
                 }
-            }
-        }
-        while let Some(e) = self.nodes[i].poll_event() {
-            if let Event::Changed { peer, to, .. } = e {
-                let j = self.index[&peer];
-                self.changes.push((self.now, i, j, to));
+                _ => {}
             }
         }
         self.rearm(i);
     }
 
+    fn act(&mut self, i: usize, a: Action) {
+        let now = self.now;
+        match a {
+            Action::Dial { peer, .. } => {
+                let Some(&j) = self.index.get(&peer) else { return };
+                if self.hosts[i].conns.contains(&j) {
+                    return;
+                }
+                self.messages += 1;
+                let rtt = 2 * self.latency();
+                let lost = self.rng.unit() < self.net.loss;
+                let d = |ok, refused| Delivery { from: j, to: i, msg: Msg::DialResult { ok, refused } };
+                if !self.link_up(i, j) || lost {
+                    // No answer (or the SYN lost and the retries too late): a timeout.
+                    self.schedule(now + self.net.dial_timeout_ms, d(false, false));
+                } else if self.hosts[j].crashed {
+                    self.schedule(now + rtt, d(false, true));
+                } else {
+                    // An established connection is known to both ends at once.
+                    self.schedule(now + rtt, Delivery { from: i, to: j, msg: Msg::Accepted });
+                    self.schedule(now + rtt, d(true, false));
+                }
+            }
+            Action::Disconnect { peer } => {
+                let Some(&j) = self.index.get(&peer) else { return };
+                if self.hosts[i].conns.remove(&j) {
+                    self.hosts[i].core.handle_disconnected(&peer, now);
+                    self.send(i, j, Msg::Closed { attempt: 0 });
+                }
+            }
+            Action::Request { peer, id, msg } => {
+                let Some(&j) = self.index.get(&peer) else { return };
+                self.hosts[i].open.insert(id, (j, now + REQUEST_TIMEOUT_MS));
+                self.request_timers.push(Reverse((now + REQUEST_TIMEOUT_MS, i, id)));
+                if self.hosts[i].conns.contains(&j) {
+                    self.send(i, j, Msg::Request { id, msg });
+                } else {
+                    self.schedule(now + 1, Delivery { from: j, to: i, msg: Msg::Failed { id } });
+                }
+            }
+            Action::Respond { channel, msg } => {
+                if let Some((to, id)) = self.channels.remove(&channel) {
+                    self.send(i, to, Msg::Response { id, msg });
+                }
+            }
+            Action::Release { channel } => {
+                if let Some((to, id)) = self.channels.remove(&channel) {
+                    self.send(i, to, Msg::Failed { id });
+                }
+            }
+            Action::Publish(msg) => {
+                let bytes = wire::encode(&msg);
+                let conns: Vec<usize> = self.hosts[i].conns.iter().copied().collect();
+                for j in conns {
+                    self.send(i, j, Msg::Gossip(bytes.clone()));
+                }
+            }
+            Action::Probe { peer, seq } => {
+                let Some(&j) = self.index.get(&peer) else { return };
+                if self.hosts[i].conns.contains(&j) {
+                    self.send(i, j, Msg::Ping { seq, sent_at: now });
+                } else {
+                    self.schedule(now + 1, Delivery { from: j, to: i, msg: Msg::ProbeFailed { seq } });
+                }
+            }
+        }
+    }
+
     /// Runs until virtual time `until`.
     pub fn run_until(&mut self, until: u64) {
         loop {
-            let next_timer = self.next_timer();
+            while let Some(Reverse((t, i))) = self.timers.peek().copied() {
+                if self.hosts[i].deadline == Some(t) && !self.hosts[i].crashed && !self.hosts[i].paused {
+                    break;
+                }
+                self.timers.pop();
+            }
+            let next_timer = self.timers.peek().map(|Reverse((t, i))| (*t, *i));
             let next_msg = self.queue.peek().map(|Reverse((t, _, _))| *t);
-            let t = match (next_timer.map(|x| x.0), next_msg) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => break,
-            };
+            let next_open = self.next_request_timeout();
+            let t = [next_timer.map(|x| x.0), next_msg, next_open.map(|x| x.0)].into_iter().flatten().min();
+            let Some(t) = t else { break };
             if t > until {
                 break;
             }
             self.now = self.now.max(t);
             if next_msg == Some(t) {
                 let Some(Reverse((_, _, idx))) = self.queue.pop() else { break };
-                let Some(d) = self.deliveries[idx].take() else { continue };
-                self.deliver(d);
+                if let Some(d) = self.deliveries[idx].take() {
+                    self.deliver(d);
+                }
+            } else if let Some((_, i, id)) = next_open.filter(|x| x.0 == t) {
+                self.request_timers.pop();
+                self.hosts[i].open.remove(&id);
+                self.hosts[i].core.handle_request_failed(id);
+                self.apply(i);
             } else if let Some((_, i)) = next_timer {
                 let now = self.now;
-                self.deadline[i] = None;
-                self.nodes[i].handle_timeout(now);
-                self.apply_actions(i);
+                self.hosts[i].deadline = None;
+                self.hosts[i].core.handle_timeout(now);
+                self.apply(i);
             }
         }
         self.now = self.now.max(until);
     }
 
+    /// The earliest deadline of a request still open: (time, node, request id).
+    fn next_request_timeout(&mut self) -> Option<(u64, usize, u64)> {
+        while let Some(Reverse((t, i, id))) = self.request_timers.peek().copied() {
+            let h = &self.hosts[i];
+            if !h.crashed && !h.paused && h.open.get(&id).is_some_and(|(_, d)| *d == t) {
+                return Some((t, i, id));
+            }
+            self.request_timers.pop();
+        }
+        None
+    }
+
     fn deliver(&mut self, d: Delivery) {
         let (i, from) = (d.to, d.from);
-        if self.crashed[i] {
+        if self.hosts[i].crashed {
+            return;
+        }
+        if self.hosts[i].paused {
+            self.hosts[i].held.push(d);
             return;
         }
         let now = self.now;
-        let from_name = self.names[from].clone();
+        let peer = self.ids[from].clone();
         match d.msg {
-            Msg::Ping { seq } => {
-                if self.crashed[i] {
+            Msg::Request { id, msg } => {
+                if !self.hosts[i].conns.contains(&from) {
                     return;
                 }
-                self.send(i, from, Msg::Ack { seq, sent_at: now });
+                let channel = self.next_channel;
+                self.next_channel += 1;
+                self.channels.insert(channel, (from, id));
+                self.hosts[i].core.handle_request(&peer, channel, msg, now);
             }
-            Msg::Ack { seq, sent_at } => {
-                let rtt = now.saturating_sub(sent_at) as f64;
-                self.nodes[i].handle_ack(&from_name, seq, rtt, now);
+            Msg::Response { id, msg } => {
+                if self.hosts[i].open.remove(&id).is_some() {
+                    self.hosts[i].core.handle_response(&peer, id, msg, now);
+                }
             }
-            Msg::ProbeRequest { req, target } => {
-                let t = self.names[target].clone();
-                self.nodes[i].handle_probe_request(&from_name, req, &t, now);
+            Msg::Failed { id } => {
+                if self.hosts[i].open.remove(&id).is_some() {
+                    self.hosts[i].core.handle_request_failed(id);
+                }
             }
-            Msg::ProbeReply { req, target, alive } => {
-                let t = self.names[target].clone();
-                self.nodes[i].handle_probe_reply(&from_name, req, &t, alive, now);
+            Msg::Gossip(bytes) => {
+                if self.hosts[i].conns.contains(&from) {
+                    self.hosts[i].core.handle_gossip(Some(&peer), &bytes, now);
+                }
             }
-            Msg::Rumor { about, incarnation, rumor } => {
-                let a = self.names[about].clone();
-                self.nodes[i].handle_heard_from(&from_name, now);
-                self.nodes[i].handle_rumor(&from_name, &a, incarnation, rumor, now);
+            // The node's probe streams answer by themselves; the core only sees the ack.
+            Msg::Ping { seq, sent_at } => {
+                if self.hosts[i].conns.contains(&from) {
+                    self.send(i, from, Msg::Pong { seq, sent_at });
+                }
             }
-            Msg::Reset => self.nodes[i].handle_disconnected(&from_name, true, now),
-            Msg::Leave => self.nodes[i].handle_leave(&from_name, now),
-            Msg::Connected => self.nodes[i].handle_connected(&from_name, now),
-            Msg::Rejoined => self.nodes[i].handle_rejoined(&from_name, now),
-            Msg::DialResult { refused, ok } => {
-                if ok {
-                    self.nodes[i].handle_connected(&from_name, now);
-                } else {
-                    self.nodes[i].handle_dial_failed(&from_name, refused, now);
+            Msg::Pong { seq, sent_at } => self.hosts[i].core.handle_probe_ack(&peer, seq, now.saturating_sub(sent_at) as f64, now),
+            Msg::ProbeFailed { seq } => self.hosts[i].core.handle_probe_failed(&peer, seq, now),
+            Msg::Advert => {
+                let addrs = vec![format!("/ip4/10.0.0.{}/tcp/7411", from + 1)];
+                self.hosts[i].core.handle_node_advert(NodeSeen { peer_id: peer, mesh_id: "sim".into(), addrs }, now);
+            }
+            Msg::Closed { .. } => {
+                if self.hosts[i].conns.remove(&from) {
+                    self.hosts[i].core.handle_disconnected(&peer, now);
+                    self.hosts[i].open.retain(|_, (p, _)| *p != from);
+                }
+            }
+            Msg::Accepted => {
+                if self.hosts[i].conns.insert(from) {
+                    self.hosts[i].core.handle_connected(&peer, None, now);
+                }
+            }
+            Msg::DialResult { ok, refused } => {
+                if ok && !self.hosts[from].crashed {
+                    if self.hosts[i].conns.insert(from) {
+                        self.hosts[i].core.handle_connected(&peer, Some(format!("/ip4/10.0.0.{}/tcp/7411", from + 1)), now);
+                    }
+                } else if !self.hosts[i].conns.contains(&from) {
+                    self.hosts[i].core.handle_dial_failed(&peer, refused, now);
                 }
             }
         }
-        self.apply_actions(i);
+        self.apply(i);
     }
 
     /// When every live node other than `x` first saw `x` in `state` at or after `since`
     /// (None if some node never did).
     pub fn all_saw(&self, x: usize, state: State, since: u64) -> Option<u64> {
         let mut latest = since;
-        for i in 0..self.nodes.len() {
-            if i == x || self.crashed[i] || self.cut_off[i] {
+        for i in 0..self.hosts.len() {
+            if i == x || self.hosts[i].crashed || self.group[i].is_none() {
                 continue;
             }
             let t = self.changes.iter().find(|(t, o, p, s)| *t >= since && *o == i && *p == x && *s == state).map(|c| c.0)?;
@@ -374,10 +609,17 @@ impl Sim {
         Some(latest)
     }
 
+    /// Whether every live node sees every other live node alive now.
+    pub fn all_alive_now(&self) -> bool {
+        let live: Vec<usize> = (0..self.hosts.len()).filter(|i| !self.hosts[*i].crashed).collect();
+        live.iter()
+            .all(|&i| live.iter().filter(|&&j| j != i).all(|&j| self.hosts[i].core.membership().get(&self.ids[j]).is_some_and(|m| m.state == State::Alive)))
+    }
+
     /// `Dead` verdicts about a healthy node by a healthy observer (a cut-off observer
     /// rightly sees everyone else dead).
     pub fn false_deaths(&self) -> usize {
-        let ok = |i: usize| !self.crashed[i] && !self.cut_off[i];
+        let ok = |i: usize| !self.hosts[i].crashed && self.group[i].is_some();
         self.changes.iter().filter(|(_, o, p, s)| *s == State::Dead && ok(*o) && ok(*p)).count()
     }
 }

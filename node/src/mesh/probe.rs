@@ -16,6 +16,8 @@ const PONG: u8 = 1;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Inbound probe streams served at once (one per connection is normal).
 const MAX_INBOUND: usize = 256;
+/// Inbound probe streams one peer may hold open, so one peer cannot starve the others.
+const MAX_INBOUND_PER_PEER: usize = 4;
 
 /// What happened to a probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub enum ProbeEvent {
 /// Sends probes and serves other nodes' probes.
 pub struct Prober {
     control: libp2p_stream::Control,
+    /// The task accepting inbound probe streams.
+    accept: tokio::task::JoinHandle<()>,
     senders: HashMap<PeerId, mpsc::UnboundedSender<u64>>,
     events_tx: mpsc::UnboundedSender<ProbeEvent>,
     pub events_rx: mpsc::UnboundedReceiver<ProbeEvent>,
@@ -45,26 +49,81 @@ fn frame(kind: u8, seq: u64) -> [u8; 9] {
     b
 }
 
+/// Live inbound streams, in total and per peer.
+#[derive(Debug, Default)]
+struct Inbound {
+    total: usize,
+    per_peer: HashMap<PeerId, usize>,
+}
+
+impl Inbound {
+    /// Admits one more stream from `peer` if both caps allow it.
+    fn admit(&mut self, peer: PeerId) -> bool {
+        let n = self.per_peer.get(&peer).copied().unwrap_or(0);
+        if self.total >= MAX_INBOUND || n >= MAX_INBOUND_PER_PEER {
+            return false;
+        }
+        self.total += 1;
+        self.per_peer.insert(peer, n + 1);
+        true
+    }
+
+    fn done(&mut self, peer: PeerId) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_peer.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_peer.remove(&peer);
+            }
+        }
+    }
+}
+
+/// Accepts inbound probe streams (within the caps) and serves each on its own task.
+fn start_accepting(control: &mut libp2p_stream::Control) -> Result<tokio::task::JoinHandle<()>, String> {
+    let mut incoming = control.accept(PROTOCOL).map_err(|e| e.to_string())?;
+    Ok(tokio::spawn(async move {
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Inbound::default()));
+        while let Some((peer, stream)) = incoming.next().await {
+            let admitted = live.lock().map(|mut l| l.admit(peer)).unwrap_or(false);
+            if !admitted {
+                continue; // dropping the stream closes it
+            }
+            let live = live.clone();
+            tokio::spawn(async move {
+                serve(stream).await;
+                if let Ok(mut l) = live.lock() {
+                    l.done(peer);
+                }
+            });
+        }
+    }))
+}
+
 impl Prober {
     /// Starts serving inbound probes; fails only if the protocol is registered twice.
     pub fn new(mut control: libp2p_stream::Control) -> Result<Prober, String> {
-        let mut incoming = control.accept(PROTOCOL).map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let live = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            while let Some((_peer, stream)) = incoming.next().await {
-                if live.load(std::sync::atomic::Ordering::Relaxed) >= MAX_INBOUND {
-                    continue; // dropping the stream closes it
-                }
-                let live = live.clone();
-                live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tokio::spawn(async move {
-                    serve(stream).await;
-                    live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                });
-            }
-        });
+        let accept = start_accepting(&mut control)?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        Ok(Prober { control, senders: HashMap::new(), events_tx, events_rx })
+        Ok(Prober { control, accept, senders: HashMap::new(), events_tx, events_rx })
+    }
+
+    /// Starts accepting again if the accept task ended (it should not: a node that stops
+    /// answering probes looks dead to everyone). Returns whether it was restarted.
+    pub fn restart_if_ended(&mut self) -> bool {
+        if !self.accept.is_finished() {
+            return false;
+        }
+        match start_accepting(&mut self.control) {
+            Ok(h) => {
+                self.accept = h;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot accept probe streams");
+                false
+            }
+        }
     }
 
     /// Sends probe `seq` to `peer`, opening the peer's stream if needed.
@@ -138,5 +197,26 @@ async fn outbound(mut control: libp2p_stream::Control, peer: PeerId, mut rx: mps
     tokio::select! {
         () = reader => {}
         () = writer => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_peer_cannot_take_every_inbound_probe_stream() {
+        let mut live = Inbound::default();
+        let greedy = PeerId::random();
+        let admitted = (0..100).filter(|_| live.admit(greedy)).count();
+        assert_eq!(admitted, MAX_INBOUND_PER_PEER);
+        let other = PeerId::random();
+        assert!(live.admit(other), "another peer still gets a stream");
+        live.done(greedy);
+        assert!(live.admit(greedy));
+        for _ in 0..MAX_INBOUND_PER_PEER + 1 {
+            live.done(greedy);
+        }
+        assert!(!live.per_peer.contains_key(&greedy), "no entry is left for a peer without streams");
     }
 }

@@ -1,0 +1,818 @@
+//! The mesh's decisions as one pure state machine: what to dial, what to answer a sync
+//! with, when to republish, how to treat an advert, a gossip message or a rumor.
+//!
+//! The node feeds it what happened (`handle_*`, with `now` in milliseconds) and carries out
+//! what it asks for (`poll_action`); the app reads `poll_event`. The node drives it with
+//! libp2p and mDNS; the simulation (`tests/src/sim.rs`) drives the very same code with a
+//! seeded, lossy network. Nothing here reads a clock or touches a socket.
+//!
+//! Everything keyed by something a peer or an advert chooses is bounded (see [`book`]).
+
+pub mod book;
+
+use crate::membership::{self, Membership, RumorRejected, State};
+use crate::state::{Records, Rejected};
+use crate::wire::{self, Capacity, Message, NodeRecord, ServiceAd, SignedRecord, VerifyError};
+use book::{AddressBook, DialBudget, Seen};
+use libp2p_identity::Keypair;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Limits and timers of the mesh (the defaults are what the node runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub membership: membership::Config,
+    /// Peers known only from adverts or records, never connected.
+    pub max_strangers: usize,
+    pub stranger_ttl_ms: u64,
+    /// Dials to peers that are not members yet (adverts, records): a token bucket.
+    pub dials_per_sec: u64,
+    pub dial_burst: u64,
+    /// Outside `_mcp._tcp` adverts kept, and for how long without a refresh.
+    pub max_externals: usize,
+    pub external_ttl_ms: u64,
+    /// Nodes of other meshes counted (never more), and for how long.
+    pub max_other_meshes: usize,
+    pub other_mesh_ttl_ms: u64,
+    /// Indirect probe requests one member may have waiting on us.
+    pub max_relays_per_origin: usize,
+    /// Records of peers never connected, and leaves remembered.
+    pub max_unmet_records: usize,
+    pub max_leaves: usize,
+    /// Bytes of records in one sync reply page (below the frame cap).
+    pub sync_page_bytes: usize,
+    pub max_sync_pages: u32,
+    /// Connected peers whose record we lack are asked again this often.
+    pub resync_every_ms: u64,
+    /// An unchanged record is republished this often.
+    pub refresh_record_ms: u64,
+    /// A request with no answer or failure after this long is given up.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            membership: membership::Config::default(),
+            max_strangers: 256,
+            stranger_ttl_ms: 10 * 60_000,
+            dials_per_sec: 10,
+            dial_burst: 20,
+            max_externals: 64,
+            external_ttl_ms: 75 * 60_000,
+            max_other_meshes: 256,
+            other_mesh_ttl_ms: 10 * 60_000,
+            max_relays_per_origin: 8,
+            max_unmet_records: 256,
+            max_leaves: 1024,
+            sync_page_bytes: wire::MAX_FRAME - 4096,
+            max_sync_pages: 2048,
+            resync_every_ms: 5_000,
+            refresh_record_ms: 10 * 60_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Something the node must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Dial `peer` at these multiaddrs (unless connected or dialling).
+    Dial { peer: String, addrs: Vec<String> },
+    /// Close every connection to `peer`.
+    Disconnect { peer: String },
+    /// Send a request; its answer comes to `handle_response(peer, id, ..)` or
+    /// `handle_request_failed(id, ..)`.
+    Request { peer: String, id: u64, msg: Message },
+    /// Answer the inbound request `channel`.
+    Respond { channel: u64, msg: Message },
+    /// Drop the inbound request `channel` unanswered.
+    Release { channel: u64 },
+    /// Publish on the mesh's gossip topic.
+    Publish(Message),
+    /// Send probe `seq` to `peer`; report `handle_probe_ack` or `handle_probe_failed`.
+    Probe { peer: String, seq: u64 },
+}
+
+/// Something the app (API events, logs) cares about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Member { peer: String, name: Option<String>, from: Option<State>, to: State },
+    Forgotten { peer: String },
+    Record { peer: String, name: String, version: u64, services: usize },
+    External { name: String, url: String, verified: bool },
+}
+
+/// Counters (shown in `/v1/node`): rejected input by reason, and work done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub rejected: BTreeMap<String, u64>,
+    pub records_merged: u64,
+    pub gossip_received: u64,
+    pub probes_sent: u64,
+    /// Dials to peers that were not members yet.
+    pub dials: u64,
+    /// Such dials put off because the dial budget was spent.
+    pub dials_deferred: u64,
+    pub sync_pages: u64,
+}
+
+impl Stats {
+    fn reject(&mut self, reason: &str) {
+        *self.rejected.entry(reason.to_string()).or_default() += 1;
+    }
+}
+
+/// A `_craftmesh._tcp` advert, validated by the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSeen {
+    pub peer_id: String,
+    pub mesh_id: String,
+    /// Multiaddrs to dial (`/ip4/A/tcp/P`).
+    pub addrs: Vec<String>,
+}
+
+/// An `_mcp._tcp` advert, validated by the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpSeen {
+    pub fullname: String,
+    pub name: String,
+    pub url: String,
+    pub node: Option<String>,
+    pub addresses: Vec<String>,
+}
+
+/// An MCP server advertised on the LAN by something outside the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct External {
+    pub name: String,
+    pub url: String,
+    pub addresses: Vec<String>,
+    pub verified: bool,
+    #[serde(skip)]
+    pub fullname: String,
+}
+
+/// What to tell gossip about a message (gossipsub's validation result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// Harmless but not to be spread (a duplicate, a stale record).
+    Ignore,
+    /// Invalid: not to be spread, and the sender is penalised.
+    Reject,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    /// A sync with `peer`: page `pages`, with what earlier pages brought added to `have`.
+    Sync {
+        peer: String,
+        pages: u32,
+        got: Vec<(String, u64)>,
+    },
+    Indirect {
+        via: String,
+        seq: u64,
+        target: String,
+    },
+}
+
+/// The next record version: above the last one (kept across restarts by the node) and
+/// at least the wall clock, so versions strictly increase whatever the clock does.
+pub fn next_version(last: u64, unix_ms: u64) -> u64 {
+    last.saturating_add(1).max(unix_ms)
+}
+
+/// The mesh state machine of one node.
+#[derive(Debug)]
+pub struct MeshCore {
+    me: String,
+    mesh_id: String,
+    key: Keypair,
+    cfg: Config,
+    records: Records,
+    membership: Membership,
+    book: AddressBook,
+    budget: DialBudget,
+    other_meshes: Seen,
+    externals: BTreeMap<String, (External, u64)>,
+    /// Records of peers we never connected to: peer → when merged.
+    unmet: BTreeMap<String, u64>,
+    own: Option<(SignedRecord, u64)>,
+    own_version: u64,
+    last_published: Option<(Vec<ServiceAd>, u64)>,
+    pending: BTreeMap<u64, (Pending, u64)>,
+    next_id: u64,
+    relays: BTreeMap<(String, u64), u64>,
+    connected: BTreeSet<String>,
+    /// Connected peers whose sync failed: asked again at the next tick.
+    retry_sync: BTreeSet<String>,
+    /// The latest `now` fed in (for work started without one, e.g. a redial's failure).
+    now: u64,
+    next_tick: u64,
+    next_resync: u64,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl MeshCore {
+    /// `last_version` is the highest record version this node ever published (0 if none).
+    pub fn new(key: Keypair, mesh_id: impl Into<String>, cfg: Config, last_version: u64) -> Self {
+        let me = key.public().to_peer_id().to_base58();
+        let mesh_id = mesh_id.into();
+        MeshCore {
+            records: Records::new(mesh_id.clone(), me.clone()),
+            membership: Membership::new(me.clone(), cfg.membership.clone()),
+            book: AddressBook::new(cfg.max_strangers, cfg.stranger_ttl_ms),
+            budget: DialBudget::new(cfg.dials_per_sec, cfg.dial_burst),
+            other_meshes: Seen::new(cfg.max_other_meshes, cfg.other_mesh_ttl_ms),
+            externals: BTreeMap::new(),
+            unmet: BTreeMap::new(),
+            own: None,
+            own_version: last_version,
+            last_published: None,
+            pending: BTreeMap::new(),
+            next_id: 1,
+            relays: BTreeMap::new(),
+            connected: BTreeSet::new(),
+            retry_sync: BTreeSet::new(),
+            now: 0,
+            next_tick: 0,
+            next_resync: 0,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            me,
+            mesh_id,
+            key,
+            cfg,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn mesh_id(&self) -> &str {
+        &self.mesh_id
+    }
+
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Counts a rejected input the node saw before it reached the core (a failed handshake).
+    pub fn reject(&mut self, reason: &str) {
+        self.stats.reject(reason);
+    }
+
+    /// Addresses known for `peer`.
+    pub fn addrs(&self, peer: &str) -> Vec<String> {
+        self.book.addrs(peer)
+    }
+
+    /// Peers known only from adverts or records (bounded).
+    pub fn strangers(&self) -> usize {
+        self.book.strangers()
+    }
+
+    /// Distinct nodes of other meshes seen recently on the LAN (bounded).
+    pub fn other_meshes(&self) -> usize {
+        self.other_meshes.len()
+    }
+
+    pub fn externals(&self) -> impl Iterator<Item = &External> {
+        self.externals.values().map(|(e, _)| e)
+    }
+
+    /// The highest record version published (persist it to keep versions increasing).
+    pub fn own_version(&self) -> u64 {
+        self.own_version
+    }
+
+    /// Whether `peer` has a connection now.
+    pub fn is_connected(&self, peer: &str) -> bool {
+        self.connected.contains(peer)
+    }
+
+    /// In-flight requests and waiting relays (bounded; for tests and the bench).
+    pub fn in_flight(&self) -> (usize, usize) {
+        (self.pending.len(), self.relays.len())
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next time [`MeshCore::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        Some(self.membership.poll_timeout().map_or(self.next_tick, |t| t.min(self.next_tick)))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Connections and dials
+    // -----------------------------------------------------------------------------------
+
+    /// A connection to `peer` is up; `dialled` is the address when we dialled it.
+    pub fn handle_connected(&mut self, peer: &str, dialled: Option<String>, now: u64) {
+        self.now = self.now.max(now);
+        if peer == self.me {
+            return;
+        }
+        self.connected.insert(peer.to_string());
+        self.book.met(peer, now);
+        if let Some(a) = dialled {
+            self.book.learn(peer, [a], now);
+        }
+        self.unmet.remove(peer);
+        self.membership.handle_connected(peer, now);
+        self.sync(peer, Vec::new(), 0);
+        self.flush();
+    }
+
+    /// The last connection to `peer` closed. A close after its signed leave is graceful;
+    /// any other is a reset that the redial will judge.
+    pub fn handle_disconnected(&mut self, peer: &str, now: u64) {
+        self.now = self.now.max(now);
+        if !self.connected.remove(peer) {
+            return;
+        }
+        let graceful = self.membership.get(peer).is_some_and(|m| m.state == State::Left);
+        self.membership.handle_disconnected(peer, !graceful, now);
+        // What was waiting on that connection will never be answered.
+        self.pending.retain(|_, (p, _)| match p {
+            Pending::Sync { peer: p, .. } => p != peer,
+            Pending::Indirect { via, .. } => via != peer,
+        });
+        let dropped: Vec<u64> = self.relays.iter().filter(|((o, _), _)| o == peer).map(|(_, c)| *c).collect();
+        self.relays.retain(|(o, _), _| o != peer);
+        for channel in dropped {
+            self.actions.push_back(Action::Release { channel });
+        }
+        self.flush();
+    }
+
+    /// A dial to `peer` failed; `refused` when the host answered with a refusal.
+    pub fn handle_dial_failed(&mut self, peer: &str, refused: bool, now: u64) {
+        self.now = self.now.max(now);
+        if self.membership.get(peer).is_none() {
+            self.book.dial_failed(peer, now);
+        }
+        self.membership.handle_dial_failed(peer, refused, now);
+        self.flush();
+    }
+
+    /// Identify from `peer`: its protocol string names its mesh, and its listen addresses.
+    pub fn handle_identify(&mut self, peer: &str, protocol: &str, listen_addrs: Vec<String>, now: u64) {
+        self.now = self.now.max(now);
+        if protocol != identify_protocol(&self.mesh_id) {
+            self.stats.reject("identify_other_mesh");
+            self.actions.push_back(Action::Disconnect { peer: peer.to_string() });
+            return;
+        }
+        self.book.learn(peer, listen_addrs, now);
+    }
+
+    /// Dials a peer that is not a member yet, within the dial budget and its backoff.
+    fn discovery_dial(&mut self, peer: &str, now: u64) {
+        if self.connected.contains(peer) || peer == self.me {
+            return;
+        }
+        let Some(r) = self.book.get(peer) else { return };
+        if r.addrs.is_empty() || now < r.next_dial_ms {
+            return;
+        }
+        if !self.budget.take(now) {
+            self.stats.dials_deferred += 1;
+            return;
+        }
+        self.stats.dials += 1;
+        self.book.dialling(peer, now);
+        self.actions.push_back(Action::Dial { peer: peer.to_string(), addrs: self.book.addrs(peer) });
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Adverts
+    // -----------------------------------------------------------------------------------
+
+    /// A `_craftmesh._tcp` advert.
+    pub fn handle_node_advert(&mut self, n: NodeSeen, now: u64) {
+        self.now = self.now.max(now);
+        if n.peer_id == self.me {
+            return;
+        }
+        if n.mesh_id != self.mesh_id {
+            self.stats.reject("advert_other_mesh");
+            self.other_meshes.saw(&n.peer_id, now);
+            return;
+        }
+        self.book.learn(&n.peer_id, n.addrs, now);
+        self.discovery_dial(&n.peer_id, now);
+    }
+
+    /// An `_mcp._tcp` advert. Members' servers travel in their signed records instead.
+    pub fn handle_mcp_advert(&mut self, a: McpSeen, now: u64) {
+        self.now = self.now.max(now);
+        if a.node.as_deref().is_some_and(|n| n == self.me || self.records.get(n).is_some()) {
+            return;
+        }
+        if self.externals.len() >= self.cfg.max_externals && !self.externals.contains_key(&a.fullname) {
+            self.stats.reject("advert_flood");
+            return;
+        }
+        self.events.push_back(Event::External { name: a.name.clone(), url: a.url.clone(), verified: false });
+        let e = External { name: a.name, url: a.url, addresses: a.addresses, verified: false, fullname: a.fullname.clone() };
+        self.externals.insert(a.fullname, (e, now));
+    }
+
+    /// An advert was withdrawn (goodbye or expiry).
+    pub fn handle_advert_removed(&mut self, fullname: &str) {
+        self.externals.remove(fullname);
+    }
+
+    /// An advert failed the node's validation.
+    pub fn handle_advert_rejected(&mut self) {
+        self.stats.reject("advert_invalid");
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Gossip, requests, probes
+    // -----------------------------------------------------------------------------------
+
+    /// A gossip message from `source` (gossipsub's verified originator).
+    pub fn handle_gossip(&mut self, source: Option<&str>, data: &[u8], now: u64) -> Verdict {
+        self.now = self.now.max(now);
+        self.stats.gossip_received += 1;
+        let verdict = self.gossip(source, data, now);
+        self.flush();
+        verdict
+    }
+
+    fn gossip(&mut self, source: Option<&str>, data: &[u8], now: u64) -> Verdict {
+        let msg = match wire::decode(data) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.reject("frame");
+                return Verdict::Reject;
+            }
+        };
+        let Some(source) = source else {
+            self.stats.reject("unsigned");
+            return Verdict::Reject;
+        };
+        self.membership.handle_heard_from(source, now);
+        match msg {
+            Message::Record(s) => self.merge_record(&s, now),
+            Message::Leave(l) => match self.records.leave(&l, now) {
+                Ok(_) => {
+                    self.membership.handle_leave(&l.peer_id, now);
+                    Verdict::Accept
+                }
+                Err(Rejected::Own) => Verdict::Ignore,
+                Err(_) => {
+                    self.stats.reject("leave");
+                    Verdict::Reject
+                }
+            },
+            Message::Member(r) => {
+                if wire::verify_rumor(&r, &self.mesh_id).is_err() || r.raiser != source {
+                    self.stats.reject("rumor_signature");
+                    return Verdict::Reject;
+                }
+                match self.membership.handle_rumor(&r.raiser, &r.peer, r.incarnation, r.rumor, now) {
+                    Ok(()) => Verdict::Accept,
+                    Err(RumorRejected::NotALiveMember) => {
+                        self.stats.reject("rumor_not_live_member");
+                        Verdict::Ignore
+                    }
+                    Err(RumorRejected::Incarnation(_)) => {
+                        self.stats.reject("rumor_incarnation");
+                        Verdict::Reject
+                    }
+                }
+            }
+            _ => {
+                self.stats.reject("unexpected_gossip");
+                Verdict::Reject
+            }
+        }
+    }
+
+    fn merge_record(&mut self, s: &SignedRecord, now: u64) -> Verdict {
+        match self.records.merge(s) {
+            Ok(m) => {
+                self.stats.records_merged += 1;
+                let peer = m.peer().to_string();
+                let Some(rec) = self.records.get(&peer).map(|e| e.record.clone()) else { return Verdict::Accept };
+                self.events.push_back(Event::Record { peer: peer.clone(), name: rec.name.clone(), version: rec.version, services: rec.services.len() });
+                // Newer than any leave (Records checked that): a new run of the node.
+                self.membership.handle_rejoined(&peer, now);
+                self.book.learn(&peer, rec.addrs.iter().take(book::MAX_ADDRS).cloned(), now);
+                if self.membership.get(&peer).is_none() && !self.connected.contains(&peer) {
+                    self.remember_unmet(&peer, now);
+                }
+                self.discovery_dial(&peer, now);
+                Verdict::Accept
+            }
+            Err(Rejected::Stale { .. }) | Err(Rejected::Own) => Verdict::Ignore,
+            Err(e) => {
+                self.stats.reject(match e {
+                    Rejected::Invalid(VerifyError::OtherMesh(_)) => "record_other_mesh",
+                    Rejected::Invalid(VerifyError::BadSignature) => "record_signature",
+                    Rejected::AfterLeave { .. } => "record_replay",
+                    _ => "record_invalid",
+                });
+                Verdict::Reject
+            }
+        }
+    }
+
+    /// Keeps at most `max_unmet_records` records of peers never connected (oldest out).
+    fn remember_unmet(&mut self, peer: &str, now: u64) {
+        self.unmet.insert(peer.to_string(), now);
+        while self.unmet.len() > self.cfg.max_unmet_records {
+            let Some(oldest) = self.unmet.iter().min_by_key(|(_, t)| **t).map(|(p, _)| p.clone()) else { break };
+            self.unmet.remove(&oldest);
+            self.records.forget(&oldest);
+        }
+    }
+
+    /// An inbound request from `peer` on `channel`.
+    pub fn handle_request(&mut self, peer: &str, channel: u64, msg: Message, now: u64) {
+        self.now = self.now.max(now);
+        match msg {
+            Message::Probe { seq } => {
+                self.actions.push_back(Action::Respond { channel, msg: Message::Ack { seq } });
+                self.membership.handle_heard_from(peer, now);
+            }
+            Message::ProbeRequest { req, target } => {
+                let waiting = self.relays.keys().filter(|(o, _)| o == peer).count();
+                if waiting >= self.cfg.max_relays_per_origin {
+                    self.stats.reject("relay_flood");
+                    self.actions.push_back(Action::Release { channel });
+                } else {
+                    if let Some(old) = self.relays.insert((peer.to_string(), req), channel) {
+                        self.actions.push_back(Action::Release { channel: old });
+                    }
+                    self.membership.handle_probe_request(peer, req, &target, now);
+                }
+            }
+            Message::SyncRequest { mesh_id, have } => {
+                if mesh_id != self.mesh_id {
+                    self.stats.reject("sync_other_mesh");
+                    self.actions.push_back(Action::Respond { channel, msg: Message::SyncResponse { records: Vec::new(), more: false } });
+                } else {
+                    let own = self.own.as_ref().map(|(s, v)| (s, *v));
+                    let (records, more) = self.records.page(&have, peer, own, self.cfg.sync_page_bytes);
+                    self.actions.push_back(Action::Respond { channel, msg: Message::SyncResponse { records, more } });
+                }
+            }
+            _ => {
+                self.stats.reject("unexpected_request");
+                self.actions.push_back(Action::Release { channel });
+            }
+        }
+        self.flush();
+    }
+
+    /// The answer from `peer` to our request `id`.
+    pub fn handle_response(&mut self, peer: &str, id: u64, msg: Message, now: u64) {
+        self.now = self.now.max(now);
+        match (self.pending.remove(&id), msg) {
+            (Some((Pending::Sync { peer: p, pages, mut got }, _)), Message::SyncResponse { records, more }) if p == peer => {
+                self.stats.sync_pages += 1;
+                for r in records.iter().take(512) {
+                    self.merge_record(r, now);
+                    if let Some(k) = wire::record_key(r) {
+                        got.push(k);
+                    }
+                }
+                if more && pages + 1 < self.cfg.max_sync_pages {
+                    self.sync(peer, got, pages + 1);
+                }
+            }
+            (Some((Pending::Indirect { via, seq, target }, _)), Message::ProbeResponse { req, target: t, alive })
+                if via == peer && req == seq && t == target =>
+            {
+                self.membership.handle_probe_reply(&via, seq, &target, alive, now);
+            }
+            _ => self.stats.reject("unexpected_response"),
+        }
+        self.flush();
+    }
+
+    /// Our request `id` failed (timeout, closed stream, refused protocol).
+    pub fn handle_request_failed(&mut self, id: u64) {
+        // A failed sync is asked again at the next tick while the peer stays connected (a
+        // restarted peer's newer record may come only this way); indirect probes time out
+        // in the membership.
+        if let Some((Pending::Sync { peer, .. }, _)) = self.pending.remove(&id) {
+            self.retry_sync.insert(peer);
+        }
+    }
+
+    pub fn handle_probe_ack(&mut self, peer: &str, seq: u64, rtt_ms: f64, now: u64) {
+        self.now = self.now.max(now);
+        self.membership.handle_ack(peer, seq, rtt_ms, now);
+        self.flush();
+    }
+
+    pub fn handle_probe_failed(&mut self, peer: &str, seq: u64, now: u64) {
+        self.now = self.now.max(now);
+        self.membership.handle_probe_failed(peer, seq, now);
+        self.flush();
+    }
+
+    /// Advances timers: membership, then once a second the bounded maps' ageing, retries of
+    /// put-off dials, expiry of unanswered requests and the periodic re-sync.
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        self.membership.handle_timeout(now);
+        if now >= self.next_tick {
+            self.next_tick = now + 1_000;
+            self.book.age(now);
+            self.other_meshes.age(now);
+            let ttl = self.cfg.external_ttl_ms;
+            self.externals.retain(|_, (_, at)| now.saturating_sub(*at) < ttl);
+            let forget = self.cfg.membership.forget_after_ms;
+            let old: Vec<String> = self.unmet.iter().filter(|(_, t)| now.saturating_sub(**t) >= forget).map(|(p, _)| p.clone()).collect();
+            for p in old {
+                self.unmet.remove(&p);
+                self.records.forget(&p);
+            }
+            self.records.prune_leaves(now, forget, self.cfg.max_leaves);
+            let timeout = self.cfg.request_timeout_ms;
+            let expired: Vec<u64> = self.pending.iter().filter(|(_, (_, sent))| now.saturating_sub(*sent) >= timeout).map(|(id, _)| *id).collect();
+            for id in expired {
+                self.handle_request_failed(id);
+            }
+            for p in std::mem::take(&mut self.retry_sync) {
+                if self.connected.contains(&p) {
+                    self.sync(&p, Vec::new(), 0);
+                }
+            }
+            for p in self.book.due(now) {
+                self.discovery_dial(&p, now);
+            }
+            if now >= self.next_resync {
+                self.next_resync = now + self.cfg.resync_every_ms;
+                self.resync_lacking();
+            }
+        }
+        self.flush();
+    }
+
+    /// Asks connected peers whose record we lack for a sync again (see [`Records::lacking`]).
+    fn resync_lacking(&mut self) {
+        let lacking: Vec<String> = self.records.lacking(self.connected.iter().map(String::as_str)).into_iter().map(str::to_string).collect();
+        for p in lacking {
+            if !self.pending.values().any(|(x, _)| matches!(x, Pending::Sync { peer, .. } if *peer == p)) {
+                self.sync(&p, Vec::new(), 0);
+            }
+        }
+    }
+
+    fn sync(&mut self, peer: &str, got: Vec<(String, u64)>, pages: u32) {
+        let mut have = self.records.summary();
+        have.extend(got.iter().cloned());
+        let msg = Message::SyncRequest { mesh_id: self.mesh_id.clone(), have };
+        self.request(peer, Pending::Sync { peer: peer.to_string(), pages, got }, msg);
+    }
+
+    fn request(&mut self, peer: &str, what: Pending, msg: Message) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, (what, self.now));
+        self.actions.push_back(Action::Request { peer: peer.to_string(), id, msg });
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Our own record and leave
+    // -----------------------------------------------------------------------------------
+
+    /// Forces the next [`MeshCore::publish_record`] out (addresses changed).
+    pub fn republish_soon(&mut self) {
+        self.last_published = None;
+    }
+
+    /// Publishes this node's record when its services changed or the last one is older
+    /// than `refresh_record_ms`. Returns the new version (to be persisted) if it published.
+    pub fn publish_record(&mut self, mut record: NodeRecord, unix_ms: u64, now: u64) -> Option<u64> {
+        self.now = self.now.max(now);
+        if let Some((last, at)) = &self.last_published
+            && *last == record.services
+            && now.saturating_sub(*at) < self.cfg.refresh_record_ms
+        {
+            return None;
+        }
+        let version = next_version(self.own_version, unix_ms);
+        record.peer_id = self.me.clone();
+        record.mesh_id = self.mesh_id.clone();
+        record.version = version;
+        record.issued_at_ms = unix_ms;
+        let signed = wire::sign_record(&record, &self.key).ok()?;
+        self.own_version = version;
+        self.last_published = Some((record.services, now));
+        self.own = Some((signed.clone(), version));
+        self.actions.push_back(Action::Publish(Message::Record(signed)));
+        Some(version)
+    }
+
+    /// The signed goodbye to publish when stopping.
+    pub fn leave(&self) -> Option<Message> {
+        wire::sign_leave(&self.me, &self.mesh_id, self.own_version.max(1), &self.key).ok().map(Message::Leave)
+    }
+
+    /// Carries out membership actions and turns its events into mesh events.
+    fn flush(&mut self) {
+        while let Some(a) = self.membership.poll_action() {
+            match a {
+                membership::Action::Probe { peer, seq } => {
+                    self.stats.probes_sent += 1;
+                    self.actions.push_back(Action::Probe { peer, seq });
+                }
+                membership::Action::IndirectProbe { via, target, seq } => {
+                    let msg = Message::ProbeRequest { req: seq, target: target.clone() };
+                    self.request(&via.clone(), Pending::Indirect { via, seq, target }, msg);
+                }
+                membership::Action::ProbeReply { origin, req, target, alive } => {
+                    if let Some(channel) = self.relays.remove(&(origin, req)) {
+                        self.actions.push_back(Action::Respond { channel, msg: Message::ProbeResponse { req, target, alive } });
+                    }
+                }
+                membership::Action::Broadcast { peer, incarnation, rumor } => {
+                    if let Ok(r) = wire::sign_rumor(&self.mesh_id, &peer, incarnation, rumor, &self.key) {
+                        self.actions.push_back(Action::Publish(Message::Member(r)));
+                    }
+                }
+                membership::Action::Redial { peer } => {
+                    let addrs = self.book.addrs(&peer);
+                    if addrs.is_empty() {
+                        let now = self.now;
+                        self.membership.handle_dial_failed(&peer, false, now);
+                        continue;
+                    }
+                    self.actions.push_back(Action::Dial { peer, addrs });
+                }
+            }
+        }
+        while let Some(e) = self.membership.poll_event() {
+            match e {
+                membership::Event::Changed { peer, from, to } => {
+                    if matches!(to, State::Dead | State::Left) && self.connected.contains(&peer) {
+                        // A connection that outlived the verdict (a cut-off host keeps its TCP
+                        // state) would stop the redial from ever making a fresh one.
+                        self.actions.push_back(Action::Disconnect { peer: peer.clone() });
+                    }
+                    let name = self.records.get(&peer).map(|r| r.record.name.clone());
+                    self.events.push_back(Event::Member { peer, name, from, to });
+                }
+                membership::Event::Forgotten { peer } => {
+                    self.records.forget(&peer);
+                    self.book.forget(&peer);
+                    self.events.push_back(Event::Forgotten { peer });
+                }
+            }
+        }
+    }
+}
+
+/// The identify protocol string of a mesh: nodes of other meshes are told apart by it.
+pub fn identify_protocol(mesh_id: &str) -> String {
+    format!("/craftmesh/1/{mesh_id}")
+}
+
+/// A record with the fields the node fills in (the core sets id, mesh, version and time).
+pub fn record(name: &str, addrs: Vec<String>, api_port: u16, services: Vec<ServiceAd>, capacity: Capacity, tags: Vec<String>, software: &str) -> NodeRecord {
+    NodeRecord {
+        peer_id: String::new(),
+        mesh_id: String::new(),
+        version: 0,
+        issued_at_ms: 0,
+        name: name.to_string(),
+        addrs,
+        api_port,
+        services,
+        capacity,
+        tags,
+        software_version: software.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
