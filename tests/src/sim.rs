@@ -462,6 +462,7 @@ impl Sim {
                     self.send(i, j, Msg::Gossip(bytes.clone()));
                 }
             }
+            Action::ResetMdns { .. } => {}
             Action::Probe { peer, seq } => {
                 let Some(&j) = self.index.get(&peer) else { return };
                 if self.hosts[i].conns.contains(&j) {
@@ -569,7 +570,10 @@ impl Sim {
             Msg::ProbeFailed { seq } => self.hosts[i].core.handle_probe_failed(&peer, seq, now),
             Msg::Advert => {
                 let addrs = vec![format!("/ip4/10.0.0.{}/tcp/7411", from + 1)];
-                self.hosts[i].core.handle_node_advert(NodeSeen { peer_id: peer, mesh_id: "sim".into(), addrs }, now);
+                self.hosts[i].core.handle_node_advert(
+                    NodeSeen { fullname: format!("craftmesh-{from}._craftmesh._tcp.local."), peer_id: peer, mesh_id: "sim".into(), addrs },
+                    now,
+                );
             }
             Msg::Closed { .. } => {
                 if self.hosts[i].conns.remove(&from) {

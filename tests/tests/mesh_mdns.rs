@@ -349,7 +349,12 @@ fn malformed_and_spoofed_node_adverts_are_rejected_and_counted() {
 
 /// `zeroconf_tool.py flood`: `count` instances of `service_type` (port 9) from host `i` at once.
 fn flood(rig: &Rig, i: usize, service_type: &str, prefix: &str, count: usize, props: &[&str]) -> Spawned {
-    let args = [
+    flood_with(rig, i, service_type, prefix, count, props, &[])
+}
+
+/// [`flood`] with extra options of the tool (`--random-peer-ids`, `--no-pad`).
+fn flood_with(rig: &Rig, i: usize, service_type: &str, prefix: &str, count: usize, props: &[&str], extra: &[&str]) -> Spawned {
+    let mut args: Vec<String> = vec![
         "flood".into(),
         service_type.into(),
         prefix.into(),
@@ -360,7 +365,61 @@ fn flood(rig: &Rig, i: usize, service_type: &str, prefix: &str, count: usize, pr
         "--seconds".into(),
         "120".into(),
     ];
-    zeroconf_tool(rig, i, &args, props, "flooding ", Duration::from_secs(60))
+    args.extend(extra.iter().map(|s| s.to_string()));
+    zeroconf_tool(rig, i, &args, props, "flooding ", Duration::from_secs(120))
+}
+
+/// Resident set of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// 2,000 well-formed node adverts, each with its own valid peer id and this mesh's id (so
+/// each looks like a node worth dialling): the node keeps answering, dials at most its
+/// budget (a burst of 20, then 10 a second), keeps a bounded number of strangers, restarts
+/// its mDNS daemon rather than let its cache grow, its memory does not grow with the
+/// flood, and its real peer stays alive.
+#[test]
+fn a_flood_of_valid_looking_node_adverts_keeps_memory_flat_and_dials_rate_limited() {
+    if !rig_prerequisites() {
+        return;
+    }
+    let rig = rig(3);
+    let node = MeshNode::start(&rig, 0, EMPTY_CONFIG, &[]);
+    let peer = MeshNode::start(&rig, 2, EMPTY_CONFIG, &[]);
+    wait_until("node 0 to see its peer alive", Duration::from_secs(20), || (node.state_of(&rig, &peer.peer_id).as_deref() == Some("alive")).then_some(()));
+    let status = || node.json(&rig, &["status", "--json"]).unwrap_or_else(|| panic!("status failed during the flood\n{}", node.log()));
+    let mesh_id = status()["mesh"]["mesh_id"].as_str().expect("mesh id").to_string();
+    let mesh_prop = format!("mesh={mesh_id}");
+    let props = [mesh_prop.as_str(), "v=2"];
+    let stat = |v: &Value, k: &str| v["mesh"]["stats"][k].as_u64().unwrap_or(0);
+
+    // A small flood first touches every code path the big one uses (adverts, the dial
+    // budget, refused dials), so what is measured next is what the flood itself holds.
+    let warm = flood_with(&rig, 1, NODE_TYPE, "warm", 60, &props, &["--random-peer-ids", "--no-pad"]);
+    wait_until("node 0 to dial some of the warm-up adverts", Duration::from_secs(30), || (stat(&status(), "dials") >= 20).then_some(()));
+    std::thread::sleep(Duration::from_secs(8));
+    drop(warm);
+    let before = rss_kib(node.pid());
+    let s0 = status();
+    let t0 = Instant::now();
+
+    let _flood = flood_with(&rig, 1, NODE_TYPE, "flood", 2000, &props, &["--random-peer-ids", "--no-pad"]);
+    wait_until("node 0 to reset its mDNS cache under the flood", Duration::from_secs(90), || (stat(&status(), "mdns_flood_resets") >= 1).then_some(()));
+    std::thread::sleep(Duration::from_secs(10));
+    let s1 = status();
+    let elapsed = t0.elapsed().as_secs_f64();
+    let after = rss_kib(node.pid());
+    let log = node.log();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    let ctx = format!("before {s0}\nafter {s1}\n--- node log (last lines first) ---\n{}", tail.join("\n"));
+    let dials = stat(&s1, "dials") - stat(&s0, "dials");
+    assert!(dials as f64 <= 20.0 + 10.0 * elapsed + 2.0, "{dials} dials in {elapsed:.1} s: over the budget\n{ctx}");
+    assert!(stat(&s1, "strangers") <= 256, "strangers are capped\n{ctx}");
+    assert!(after.saturating_sub(before) < 2048, "RSS grew from {before} KiB to {after} KiB over the flood\n{ctx}");
+    assert!(node.members(&rig).iter().all(|m| m["id"] == peer.peer_id.as_str()), "a flooded advert must not create a member\n{ctx}");
+    assert_eq!(node.state_of(&rig, &peer.peer_id).as_deref(), Some("alive"), "the real peer should stay alive through the flood\n{ctx}");
 }
 
 /// Hundreds of outside `_mcp._tcp` adverts and spoofed `_craftmesh._tcp` adverts at once:

@@ -88,7 +88,7 @@ impl Mesh {
         match seen {
             mdns::Seen::Node(n) => {
                 let addrs = n.addrs.iter().filter(|a| a.is_ipv4() && !a.is_loopback()).map(|a| format!("/ip4/{a}/tcp/{}", n.port)).collect();
-                self.core.handle_node_advert(NodeSeen { peer_id: n.peer_id, mesh_id: n.mesh_id, addrs }, now);
+                self.core.handle_node_advert(NodeSeen { fullname: n.fullname, peer_id: n.peer_id, mesh_id: n.mesh_id, addrs }, now);
             }
             mdns::Seen::Mcp(a) => {
                 let Some(ip) = a.addrs.iter().find(|ip| ip.is_ipv4()).copied() else { return };
@@ -139,6 +139,7 @@ impl Mesh {
                     self.channels.remove(&channel);
                 }
                 Action::Publish(msg) => self.publish(&msg),
+                Action::ResetMdns { browse_after_ms } => self.reset_mdns(Duration::from_millis(browse_after_ms)),
                 Action::Probe { peer, seq } => {
                     let Ok(p) = peer.parse::<PeerId>() else { continue };
                     if self.probe_sent.len() >= MAX_IN_FLIGHT {

@@ -22,12 +22,19 @@ pub fn listen(swarm: &mut Swarm<Behaviour>, ip: IpAddr, port: u16) -> Result<lib
 }
 
 /// mDNS on the usable IPv4 interfaces, this node registered; `None` when there is none.
-pub fn start_mdns(usable: &[(String, IpAddr)], me: &str, mesh_id: &str, port: u16, api_port: u16) -> Result<Option<super::mdns::Mdns>, MeshError> {
+pub fn start_mdns(
+    usable: &[(String, IpAddr)],
+    me: &str,
+    mesh_id: &str,
+    port: u16,
+    api_port: u16,
+    browse: bool,
+) -> Result<Option<super::mdns::Mdns>, MeshError> {
     let ifaces: Vec<(String, IpAddr)> = usable.iter().filter(|(_, ip)| ip.is_ipv4()).cloned().collect();
     if ifaces.is_empty() {
         return Ok(None);
     }
-    let mut m = super::mdns::Mdns::start(&ifaces).map_err(|e| MeshError::Mdns(e.to_string()))?;
+    let mut m = super::mdns::Mdns::start(&ifaces, browse).map_err(|e| MeshError::Mdns(e.to_string()))?;
     m.register_node(me, mesh_id, port, api_port).map_err(|e| MeshError::Mdns(e.to_string()))?;
     Ok(Some(m))
 }

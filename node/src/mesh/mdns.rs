@@ -58,8 +58,9 @@ pub enum Seen {
 pub struct Mdns {
     daemon: ServiceDaemon,
     registered: Vec<String>,
-    pub node_rx: mdns_sd::Receiver<ServiceEvent>,
-    pub mcp_rx: mdns_sd::Receiver<ServiceEvent>,
+    /// Browse results; `None` while the daemon only answers (see [`Mdns::browse`]).
+    pub node_rx: Option<mdns_sd::Receiver<ServiceEvent>>,
+    pub mcp_rx: Option<mdns_sd::Receiver<ServiceEvent>>,
     hostname: String,
     addrs: Vec<IpAddr>,
 }
@@ -71,18 +72,36 @@ impl std::fmt::Debug for Mdns {
 }
 
 impl Mdns {
-    /// Starts the daemon on the interfaces of `addrs` only, and browses both types.
-    pub fn start(addrs: &[(String, IpAddr)]) -> Result<Mdns, mdns_sd::Error> {
+    /// Starts the daemon on the interfaces of `addrs` only; browses both types unless
+    /// `browse` is false (then [`Mdns::browse`] starts it later).
+    pub fn start(addrs: &[(String, IpAddr)], browse: bool) -> Result<Mdns, mdns_sd::Error> {
         let daemon = ServiceDaemon::new()?;
         daemon.disable_interface(IfKind::All)?;
         for (name, _) in addrs {
             daemon.enable_interface(IfKind::Name(name.clone()))?;
         }
-        let node_rx = daemon.browse(NODE_SERVICE)?;
-        let mcp_rx = daemon.browse(MCP_SERVICE)?;
         let hostname = sysinfo::System::host_name().unwrap_or_else(|_| "craftmesh".into());
         let hostname = format!("{}.local.", hostname.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>());
-        Ok(Mdns { daemon, registered: Vec::new(), node_rx, mcp_rx, hostname, addrs: addrs.iter().map(|(_, a)| *a).collect() })
+        let mut m = Mdns { daemon, registered: Vec::new(), node_rx: None, mcp_rx: None, hostname, addrs: addrs.iter().map(|(_, a)| *a).collect() };
+        if browse {
+            m.browse()?;
+        }
+        Ok(m)
+    }
+
+    /// Browses both types (if not yet).
+    pub fn browse(&mut self) -> Result<(), mdns_sd::Error> {
+        if self.node_rx.is_none() {
+            self.node_rx = Some(self.daemon.browse(NODE_SERVICE)?);
+        }
+        if self.mcp_rx.is_none() {
+            self.mcp_rx = Some(self.daemon.browse(MCP_SERVICE)?);
+        }
+        Ok(())
+    }
+
+    pub fn browsing(&self) -> bool {
+        self.node_rx.is_some()
     }
 
     /// Registers this node.

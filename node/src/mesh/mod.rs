@@ -19,6 +19,7 @@ use libp2p::pnet::PreSharedKey;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
+use mdns::Mdns;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -79,6 +80,8 @@ pub struct MeshStats {
     pub mdns_restarts: u64,
     /// Times the inbound probe listener ended and was started again.
     pub probe_listener_restarts: u64,
+    /// Peers known only from adverts or records, never connected (bounded).
+    pub strangers: usize,
 }
 
 /// A member as the API shows it.
@@ -106,6 +109,8 @@ pub struct Mesh {
     /// once it is done, so no late goodbye cancels a fresh announcement.
     mdns_stopping: Option<tokio::task::JoinHandle<()>>,
     mdns_wanted: bool,
+    /// After a flood reset: browse again only from then on.
+    browse_from: Option<Instant>,
     prober: probe::Prober,
     probe_sent: HashMap<(PeerId, u64), Instant>,
     /// libp2p's ids of our requests → the core's ids.
@@ -195,7 +200,7 @@ impl Mesh {
         for ip in &targets {
             listeners.push((*ip, interfaces::listen(&mut swarm, *ip, listen_port)?));
         }
-        let mdns = if opts.mdns { interfaces::start_mdns(&usable, &me.to_base58(), &mesh_id, listen_port, api_port)? } else { None };
+        let mdns = if opts.mdns { interfaces::start_mdns(&usable, &me.to_base58(), &mesh_id, listen_port, api_port, true)? } else { None };
         for addr in &opts.static_peers {
             if let Err(e) = swarm.dial(addr.clone()) {
                 tracing::warn!(%addr, error = %e, "cannot dial static peer");
@@ -210,6 +215,7 @@ impl Mesh {
             mdns,
             mdns_stopping: None,
             mdns_wanted: opts.mdns,
+            browse_from: None,
             prober,
             probe_sent: HashMap::new(),
             requests: HashMap::new(),
@@ -244,7 +250,7 @@ impl Mesh {
 
     /// Counters, the core's and the mesh's own.
     pub fn stats(&self) -> MeshStats {
-        MeshStats { core: self.core.stats().clone(), ..self.stats.clone() }
+        MeshStats { core: self.core.stats().clone(), strangers: self.core.strangers(), ..self.stats.clone() }
     }
 
     /// Outside `_mcp._tcp` adverts (unverified).
@@ -273,14 +279,14 @@ impl Mesh {
         let mdns = self.mdns.as_ref();
         let node_ev = async {
             match mdns {
-                Some(m) => m.node_rx.recv_async().await.ok(),
-                None => futures::future::pending().await,
+                Some(Mdns { node_rx: Some(rx), .. }) => rx.recv_async().await.ok(),
+                _ => futures::future::pending().await,
             }
         };
         let mcp_ev = async {
             match mdns {
-                Some(m) => m.mcp_rx.recv_async().await.ok(),
-                None => futures::future::pending().await,
+                Some(Mdns { mcp_rx: Some(rx), .. }) => rx.recv_async().await.ok(),
+                _ => futures::future::pending().await,
             }
         };
         let check_at = self.next_interface_check;
@@ -338,6 +344,17 @@ impl Mesh {
         self.events.pop_front()
     }
 
+    /// Drops the mDNS daemon (and its cache) because a flood of adverts is filling it; a
+    /// new one starts at the next address check and browses after `quiet`.
+    pub(super) fn reset_mdns(&mut self, quiet: Duration) {
+        let Some(m) = self.mdns.take() else { return };
+        tracing::warn!(quiet_s = quiet.as_secs(), "a flood of DNS-SD adverts: restarting mDNS with an empty cache; browsing again later");
+        self.mdns_stopping = Some(tokio::task::spawn_blocking(move || m.shutdown()));
+        self.mcp_registered.clear();
+        self.browse_from = Some(Instant::now() + quiet);
+        self.next_interface_check = self.next_interface_check.min(Instant::now() + Duration::from_secs(1));
+    }
+
     /// Follows address changes: listens on addresses that appeared, stops listening on
     /// those that went away, restarts mDNS on the new set (goodbyes for the old one first)
     /// and republishes the record with the new addresses at the next round.
@@ -364,11 +381,19 @@ impl Mesh {
             self.core.republish_soon();
         }
         let stopped = self.mdns_stopping.as_ref().is_none_or(|h| h.is_finished());
+        let browse = self.browse_from.is_none_or(|t| Instant::now() >= t);
         if self.mdns_wanted && self.mdns.is_none() && stopped {
             self.mdns_stopping = None;
-            match interfaces::start_mdns(&usable, self.core.me(), self.core.mesh_id(), self.listen_port, self.api_port) {
+            match interfaces::start_mdns(&usable, self.core.me(), self.core.mesh_id(), self.listen_port, self.api_port, browse) {
                 Ok(m) => self.mdns = m,
                 Err(e) => tracing::warn!(error = %e, "mDNS did not start on the current addresses; trying again at the next check"),
+            }
+        }
+        if browse && let Some(m) = self.mdns.as_mut().filter(|m| !m.browsing()) {
+            self.browse_from = None;
+            tracing::info!("browsing DNS-SD again after the advert flood");
+            if let Err(e) = m.browse() {
+                tracing::warn!(error = %e, "cannot browse DNS-SD");
             }
         }
     }

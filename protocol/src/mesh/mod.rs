@@ -48,6 +48,12 @@ pub struct Config {
     pub refresh_record_ms: u64,
     /// A request with no answer or failure after this long is given up.
     pub request_timeout_ms: u64,
+    /// Distinct adverts one mDNS daemon may take in before it is restarted with an empty
+    /// cache (the daemon caches every advert it resolves, without a bound of its own).
+    pub max_adverts_per_mdns: usize,
+    /// After such a restart the daemon answers but does not browse for this long (doubling
+    /// while the flood goes on, up to 10 minutes).
+    pub mdns_quiet_ms: u64,
 }
 
 impl Default for Config {
@@ -70,6 +76,8 @@ impl Default for Config {
             resync_every_ms: 5_000,
             refresh_record_ms: 10 * 60_000,
             request_timeout_ms: 10_000,
+            max_adverts_per_mdns: 512,
+            mdns_quiet_ms: 30_000,
         }
     }
 }
@@ -90,6 +98,9 @@ pub enum Action {
     Release { channel: u64 },
     /// Publish on the mesh's gossip topic.
     Publish(Message),
+    /// Restart the mDNS daemon (dropping its cache) and browse again only after
+    /// `browse_after_ms`: a flood of adverts is filling its cache.
+    ResetMdns { browse_after_ms: u64 },
     /// Send probe `seq` to `peer`; report `handle_probe_ack` or `handle_probe_failed`.
     Probe { peer: String, seq: u64 },
 }
@@ -116,6 +127,8 @@ pub struct Stats {
     /// Such dials put off because the dial budget was spent.
     pub dials_deferred: u64,
     pub sync_pages: u64,
+    /// Times a flood of adverts made the node restart its mDNS daemon.
+    pub mdns_flood_resets: u64,
 }
 
 impl Stats {
@@ -127,6 +140,8 @@ impl Stats {
 /// A `_craftmesh._tcp` advert, validated by the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSeen {
+    /// The DNS-SD instance name (counted against the mDNS cache bound).
+    pub fullname: String,
     pub peer_id: String,
     pub mesh_id: String,
     /// Multiaddrs to dial (`/ip4/A/tcp/P`).
@@ -207,6 +222,10 @@ pub struct MeshCore {
     next_id: u64,
     relays: BTreeMap<(String, u64), u64>,
     connected: BTreeSet<String>,
+    /// Distinct adverts the current mDNS daemon took in (bounded by a reset).
+    adverts: BTreeSet<String>,
+    mdns_quiet_ms: u64,
+    last_mdns_reset: Option<u64>,
     /// Connected peers whose sync failed: asked again at the next tick.
     retry_sync: BTreeSet<String>,
     /// The latest `now` fed in (for work started without one, e.g. a redial's failure).
@@ -238,6 +257,9 @@ impl MeshCore {
             next_id: 1,
             relays: BTreeMap::new(),
             connected: BTreeSet::new(),
+            adverts: BTreeSet::new(),
+            mdns_quiet_ms: cfg.mdns_quiet_ms,
+            last_mdns_reset: None,
             retry_sync: BTreeSet::new(),
             now: 0,
             next_tick: 0,
@@ -410,12 +432,29 @@ impl MeshCore {
     // Adverts
     // -----------------------------------------------------------------------------------
 
+    /// Counts an advert against the mDNS daemon's cache; past the bound, the daemon is
+    /// restarted and stays deaf for a while (longer while the flood goes on).
+    fn saw_advert(&mut self, fullname: &str, now: u64) {
+        if !self.adverts.insert(fullname.to_string()) || self.adverts.len() <= self.cfg.max_adverts_per_mdns {
+            return;
+        }
+        self.adverts.clear();
+        if self.last_mdns_reset.is_some_and(|t| now.saturating_sub(t) > 30 * 60_000) {
+            self.mdns_quiet_ms = self.cfg.mdns_quiet_ms;
+        }
+        self.last_mdns_reset = Some(now);
+        self.stats.mdns_flood_resets += 1;
+        self.actions.push_back(Action::ResetMdns { browse_after_ms: self.mdns_quiet_ms });
+        self.mdns_quiet_ms = (self.mdns_quiet_ms * 2).min(10 * 60_000);
+    }
+
     /// A `_craftmesh._tcp` advert.
     pub fn handle_node_advert(&mut self, n: NodeSeen, now: u64) {
         self.now = self.now.max(now);
         if n.peer_id == self.me {
             return;
         }
+        self.saw_advert(&n.fullname, now);
         if n.mesh_id != self.mesh_id {
             self.stats.reject("advert_other_mesh");
             self.other_meshes.saw(&n.peer_id, now);
@@ -428,6 +467,7 @@ impl MeshCore {
     /// An `_mcp._tcp` advert. Members' servers travel in their signed records instead.
     pub fn handle_mcp_advert(&mut self, a: McpSeen, now: u64) {
         self.now = self.now.max(now);
+        self.saw_advert(&a.fullname, now);
         if a.node.as_deref().is_some_and(|n| n == self.me || self.records.get(n).is_some()) {
             return;
         }
@@ -443,6 +483,7 @@ impl MeshCore {
     /// An advert was withdrawn (goodbye or expiry).
     pub fn handle_advert_removed(&mut self, fullname: &str) {
         self.externals.remove(fullname);
+        self.adverts.remove(fullname);
     }
 
     /// An advert failed the node's validation.

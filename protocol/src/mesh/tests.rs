@@ -40,7 +40,10 @@ fn a_flood_of_adverts_is_bounded_and_its_dials_are_rate_limited() {
     // 2,000 well-formed adverts with valid peer ids and the right mesh id, over 2 s.
     for n in 0..2000u64 {
         let now = n; // one per millisecond
-        c.handle_node_advert(NodeSeen { peer_id: random_peer(n), mesh_id: "mesh-t".into(), addrs: vec![format!("/ip4/10.9.0.1/tcp/{}", 1000 + n)] }, now);
+        c.handle_node_advert(
+            NodeSeen { fullname: String::new(), peer_id: random_peer(n), mesh_id: "mesh-t".into(), addrs: vec![format!("/ip4/10.9.0.1/tcp/{}", 1000 + n)] },
+            now,
+        );
         total_dials += dials(&drain(&mut c));
     }
     assert_eq!(c.strangers(), Config::default().max_strangers, "strangers are capped");
@@ -59,12 +62,36 @@ fn a_flood_of_adverts_is_bounded_and_its_dials_are_rate_limited() {
 }
 
 #[test]
+fn a_flood_of_distinct_adverts_resets_the_mdns_cache_and_quiets_it_longer_each_time() {
+    let mut c = core(1);
+    let mut resets = Vec::new();
+    for n in 0..1600u64 {
+        c.handle_node_advert(NodeSeen { fullname: format!("f{n}"), peer_id: random_peer(n), mesh_id: "mesh-t".into(), addrs: vec![] }, n);
+        resets.extend(drain(&mut c).into_iter().filter_map(|a| match a {
+            Action::ResetMdns { browse_after_ms } => Some(browse_after_ms),
+            _ => None,
+        }));
+    }
+    assert_eq!(resets, vec![30_000, 60_000, 120_000], "one reset per 512 distinct adverts, quiet for longer each time");
+    assert_eq!(c.stats().mdns_flood_resets, 3);
+    // the same advert seen again does not count twice
+    let mut calm = core(2);
+    for n in 0..2000u64 {
+        calm.handle_node_advert(NodeSeen { fullname: format!("f{}", n % 10), peer_id: random_peer(n % 10), mesh_id: "mesh-t".into(), addrs: vec![] }, n);
+    }
+    assert!(!drain(&mut calm).iter().any(|a| matches!(a, Action::ResetMdns { .. })));
+}
+
+#[test]
 fn a_member_redial_is_not_held_back_by_the_dial_budget() {
     let mut c = core(1);
     let b = id(&key(2));
     c.handle_connected(&b, Some("/ip4/10.0.0.2/tcp/7411".into()), 0);
     for n in 0..100u64 {
-        c.handle_node_advert(NodeSeen { peer_id: random_peer(n), mesh_id: "mesh-t".into(), addrs: vec!["/ip4/10.9.0.1/tcp/9".into()] }, 1);
+        c.handle_node_advert(
+            NodeSeen { fullname: String::new(), peer_id: random_peer(n), mesh_id: "mesh-t".into(), addrs: vec!["/ip4/10.9.0.1/tcp/9".into()] },
+            1,
+        );
     }
     drain(&mut c);
     c.handle_disconnected(&b, 2);
@@ -76,7 +103,10 @@ fn a_member_redial_is_not_held_back_by_the_dial_budget() {
 fn nodes_of_other_meshes_are_counted_never_dialled_and_the_count_is_bounded() {
     let mut c = core(1);
     for n in 0..1000u64 {
-        c.handle_node_advert(NodeSeen { peer_id: random_peer(n), mesh_id: "another".into(), addrs: vec!["/ip4/10.9.0.1/tcp/9".into()] }, n);
+        c.handle_node_advert(
+            NodeSeen { fullname: String::new(), peer_id: random_peer(n), mesh_id: "another".into(), addrs: vec!["/ip4/10.9.0.1/tcp/9".into()] },
+            n,
+        );
     }
     assert_eq!(dials(&drain(&mut c)), 0);
     assert_eq!(c.other_meshes(), Config::default().max_other_meshes);
