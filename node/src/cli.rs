@@ -297,7 +297,9 @@ pub async fn discover(g: &Global, once: bool, json: bool, only: &[String]) -> an
         let start = std::time::Instant::now();
         let h = host.snapshot();
         let (servers, probes) = d.discover(&specs).await;
-        let report = Report { host: h, servers, probes, elapsed_ms: start.elapsed().as_secs_f64() * 1000.0, finished_at_ms: crate::discovery::now_ms() };
+        let timed_out = servers.iter().any(|s| s.timed_out);
+        let report =
+            Report { host: h, servers, probes, elapsed_ms: start.elapsed().as_secs_f64() * 1000.0, finished_at_ms: crate::discovery::now_ms(), timed_out };
         if progress {
             eprint!("\x1b[2K");
         }

@@ -12,4 +12,5 @@ pub mod membership;
 pub mod report;
 pub mod select;
 pub mod state;
+pub mod supervise;
 pub mod wire;

@@ -142,9 +142,11 @@ pub fn is_fresh(checked_at_ms: u64, now_ms: u64, ttl_minutes: u64) -> bool {
 /// server, with a loopback URL rewritten to `lan` (the node's advertised address). A
 /// server bound to loopback only then fails remote verification and is never handed out
 /// remotely; one bound to all interfaces becomes reachable from other machines.
+///
+/// A server with `enabled: false` is never offered, whatever was found for it.
 pub fn service_ads(report: &crate::report::Report, lan: Option<&str>) -> Vec<crate::wire::ServiceAd> {
     let mut out = Vec::new();
-    for s in &report.servers {
+    for s in report.servers.iter().filter(|s| s.enabled) {
         let Some(f) = s.findings.iter().find(|f| f.healthy && f.url.is_some()) else { continue };
         let Some(url) = f.url.as_deref() else { continue };
         out.push(crate::wire::ServiceAd {
@@ -155,6 +157,26 @@ pub fn service_ads(report: &crate::report::Report, lan: Option<&str>) -> Vec<cra
             server_info: f.server_info.clone(),
             tools: f.tools.clone(),
         });
+    }
+    out
+}
+
+/// What to offer the mesh after a round, given what was offered after the last one: the
+/// round's [`service_ads`], plus, for each enabled server whose probes timed out this
+/// round (`timed_out`) and that has no healthy ad of its own now, the ads offered for it
+/// before. A slow round then never empties the record; a round that finished and found
+/// nothing does. Names of servers no longer in the report are dropped.
+pub fn service_ads_keeping_timed_out(
+    report: &crate::report::Report,
+    lan: Option<&str>,
+    previous: &[crate::wire::ServiceAd],
+) -> Vec<crate::wire::ServiceAd> {
+    let mut out = service_ads(report, lan);
+    for s in report.servers.iter().filter(|s| s.enabled && s.timed_out) {
+        if out.iter().any(|a| a.name == s.name) {
+            continue;
+        }
+        out.extend(previous.iter().filter(|a| a.name == s.name).cloned());
     }
     out
 }
@@ -251,6 +273,74 @@ mod tests {
         assert_eq!(rewrite_loopback("http://10.1.1.1:8000/mcp", "10.0.0.5"), "http://10.1.1.1:8000/mcp");
         assert_eq!(rewrite_loopback("http://127.0.0.10:8000/", "10.0.0.5"), "http://127.0.0.10:8000/", "only exact loopback hosts");
         assert_eq!(rewrite_loopback("http://localhost.example:1/", "10.0.0.5"), "http://localhost.example:1/");
+    }
+
+    fn server(name: &str, enabled: bool, timed_out: bool, healthy_url: Option<&str>) -> crate::report::ServerReport {
+        use crate::config::mcp::StrategyKind;
+        use crate::report::Evidence;
+        let findings = healthy_url
+            .map(|u| Finding {
+                name: name.into(),
+                url: Some(u.into()),
+                protocol: Some(Protocol::Mcp),
+                healthy: true,
+                status: Status::Healthy,
+                source: StrategyKind::PortCheck,
+                tier: Tier::ExternalDeployment,
+                evidence: Evidence::default(),
+                server_info: Some(info()),
+                tools: None,
+                process: None,
+                latency_ms: Some(1.0),
+                health_url: None,
+                detail: None,
+                checked_at_ms: 0,
+            })
+            .into_iter()
+            .collect();
+        crate::report::ServerReport { name: name.into(), aliases: vec![], enabled, resolved: healthy_url.map(Into::into), findings, notes: vec![], timed_out }
+    }
+
+    fn report(servers: Vec<crate::report::ServerReport>) -> crate::report::Report {
+        let timed_out = servers.iter().any(|s| s.timed_out);
+        crate::report::Report { host: Default::default(), servers, probes: 0, elapsed_ms: 0.0, finished_at_ms: 0, timed_out }
+    }
+
+    fn names(ads: &[crate::wire::ServiceAd]) -> Vec<(&str, &str)> {
+        ads.iter().map(|a| (a.name.as_str(), a.url.as_str())).collect()
+    }
+
+    #[test]
+    fn a_disabled_server_is_never_offered_to_the_mesh() {
+        let r = report(vec![server("on", true, false, Some("http://127.0.0.1:1/mcp")), server("off", false, false, Some("http://127.0.0.1:2/mcp"))]);
+        assert_eq!(names(&service_ads(&r, None)), vec![("on", "http://127.0.0.1:1/mcp")]);
+        let previous = service_ads(&report(vec![server("off", true, false, Some("http://127.0.0.1:2/mcp"))]), None);
+        let r = report(vec![server("off", false, true, None)]);
+        assert!(service_ads_keeping_timed_out(&r, None, &previous).is_empty(), "not even carried over");
+    }
+
+    #[test]
+    fn a_server_whose_probes_timed_out_keeps_its_previous_ad() {
+        let first = report(vec![server("slow", true, false, Some("http://127.0.0.1:1/mcp")), server("fast", true, false, Some("http://127.0.0.1:2/mcp"))]);
+        let previous = service_ads(&first, Some("10.0.0.5"));
+        let second = report(vec![server("slow", true, true, None), server("fast", true, false, Some("http://127.0.0.1:3/mcp"))]);
+        let ads = service_ads_keeping_timed_out(&second, Some("10.0.0.5"), &previous);
+        assert_eq!(names(&ads), vec![("fast", "http://10.0.0.5:3/mcp"), ("slow", "http://10.0.0.5:1/mcp")]);
+        // And again on the next slow round: carried from what was last offered.
+        let third = report(vec![server("slow", true, true, None), server("fast", true, false, Some("http://127.0.0.1:3/mcp"))]);
+        assert_eq!(names(&service_ads_keeping_timed_out(&third, Some("10.0.0.5"), &ads)), names(&ads));
+    }
+
+    #[test]
+    fn a_finished_round_that_finds_nothing_drops_the_ad() {
+        let previous = service_ads(&report(vec![server("gone", true, false, Some("http://127.0.0.1:1/mcp"))]), None);
+        let r = report(vec![server("gone", true, false, None)]);
+        assert!(service_ads_keeping_timed_out(&r, None, &previous).is_empty());
+        // A timed-out server that found a healthy instance anyway offers the new one only.
+        let r = report(vec![server("gone", true, true, Some("http://127.0.0.1:9/mcp"))]);
+        assert_eq!(names(&service_ads_keeping_timed_out(&r, None, &previous)), vec![("gone", "http://127.0.0.1:9/mcp")]);
+        // A server removed from the configuration is not carried.
+        assert!(service_ads_keeping_timed_out(&report(vec![]), None, &previous).is_empty());
     }
 
     #[test]
