@@ -390,6 +390,16 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
             None => println!("mesh off"),
         }
         println!("discovery: {} rounds, last {:.0} ms", v["stats"]["discovery_rounds"], v["stats"]["last_round_ms"].as_f64().unwrap_or(0.0));
+        // Only tasks that ever failed are listed; a healthy node prints nothing here.
+        for (name, t) in v["tasks"].as_object().into_iter().flatten() {
+            let ago = t["last_failure_at_ms"].as_u64().map(|at| crate::discovery::now_ms().saturating_sub(at) / 1000);
+            println!(
+                "task {name}: {} restarts, last error {} s ago: {}",
+                t["restarts"],
+                ago.map_or_else(|| "?".to_string(), |s| s.to_string()),
+                t["last_error"].as_str().unwrap_or("?")
+            );
+        }
     })
     .await
 }

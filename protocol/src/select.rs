@@ -161,24 +161,23 @@ pub fn service_ads(report: &crate::report::Report, lan: Option<&str>) -> Vec<cra
     out
 }
 
-/// What to offer the mesh after a round, given what was offered after the last one: the
-/// round's [`service_ads`], plus, for each enabled server whose probes timed out this
-/// round (`timed_out`) and that has no healthy ad of its own now, the ads offered for it
-/// before. A slow round then never empties the record; a round that finished and found
-/// nothing does. Names of servers no longer in the report are dropped.
-pub fn service_ads_keeping_timed_out(
-    report: &crate::report::Report,
-    lan: Option<&str>,
-    previous: &[crate::wire::ServiceAd],
-) -> Vec<crate::wire::ServiceAd> {
-    let mut out = service_ads(report, lan);
-    for s in report.servers.iter().filter(|s| s.enabled && s.timed_out) {
-        if out.iter().any(|a| a.name == s.name) {
+/// Carries the last known instance of each server whose probes timed out this round:
+/// a server in `servers` that is `timed_out`, enabled, and has no healthy finding now gets
+/// the healthy findings it had in `previous` (and their `resolved` URL), with a note.
+/// Its record on the mesh ([`service_ads`]) and its `resolved` URL then survive a slow
+/// round; a round that finished and found nothing still drops them. Carried findings keep
+/// their old `checked_at_ms`, and `resolve` re-verifies them before handing them out.
+pub fn keep_last_known(previous: &[crate::report::ServerReport], servers: &mut [crate::report::ServerReport]) {
+    for s in servers.iter_mut().filter(|s| s.enabled && s.timed_out && best(&s.findings).is_none()) {
+        let Some(p) = previous.iter().find(|p| p.name == s.name) else { continue };
+        let kept: Vec<Finding> = p.findings.iter().filter(|f| f.healthy && f.url.is_some()).cloned().collect();
+        if kept.is_empty() {
             continue;
         }
-        out.extend(previous.iter().filter(|a| a.name == s.name).cloned());
+        s.notes.push(format!("probes timed out; keeping the last known instance ({} finding(s) from an earlier round)", kept.len()));
+        s.resolved = p.resolved.clone().or_else(|| kept[0].url.clone());
+        s.findings.splice(0..0, kept);
     }
-    out
 }
 
 /// Replaces a loopback host in `scheme://host:port/...` with `lan`.
@@ -314,33 +313,37 @@ mod tests {
     fn a_disabled_server_is_never_offered_to_the_mesh() {
         let r = report(vec![server("on", true, false, Some("http://127.0.0.1:1/mcp")), server("off", false, false, Some("http://127.0.0.1:2/mcp"))]);
         assert_eq!(names(&service_ads(&r, None)), vec![("on", "http://127.0.0.1:1/mcp")]);
-        let previous = service_ads(&report(vec![server("off", true, false, Some("http://127.0.0.1:2/mcp"))]), None);
-        let r = report(vec![server("off", false, true, None)]);
-        assert!(service_ads_keeping_timed_out(&r, None, &previous).is_empty(), "not even carried over");
+        let previous = vec![server("off", true, false, Some("http://127.0.0.1:2/mcp"))];
+        let mut now = vec![server("off", false, true, None)];
+        keep_last_known(&previous, &mut now);
+        assert!(now[0].findings.is_empty(), "a disabled server is not carried either");
     }
 
     #[test]
-    fn a_server_whose_probes_timed_out_keeps_its_previous_ad() {
-        let first = report(vec![server("slow", true, false, Some("http://127.0.0.1:1/mcp")), server("fast", true, false, Some("http://127.0.0.1:2/mcp"))]);
-        let previous = service_ads(&first, Some("10.0.0.5"));
-        let second = report(vec![server("slow", true, true, None), server("fast", true, false, Some("http://127.0.0.1:3/mcp"))]);
-        let ads = service_ads_keeping_timed_out(&second, Some("10.0.0.5"), &previous);
-        assert_eq!(names(&ads), vec![("fast", "http://10.0.0.5:3/mcp"), ("slow", "http://10.0.0.5:1/mcp")]);
-        // And again on the next slow round: carried from what was last offered.
-        let third = report(vec![server("slow", true, true, None), server("fast", true, false, Some("http://127.0.0.1:3/mcp"))]);
-        assert_eq!(names(&service_ads_keeping_timed_out(&third, Some("10.0.0.5"), &ads)), names(&ads));
+    fn a_server_whose_probes_timed_out_keeps_its_last_known_instance() {
+        let first = vec![server("slow", true, false, Some("http://127.0.0.1:1/mcp")), server("fast", true, false, Some("http://127.0.0.1:2/mcp"))];
+        let mut second = vec![server("slow", true, true, None), server("fast", true, false, Some("http://127.0.0.1:3/mcp"))];
+        keep_last_known(&first, &mut second);
+        assert_eq!(second[0].resolved.as_deref(), Some("http://127.0.0.1:1/mcp"));
+        assert!(second[0].notes.iter().any(|n| n.contains("timed out")), "{:?}", second[0].notes);
+        let ads = service_ads(&report(second.clone()), Some("10.0.0.5"));
+        assert_eq!(names(&ads), vec![("slow", "http://10.0.0.5:1/mcp"), ("fast", "http://10.0.0.5:3/mcp")]);
+        // And again on the next slow round: carried from the carried report.
+        let mut third = vec![server("slow", true, true, None), server("fast", true, false, Some("http://127.0.0.1:3/mcp"))];
+        keep_last_known(&second, &mut third);
+        assert_eq!(names(&service_ads(&report(third), Some("10.0.0.5"))), names(&ads));
     }
 
     #[test]
-    fn a_finished_round_that_finds_nothing_drops_the_ad() {
-        let previous = service_ads(&report(vec![server("gone", true, false, Some("http://127.0.0.1:1/mcp"))]), None);
-        let r = report(vec![server("gone", true, false, None)]);
-        assert!(service_ads_keeping_timed_out(&r, None, &previous).is_empty());
-        // A timed-out server that found a healthy instance anyway offers the new one only.
-        let r = report(vec![server("gone", true, true, Some("http://127.0.0.1:9/mcp"))]);
-        assert_eq!(names(&service_ads_keeping_timed_out(&r, None, &previous)), vec![("gone", "http://127.0.0.1:9/mcp")]);
-        // A server removed from the configuration is not carried.
-        assert!(service_ads_keeping_timed_out(&report(vec![]), None, &previous).is_empty());
+    fn a_finished_round_that_finds_nothing_drops_the_instance() {
+        let previous = vec![server("gone", true, false, Some("http://127.0.0.1:1/mcp"))];
+        let mut now = vec![server("gone", true, false, None)];
+        keep_last_known(&previous, &mut now);
+        assert!(service_ads(&report(now), None).is_empty());
+        // A timed-out server that found a healthy instance anyway keeps only the new one.
+        let mut now = vec![server("gone", true, true, Some("http://127.0.0.1:9/mcp"))];
+        keep_last_known(&previous, &mut now);
+        assert_eq!(names(&service_ads(&report(now), None)), vec![("gone", "http://127.0.0.1:9/mcp")]);
     }
 
     #[test]
