@@ -11,7 +11,9 @@ pub enum DataDirError {
     #[error("cannot create data dir {path}: {source}")]
     Create { path: PathBuf, source: std::io::Error },
     /// Nothing changed: the directory is left as it is.
-    #[error("data dir {path} is writable by every user (mode {mode:o}); use a directory only you can write, e.g. a new one (craftmesh creates it with mode 0700), or `chmod o-w` it")]
+    #[error(
+        "data dir {path} is writable by every user (mode {mode:o}); use a directory only you can write, e.g. a new one (craftmesh creates it with mode 0700), or `chmod o-w` it"
+    )]
     WorldWritable { path: PathBuf, mode: u32 },
     /// Nothing changed: the directory is left as it is.
     #[error("data dir {path} is owned by uid {owner}, not by this user (uid {me}); use a directory of your own")]

@@ -7,8 +7,8 @@ use crate::supervise::{self, SharedHealth};
 use craftmesh_protocol::config::Config;
 use craftmesh_protocol::report::{Protocol, Report, ServerReport};
 use craftmesh_protocol::select;
-use craftmesh_protocol::wire::{Capacity, ServiceAd};
 use craftmesh_protocol::supervise::TaskRecord;
+use craftmesh_protocol::wire::{Capacity, ServiceAd};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -126,6 +126,8 @@ pub fn channel() -> (DriverHandle, mpsc::Receiver<Input>) {
 
 /// Runs the driver until `shutdown` resolves: periodic discovery rounds (one at a time)
 /// and answers to handles.
+// The inputs are the node's parts, each wired once by `node::run`; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut rx: mpsc::Receiver<Input>,
     handle: DriverHandle,

@@ -65,7 +65,8 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
         let _ = rx.wait_for(|v| *v).await;
     };
     let (events_tx, _) = tokio::sync::broadcast::channel(256);
-    let driver_task = tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), health.clone(), stopped(stop_rx.clone())));
+    let driver_task =
+        tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), health.clone(), stopped(stop_rx.clone())));
     tracing::info!(api = %addr, %peer_id, servers = setup.config.servers.len(), "craftmesh node up");
     let app = api::router(handle, discoverer, events_tx);
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));

@@ -174,11 +174,28 @@ fn resolve_of_a_disabled_server_says_it_is_disabled() {
 fn test_ca(dir: &Path) -> Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
     let p = |n: &str| dir.join(n);
     let ext = p("ext.cnf");
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n").ok()?;
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        .ok()?;
     let s = |args: &[&str]| run_with_timeout(Command::new("openssl").args(args).current_dir(dir), Duration::from_secs(60)).success();
     let ok = s(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=craftmesh test CA"])
         && s(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"])
-        && s(&["x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf"]);
+        && s(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
     ok.then(|| (p("ca.pem"), p("srv.pem"), p("srv.key")))
 }
 
@@ -208,7 +225,10 @@ fn an_https_mcp_server_is_healthy_when_its_ca_is_trusted_and_refused_otherwise()
     // Without the CA: not healthy, and the reason names the certificate.
     let empty = certs.path().join("empty.pem");
     std::fs::write(&empty, "").expect("write");
-    let d = cfg.discover_with(&[("SSL_CERT_FILE", empty.display().to_string().as_str()), ("SSL_CERT_DIR", certs.path().join("none").to_str().unwrap_or("/nonexistent"))], STEP);
+    let d = cfg.discover_with(
+        &[("SSL_CERT_FILE", empty.display().to_string().as_str()), ("SSL_CERT_DIR", certs.path().join("none").to_str().unwrap_or("/nonexistent"))],
+        STEP,
+    );
     let ctx = d.dump();
     let f = d.the_finding("tls", "the https finding", |f| f["source"] == "launch_url");
     assert_eq!(f["healthy"], false, "{ctx}");

@@ -137,7 +137,9 @@ impl<'a> Ctx<'a> {
                                 f.detail = Some(format!("lock file names running pid {pid}; no URL to verify"));
                                 findings.push(f);
                             }
-                            Ok(Lock { url: None, pid: Some(pid), pid_alive: false }) => notes.push(format!("lock file {shown} is stale: pid {pid} is not running")),
+                            Ok(Lock { url: None, pid: Some(pid), pid_alive: false }) => {
+                                notes.push(format!("lock file {shown} is stale: pid {pid} is not running"))
+                            }
                             Ok(Lock { url: None, pid: None, .. }) => notes.push(format!("lock file {shown} holds neither a URL nor a pid")),
                         }
                     }
