@@ -180,6 +180,7 @@ async fn node(State(s): State<AppState>) -> Response {
                 "host": host,
                 "mesh": mesh,
                 "last_discovery_at_ms": snap.report.as_ref().map(|r| r.finished_at_ms),
+                "tasks": snap.tasks,
             }))
             .into_response()
         }
@@ -215,6 +216,9 @@ async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Respons
         }
         None => return err(StatusCode::NOT_FOUND, format!("no server named `{name}` is configured or advertised"), Some(&name)),
     };
+    if !spec.enabled {
+        return err(StatusCode::NOT_FOUND, format!("server `{}` is disabled in the configuration (enabled: false)", spec.name), Some(&name));
+    }
     if let Some(report) = snap.report.as_ref().filter(|r| select::is_fresh(r.finished_at_ms, now_ms(), cfg.settings.cache_ttl_minutes))
         && let Some(sr) = report.servers.iter().find(|x| x.name == spec.name)
     {

@@ -298,7 +298,9 @@ pub async fn discover(g: &Global, once: bool, json: bool, only: &[String]) -> an
         let start = std::time::Instant::now();
         let h = host.snapshot();
         let (servers, probes) = d.discover(&specs).await;
-        let report = Report { host: h, servers, probes, elapsed_ms: start.elapsed().as_secs_f64() * 1000.0, finished_at_ms: crate::discovery::now_ms() };
+        let timed_out = servers.iter().any(|s| s.timed_out);
+        let report =
+            Report { host: h, servers, probes, elapsed_ms: start.elapsed().as_secs_f64() * 1000.0, finished_at_ms: crate::discovery::now_ms(), timed_out };
         if progress {
             eprint!("\x1b[2K");
         }
@@ -389,6 +391,16 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
             None => println!("mesh off"),
         }
         println!("discovery: {} rounds, last {:.0} ms", v["stats"]["discovery_rounds"], v["stats"]["last_round_ms"].as_f64().unwrap_or(0.0));
+        // Only tasks that ever failed are listed; a healthy node prints nothing here.
+        for (name, t) in v["tasks"].as_object().into_iter().flatten() {
+            let ago = t["last_failure_at_ms"].as_u64().map(|at| crate::discovery::now_ms().saturating_sub(at) / 1000);
+            println!(
+                "task {name}: {} restarts, last error {} s ago: {}",
+                t["restarts"],
+                ago.map_or_else(|| "?".to_string(), |s| s.to_string()),
+                t["last_error"].as_str().unwrap_or("?")
+            );
+        }
     })
     .await
 }

@@ -3,11 +3,15 @@
 use crate::discovery::Discoverer;
 use crate::host::HostMonitor;
 use crate::mesh::{External, MemberView, Mesh, MeshEvent, MeshStats};
+use crate::supervise::{self, SharedHealth};
 use craftmesh_protocol::config::Config;
 use craftmesh_protocol::report::{Protocol, Report, ServerReport};
+use craftmesh_protocol::select;
+use craftmesh_protocol::supervise::TaskRecord;
 use craftmesh_protocol::wire::{Capacity, ServiceAd};
 use serde::Serialize;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -65,7 +69,12 @@ pub struct Snapshot {
     pub stats: Stats,
     pub report: Option<Arc<Report>>,
     pub mesh: Option<MeshSnapshot>,
+    /// Supervised tasks that ever failed: name → restarts, last error, when.
+    pub tasks: BTreeMap<String, TaskRecord>,
 }
+
+/// The name under which failed discovery rounds are counted in `tasks`.
+pub const DISCOVERY_TASK: &str = "discovery";
 
 /// Events streamed on `/v1/events`.
 #[derive(Debug, Clone, Serialize)]
@@ -82,6 +91,8 @@ pub enum Input {
     Snapshot(oneshot::Sender<Snapshot>),
     /// A full discovery round finished.
     RoundDone(Report),
+    /// A discovery round died (panicked) with this message.
+    RoundFailed(String),
     /// Some servers were discovered again (e.g. a resolve found its cached answer gone).
     ServersRefreshed(Vec<ServerReport>),
 }
@@ -117,6 +128,8 @@ pub fn channel() -> (DriverHandle, mpsc::Receiver<Input>) {
 
 /// Runs the driver until `shutdown` resolves: periodic discovery rounds (one at a time)
 /// and answers to handles.
+// The inputs are the node's parts, each wired once by `node::run`; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut rx: mpsc::Receiver<Input>,
     handle: DriverHandle,
@@ -124,11 +137,13 @@ pub async fn run(
     node: NodeInfo,
     mut mesh: Option<Mesh>,
     events: broadcast::Sender<ApiEvent>,
+    health: SharedHealth,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let api_port: u16 = node.api.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
     let interval = Duration::from_millis(discoverer.config().settings.discovery_interval_ms);
-    let mut host = HostMonitor::new();
+    // Read on a blocking thread (sysinfo reads /proc); one round at a time uses it.
+    let host = Arc::new(Mutex::new(HostMonitor::new()));
     let mut report: Option<Arc<Report>> = None;
     let mut stats = Stats::default();
     let mut round_running = false;
@@ -156,10 +171,21 @@ pub async fn run(
                 round_running = true;
                 let d = discoverer.clone();
                 let h = handle.clone();
-                let snapshot = host.snapshot();
+                let host = host.clone();
+                // The round runs as its own task; if it panics, RoundFailed says so and the
+                // next round is scheduled after a backoff instead of never.
                 tokio::spawn(async move {
-                    let r = d.discover_all(snapshot).await;
-                    let _ = h.send(Input::RoundDone(r)).await;
+                    let round = supervise::run_caught(async move {
+                        let snapshot = tokio::task::spawn_blocking(move || host.lock().unwrap_or_else(|p| p.into_inner()).snapshot())
+                            .await
+                            .unwrap_or_default();
+                        d.discover_all(snapshot).await
+                    });
+                    let input = match round.await {
+                        Ok(r) => Input::RoundDone(r),
+                        Err(e) => Input::RoundFailed(e),
+                    };
+                    let _ = h.send(input).await;
                 });
             }
             input = rx.recv() => {
@@ -167,24 +193,33 @@ pub async fn run(
                 match input {
                     Input::Snapshot(reply) => {
                         let mesh_snap = mesh.as_ref().map(mesh_snapshot);
-                        let _ = reply.send(Snapshot { node: node.clone(), stats: stats.clone(), report: report.clone(), mesh: mesh_snap });
+                        let _ = reply.send(Snapshot { node: node.clone(), stats: stats.clone(), report: report.clone(), mesh: mesh_snap, tasks: health.failed() });
                     }
-                    Input::RoundDone(r) => {
+                    Input::RoundFailed(e) => {
                         round_running = false;
+                        let delay = health.record_failure(DISCOVERY_TASK, &e);
+                        next_round.as_mut().reset(tokio::time::Instant::now() + delay);
+                    }
+                    Input::RoundDone(mut r) => {
+                        round_running = false;
+                        health.record_ok(DISCOVERY_TASK);
                         stats.discovery_rounds += 1;
                         stats.last_round_ms = r.elapsed_ms;
                         stats.last_round_probes = r.probes;
-                        log_changes(report.as_deref().map(|r| r.servers.as_slice()).unwrap_or(&[]), &r.servers, &events);
+                        let previous = report.as_deref().map(|r| r.servers.as_slice()).unwrap_or(&[]);
+                        select::keep_last_known(previous, &mut r.servers);
+                        log_changes(previous, &r.servers, &events);
                         if let Some(m) = mesh.as_mut() {
                             publish(m, &r, discoverer.config(), &node.hostname, api_port);
                         }
                         report = Some(Arc::new(r));
                         next_round.as_mut().reset(tokio::time::Instant::now() + interval);
                     }
-                    Input::ServersRefreshed(list) => {
+                    Input::ServersRefreshed(mut list) => {
                         stats.server_refreshes += 1;
                         if let Some(current) = report.as_mut() {
                             let r = Arc::make_mut(current);
+                            select::keep_last_known(&r.servers, &mut list);
                             log_changes(&r.servers, &list, &events);
                             for s in list {
                                 match r.servers.iter_mut().find(|x| x.name == s.name) {
@@ -220,9 +255,11 @@ fn mesh_snapshot(m: &Mesh) -> MeshSnapshot {
 /// Publishes this node's record and `_mcp._tcp` adverts after a discovery round.
 /// URLs on loopback are rewritten to the node's advertised address (a server bound to
 /// loopback only then fails remote verification, and is never handed out remotely).
+/// A server whose probes timed out is offered as last known ([`select::keep_last_known`]
+/// ran on the report first), so a slow round never empties the record.
 fn publish(m: &mut Mesh, r: &Report, cfg: &Config, hostname: &str, api_port: u16) {
     let lan = m.advertised().iter().find(|a| a.is_ipv4()).map(|a| a.to_string());
-    let services = craftmesh_protocol::select::service_ads(r, lan.as_deref());
+    let services = select::service_ads(r, lan.as_deref());
     let mcp: Vec<(String, u16, String, String)> = services
         .iter()
         .filter(|s| s.protocol == Protocol::Mcp)
@@ -246,10 +283,19 @@ fn publish(m: &mut Mesh, r: &Report, cfg: &Config, hostname: &str, api_port: u16
 fn log_changes(old: &[ServerReport], new: &[ServerReport], events: &broadcast::Sender<ApiEvent>) {
     for n in new {
         let before = old.iter().find(|o| o.name == n.name).and_then(|o| o.resolved.clone());
+        if n.timed_out && before.is_some() && before == n.resolved {
+            tracing::warn!(server = %n.name, url = ?n.resolved, "probes timed out; keeping the last known instance");
+        }
         let change = match (&before, &n.resolved) {
             (None, Some(url)) => {
                 tracing::info!(server = %n.name, %url, "service available");
                 "available"
+            }
+            (Some(url), None) if n.timed_out => {
+                // Not known to be gone (its probes did not finish), and nothing healthy to
+                // keep: say so, but do not announce it lost.
+                tracing::warn!(server = %n.name, %url, "probes timed out; no instance known to be gone");
+                continue;
             }
             (Some(url), None) => {
                 tracing::warn!(server = %n.name, %url, "service lost");

@@ -11,3 +11,5 @@ pub mod host;
 pub mod identity;
 pub mod mesh;
 pub mod node;
+pub mod supervise;
+pub mod tls;

@@ -24,6 +24,8 @@ fn main() {
         .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr))
         .with(filter)
         .init();
+    // Before any HTTP client is built (reqwest's rustls needs a crypto provider).
+    craftmesh::tls::install_provider();
     // One thread is plenty for a node's I/O and keeps its memory small; blocking scans
     // (processes) go to tokio's blocking pool.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -39,6 +39,9 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
         tracing::warn!(file = %addr_file.display(), error = %e, "cannot write API address file; the CLI will need --api");
     }
     let peer_id = setup.keypair.public().to_peer_id().to_base58();
+    // Restart counters of supervised tasks, shown as `tasks` in `/v1/node`: hand a clone
+    // to `supervise::spawn_supervised` for each long-lived task the node runs.
+    let health = crate::supervise::SharedHealth::new(craftmesh_protocol::supervise::Backoff::default());
     let mesh = match setup.mesh.clone() {
         Some(opts) => Some(crate::mesh::Mesh::start(opts, setup.keypair.clone(), addr.port())?),
         None => None,
@@ -62,7 +65,8 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
         let _ = rx.wait_for(|v| *v).await;
     };
     let (events_tx, _) = tokio::sync::broadcast::channel(256);
-    let driver_task = tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), stopped(stop_rx.clone())));
+    let driver_task =
+        tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), health.clone(), stopped(stop_rx.clone())));
     tracing::info!(api = %addr, %peer_id, servers = setup.config.servers.len(), "craftmesh node up");
     let app = api::router(handle, discoverer, events_tx);
     let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));

@@ -4,7 +4,8 @@
 
 use std::net::IpAddr;
 
-/// Allow/deny lists of interface names (prefix match; `*` suffix optional).
+/// Allow/deny lists of interface names: a plain name matches that interface only
+/// (`eth1` is not `eth10`); a name ending in `*` matches every name it starts (`eth*`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InterfacePolicy {
     pub allow: Vec<String>,
@@ -15,8 +16,10 @@ pub struct InterfacePolicy {
 const SKIPPED_BY_DEFAULT: &[&str] = &["lo", "docker", "br-", "veth", "virbr", "cni", "flannel", "cali", "tun", "tap", "wg", "tailscale", "zt", "utun", "vmnet"];
 
 fn matches(name: &str, pat: &str) -> bool {
-    let p = pat.trim_end_matches('*');
-    name == pat || name.starts_with(p)
+    match pat.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == pat,
+    }
 }
 
 impl InterfacePolicy {
@@ -101,6 +104,22 @@ mod tests {
         let p = InterfacePolicy { allow: vec![], deny: vec!["eth1".into()] };
         assert!(!p.permits("eth1", &lan));
         assert!(p.permits("eth0", &lan));
+    }
+
+    #[test]
+    fn a_plain_interface_name_matches_only_itself_and_a_star_matches_a_prefix() {
+        let lan = ip("10.1.2.3");
+        let p = InterfacePolicy { allow: vec!["eth1".into()], deny: vec![] };
+        assert!(p.permits("eth1", &lan));
+        assert!(!p.permits("eth10", &lan), "--interface eth1 must not take eth10");
+        let p = InterfacePolicy { allow: vec!["eth*".into()], deny: vec![] };
+        assert!(p.permits("eth1", &lan) && p.permits("eth10", &lan) && p.permits("eth", &lan));
+        assert!(!p.permits("wlan0", &lan));
+        let p = InterfacePolicy { allow: vec![], deny: vec!["eth1".into()] };
+        assert!(!p.permits("eth1", &lan));
+        assert!(p.permits("eth10", &lan), "denying eth1 leaves eth10 alone");
+        // The built-in skip list stays prefix-based.
+        assert!(!InterfacePolicy::default().permits("docker12", &lan));
     }
 
     #[test]

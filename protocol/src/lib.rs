@@ -13,4 +13,5 @@ pub mod mesh;
 pub mod report;
 pub mod select;
 pub mod state;
+pub mod supervise;
 pub mod wire;

@@ -138,8 +138,14 @@ pub struct ServerReport {
     /// URL of the best healthy finding, in priority order.
     pub resolved: Option<String>,
     pub findings: Vec<Finding>,
-    /// Things the user should know (missing env, strategy failures).
+    /// Things the user should know (missing env, strategy failures, strategies that did
+    /// not finish in time).
     pub notes: Vec<String>,
+    /// Some of this server's strategies did not finish within `discovery_timeout` this
+    /// round (each is named in `notes`): what they would have found is unknown, so a
+    /// missing instance is not a lost one. Findings of the strategies that finished are kept.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 /// A whole discovery round.
@@ -151,6 +157,9 @@ pub struct Report {
     pub probes: usize,
     pub elapsed_ms: f64,
     pub finished_at_ms: u64,
+    /// The round hit `discovery_timeout`; the servers concerned have `timed_out` set.
+    #[serde(default)]
+    pub timed_out: bool,
 }
 
 impl Report {

@@ -142,9 +142,11 @@ pub fn is_fresh(checked_at_ms: u64, now_ms: u64, ttl_minutes: u64) -> bool {
 /// server, with a loopback URL rewritten to `lan` (the node's advertised address). A
 /// server bound to loopback only then fails remote verification and is never handed out
 /// remotely; one bound to all interfaces becomes reachable from other machines.
+///
+/// A server with `enabled: false` is never offered, whatever was found for it.
 pub fn service_ads(report: &crate::report::Report, lan: Option<&str>) -> Vec<crate::wire::ServiceAd> {
     let mut out = Vec::new();
-    for s in &report.servers {
+    for s in report.servers.iter().filter(|s| s.enabled) {
         let Some(f) = s.findings.iter().find(|f| f.healthy && f.url.is_some()) else { continue };
         let Some(url) = f.url.as_deref() else { continue };
         out.push(crate::wire::ServiceAd {
@@ -157,6 +159,25 @@ pub fn service_ads(report: &crate::report::Report, lan: Option<&str>) -> Vec<cra
         });
     }
     out
+}
+
+/// Carries the last known instance of each server whose probes timed out this round:
+/// a server in `servers` that is `timed_out`, enabled, and has no healthy finding now gets
+/// the healthy findings it had in `previous` (and their `resolved` URL), with a note.
+/// Its record on the mesh ([`service_ads`]) and its `resolved` URL then survive a slow
+/// round; a round that finished and found nothing still drops them. Carried findings keep
+/// their old `checked_at_ms`, and `resolve` re-verifies them before handing them out.
+pub fn keep_last_known(previous: &[crate::report::ServerReport], servers: &mut [crate::report::ServerReport]) {
+    for s in servers.iter_mut().filter(|s| s.enabled && s.timed_out && best(&s.findings).is_none()) {
+        let Some(p) = previous.iter().find(|p| p.name == s.name) else { continue };
+        let kept: Vec<Finding> = p.findings.iter().filter(|f| f.healthy && f.url.is_some()).cloned().collect();
+        if kept.is_empty() {
+            continue;
+        }
+        s.notes.push(format!("probes timed out; keeping the last known instance ({} finding(s) from an earlier round)", kept.len()));
+        s.resolved = p.resolved.clone().or_else(|| kept[0].url.clone());
+        s.findings.splice(0..0, kept);
+    }
 }
 
 /// Replaces a loopback host in `scheme://host:port/...` with `lan`.
@@ -251,6 +272,78 @@ mod tests {
         assert_eq!(rewrite_loopback("http://10.1.1.1:8000/mcp", "10.0.0.5"), "http://10.1.1.1:8000/mcp");
         assert_eq!(rewrite_loopback("http://127.0.0.10:8000/", "10.0.0.5"), "http://127.0.0.10:8000/", "only exact loopback hosts");
         assert_eq!(rewrite_loopback("http://localhost.example:1/", "10.0.0.5"), "http://localhost.example:1/");
+    }
+
+    fn server(name: &str, enabled: bool, timed_out: bool, healthy_url: Option<&str>) -> crate::report::ServerReport {
+        use crate::config::mcp::StrategyKind;
+        use crate::report::Evidence;
+        let findings = healthy_url
+            .map(|u| Finding {
+                name: name.into(),
+                url: Some(u.into()),
+                protocol: Some(Protocol::Mcp),
+                healthy: true,
+                status: Status::Healthy,
+                source: StrategyKind::PortCheck,
+                tier: Tier::ExternalDeployment,
+                evidence: Evidence::default(),
+                server_info: Some(info()),
+                tools: None,
+                process: None,
+                latency_ms: Some(1.0),
+                health_url: None,
+                detail: None,
+                checked_at_ms: 0,
+            })
+            .into_iter()
+            .collect();
+        crate::report::ServerReport { name: name.into(), aliases: vec![], enabled, resolved: healthy_url.map(Into::into), findings, notes: vec![], timed_out }
+    }
+
+    fn report(servers: Vec<crate::report::ServerReport>) -> crate::report::Report {
+        let timed_out = servers.iter().any(|s| s.timed_out);
+        crate::report::Report { host: Default::default(), servers, probes: 0, elapsed_ms: 0.0, finished_at_ms: 0, timed_out }
+    }
+
+    fn names(ads: &[crate::wire::ServiceAd]) -> Vec<(&str, &str)> {
+        ads.iter().map(|a| (a.name.as_str(), a.url.as_str())).collect()
+    }
+
+    #[test]
+    fn a_disabled_server_is_never_offered_to_the_mesh() {
+        let r = report(vec![server("on", true, false, Some("http://127.0.0.1:1/mcp")), server("off", false, false, Some("http://127.0.0.1:2/mcp"))]);
+        assert_eq!(names(&service_ads(&r, None)), vec![("on", "http://127.0.0.1:1/mcp")]);
+        let previous = vec![server("off", true, false, Some("http://127.0.0.1:2/mcp"))];
+        let mut now = vec![server("off", false, true, None)];
+        keep_last_known(&previous, &mut now);
+        assert!(now[0].findings.is_empty(), "a disabled server is not carried either");
+    }
+
+    #[test]
+    fn a_server_whose_probes_timed_out_keeps_its_last_known_instance() {
+        let first = vec![server("slow", true, false, Some("http://127.0.0.1:1/mcp")), server("fast", true, false, Some("http://127.0.0.1:2/mcp"))];
+        let mut second = vec![server("slow", true, true, None), server("fast", true, false, Some("http://127.0.0.1:3/mcp"))];
+        keep_last_known(&first, &mut second);
+        assert_eq!(second[0].resolved.as_deref(), Some("http://127.0.0.1:1/mcp"));
+        assert!(second[0].notes.iter().any(|n| n.contains("timed out")), "{:?}", second[0].notes);
+        let ads = service_ads(&report(second.clone()), Some("10.0.0.5"));
+        assert_eq!(names(&ads), vec![("slow", "http://10.0.0.5:1/mcp"), ("fast", "http://10.0.0.5:3/mcp")]);
+        // And again on the next slow round: carried from the carried report.
+        let mut third = vec![server("slow", true, true, None), server("fast", true, false, Some("http://127.0.0.1:3/mcp"))];
+        keep_last_known(&second, &mut third);
+        assert_eq!(names(&service_ads(&report(third), Some("10.0.0.5"))), names(&ads));
+    }
+
+    #[test]
+    fn a_finished_round_that_finds_nothing_drops_the_instance() {
+        let previous = vec![server("gone", true, false, Some("http://127.0.0.1:1/mcp"))];
+        let mut now = vec![server("gone", true, false, None)];
+        keep_last_known(&previous, &mut now);
+        assert!(service_ads(&report(now), None).is_empty());
+        // A timed-out server that found a healthy instance anyway keeps only the new one.
+        let mut now = vec![server("gone", true, true, Some("http://127.0.0.1:9/mcp"))];
+        keep_last_known(&previous, &mut now);
+        assert_eq!(names(&service_ads(&report(now), None)), vec![("gone", "http://127.0.0.1:9/mcp")]);
     }
 
     #[test]

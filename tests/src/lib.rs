@@ -307,6 +307,18 @@ impl McpServer {
     /// Starts the fixture and waits until it listens. Panics (with its log) when it does not
     /// start within [`MCP_START_TIMEOUT`]; retries on another port if it lost a port race.
     pub fn start(name: &str) -> McpServer {
+        Self::start_with(name, &[])
+    }
+
+    /// Like [`McpServer::start`], serving HTTPS with the PEM `cert` and `key`
+    /// (`https://127.0.0.1:PORT/mcp`).
+    pub fn start_tls(name: &str, cert: &Path, key: &Path) -> McpServer {
+        let args = ["--certfile".to_string(), cert.display().to_string(), "--keyfile".to_string(), key.display().to_string()];
+        Self::start_with(name, &args)
+    }
+
+    /// Starts the fixture with extra command-line arguments.
+    pub fn start_with(name: &str, extra: &[String]) -> McpServer {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -316,6 +328,7 @@ impl McpServer {
             let child = Command::new(python())
                 .arg(fixture("mcp_server.py"))
                 .args(["--port", &port.to_string(), "--name", name])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(logf.try_clone().expect("clone log"))
                 .stderr(logf)

@@ -51,54 +51,88 @@ impl Discoverer {
         let specs: Vec<&ServerSpec> = self.config.servers.values().collect();
         let start = Instant::now();
         let (servers, probes) = self.discover(&specs).await;
-        Report { host, servers, probes, elapsed_ms: start.elapsed().as_secs_f64() * 1000.0, finished_at_ms: now_ms() }
+        let timed_out = servers.iter().any(|s| s.timed_out);
+        Report { host, servers, probes, elapsed_ms: start.elapsed().as_secs_f64() * 1000.0, finished_at_ms: now_ms(), timed_out }
     }
 
     /// A round over some servers; returns their reports and the number of probes run.
+    ///
+    /// Every strategy runs concurrently. When `discovery_timeout` passes, the strategies
+    /// that finished keep their findings; those still running are dropped and named in
+    /// their server's notes, and that server is marked `timed_out`.
     pub async fn discover(&self, specs: &[&ServerSpec]) -> (Vec<ServerReport>, usize) {
+        use futures::StreamExt as _;
         let ctx = strategies::Ctx::new(self, specs);
         let overall = Duration::from_millis(self.config.settings.discovery_timeout_ms);
+        // (server, what ran) of each job, by job index.
+        let mut labels: Vec<(&str, String)> = Vec::new();
         let mut jobs = Vec::new();
         for spec in specs {
             for (tier, strategy) in &spec.strategies {
                 if *tier == Tier::EmbeddedSubmodule && self.config.settings.disable_embedded {
                     continue;
                 }
+                labels.push((spec.name.as_str(), format!("{} ({})", strategy.kind().as_str(), tier.as_str())));
                 jobs.push(ctx.run(spec, *tier, strategy));
+            }
+            if let Some(url) = spec.launch.as_ref().and_then(|l| l.url.as_deref()) {
+                labels.push((spec.name.as_str(), format!("{} ({})", StrategyKind::LaunchUrl.as_str(), Tier::ExternalDeployment.as_str())));
+                jobs.push(ctx.run_launch_url(spec, url));
             }
         }
         let probes = jobs.len();
-        let results = match tokio::time::timeout(overall, futures::future::join_all(jobs)).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(timeout_ms = overall.as_millis() as u64, "discovery round timed out");
-                Vec::new()
+        let mut finished = vec![false; probes];
+        let mut results = Vec::with_capacity(probes);
+        let mut pending: futures::stream::FuturesUnordered<_> = jobs.into_iter().enumerate().map(|(i, job)| async move { (i, job.await) }).collect();
+        let deadline = tokio::time::sleep(overall);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = pending.next() => match next {
+                    Some((i, outcome)) => {
+                        finished[i] = true;
+                        results.push(outcome);
+                    }
+                    None => break,
+                },
+                () = &mut deadline => {
+                    let late: Vec<&str> = labels.iter().zip(&finished).filter(|(_, f)| !**f).map(|((s, _), _)| *s).collect();
+                    tracing::warn!(timeout_ms = overall.as_millis() as u64, unfinished = late.len(), servers = ?late, "discovery round timed out; keeping what finished");
+                    break;
+                }
             }
-        };
-        let mut by_server: std::collections::BTreeMap<&str, (Vec<Finding>, Vec<String>)> =
-            specs.iter().map(|s| (s.name.as_str(), (Vec::new(), Vec::new()))).collect();
+        }
+        drop(pending);
+        let mut by_server: std::collections::BTreeMap<&str, (Vec<Finding>, Vec<String>, bool)> =
+            specs.iter().map(|s| (s.name.as_str(), (Vec::new(), Vec::new(), false))).collect();
         for (name, findings, notes) in results {
             if let Some(e) = by_server.get_mut(name.as_str()) {
                 e.0.extend(findings);
                 e.1.extend(notes);
             }
         }
+        for ((name, what), _) in labels.iter().zip(&finished).filter(|(_, f)| !**f) {
+            if let Some(e) = by_server.get_mut(name) {
+                e.1.push(format!("{what} did not finish within discovery_timeout ({} ms); its result is unknown this round", overall.as_millis()));
+                e.2 = true;
+            }
+        }
         let mut out = Vec::new();
         for spec in specs {
-            let (mut findings, mut notes) = by_server.remove(spec.name.as_str()).unwrap_or_default();
+            let (mut findings, mut notes, timed_out) = by_server.remove(spec.name.as_str()).unwrap_or_default();
             if !spec.enabled {
                 notes.insert(0, "disabled in configuration".to_string());
             }
             for var in &spec.missing_env {
                 notes.push(format!("needs environment variable {var}, which is not set"));
             }
-            if spec.strategies.is_empty() {
+            if spec.strategies.is_empty() && spec.launch.as_ref().is_none_or(|l| l.url.is_none()) {
                 notes.push("no discovery strategies configured".to_string());
             }
             dedupe(&mut findings);
             select::rank(&mut findings, &select::tier_order(spec, self.config.settings.prefer_external));
             let resolved = select::best(&findings).and_then(|f| f.url.clone());
-            out.push(ServerReport { name: spec.name.clone(), aliases: spec.aliases.clone(), enabled: spec.enabled, resolved, findings, notes });
+            out.push(ServerReport { name: spec.name.clone(), aliases: spec.aliases.clone(), enabled: spec.enabled, resolved, findings, notes, timed_out });
         }
         (out, probes)
     }

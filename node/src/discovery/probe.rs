@@ -75,16 +75,26 @@ pub struct ProbeResult {
 }
 
 /// Builds the HTTP client used for probes: no redirects, no idle pooling (avoids delayed-ACK
-/// stalls on reused connections), and an overall per-request timeout.
+/// stalls on reused connections), and an overall per-request timeout. HTTPS is verified
+/// against the OS trust store (and `SSL_CERT_FILE`), see [`crate::tls`].
 pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(0)
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .user_agent(concat!("craftmesh/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
+    crate::tls::install_provider();
+    let builder = || {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .user_agent(concat!("craftmesh/", env!("CARGO_PKG_VERSION")))
+    };
+    match builder().build() {
+        Ok(c) => c,
+        Err(e) => {
+            // No usable trust store: HTTPS probes then fail with a certificate error, HTTP works.
+            tracing::warn!(error = %e, "cannot load the OS trust store; https servers cannot be verified");
+            builder().tls_certs_only(Vec::new()).build().unwrap_or_else(|_| reqwest::Client::new())
+        }
+    }
 }
 
 /// Probes a target. Never takes longer than about `timeout` per stage.

@@ -97,66 +97,53 @@ impl<'a> Ctx<'a> {
                 }
                 Strategy::EnvVariable { variables, mcp_path, health_endpoint } => {
                     let health = health_endpoint.as_deref().or_else(|| launch_health(spec));
+                    let mut probes = Vec::new();
                     for var in variables {
                         let Some(value) = env(var).filter(|v| !v.trim().is_empty()) else { continue };
                         match Target::from_url(&value, mcp_path, health) {
                             Ok(target) => {
-                                let r = probe::probe(&client, &target, expect, timeout).await;
-                                let mut f = finding(
-                                    spec,
-                                    tier,
-                                    StrategyKind::EnvVariable,
-                                    Status::Unreachable,
-                                    Evidence { env_var: Some(var.clone()), port: port_of(&target), ..Default::default() },
-                                );
-                                checked(&mut f, &target, &r, expect);
-                                findings.push(f);
+                                let ev = Evidence { env_var: Some(var.clone()), port: port_of(&target), ..Default::default() };
+                                probes.push(probe_into(&client, spec, tier, StrategyKind::EnvVariable, ev, target, expect, timeout));
                             }
                             Err(e) => notes.push(format!("{var}: {e}")),
                         }
                     }
+                    findings.extend(futures::future::join_all(probes).await);
                 }
                 Strategy::LockFile { patterns, mcp_path, health_endpoint } => {
                     let health = health_endpoint.as_deref().or_else(|| launch_health(spec));
-                    for path in patterns.iter().flat_map(|p| expand_glob(&resolve(&base, p))) {
-                        let shown = path.display().to_string();
-                        match read_small(&path) {
+                    let wanted: Vec<PathBuf> = patterns.iter().map(|p| resolve(&base, p)).collect();
+                    // Globbing, reading and the pid check touch the file system: off the async thread.
+                    let locks = blocking(move || read_locks(&wanted)).await.unwrap_or_default();
+                    let mut probes = Vec::new();
+                    for (shown, lock) in locks {
+                        match lock {
                             Err(e) => notes.push(format!("lock file {shown}: {e}")),
-                            Ok(content) => {
-                                let lock = craftmesh_protocol::lockfile::parse(&content);
-                                match (lock.url, lock.pid) {
-                                    (Some(url), pid) => match Target::from_url(&url, mcp_path, health) {
-                                        Ok(target) => {
-                                            let r = probe::probe(&client, &target, expect, timeout).await;
-                                            let mut f = finding(
-                                                spec,
-                                                tier,
-                                                StrategyKind::LockFile,
-                                                Status::Unreachable,
-                                                Evidence { lock_path: Some(shown), port: port_of(&target), pid, ..Default::default() },
-                                            );
-                                            checked(&mut f, &target, &r, expect);
-                                            findings.push(f);
-                                        }
-                                        Err(e) => notes.push(format!("lock file {shown}: {e}")),
-                                    },
-                                    (None, Some(pid)) if crate::host::pid_alive(pid) => {
-                                        let mut f = finding(
-                                            spec,
-                                            tier,
-                                            StrategyKind::LockFile,
-                                            Status::Running,
-                                            Evidence { lock_path: Some(shown), pid: Some(pid), ..Default::default() },
-                                        );
-                                        f.detail = Some(format!("lock file names running pid {pid}; no URL to verify"));
-                                        findings.push(f);
-                                    }
-                                    (None, Some(pid)) => notes.push(format!("lock file {shown} is stale: pid {pid} is not running")),
-                                    (None, None) => notes.push(format!("lock file {shown} holds neither a URL nor a pid")),
+                            Ok(Lock { url: Some(url), pid, .. }) => match Target::from_url(&url, mcp_path, health) {
+                                Ok(target) => {
+                                    let ev = Evidence { lock_path: Some(shown), port: port_of(&target), pid, ..Default::default() };
+                                    probes.push(probe_into(&client, spec, tier, StrategyKind::LockFile, ev, target, expect, timeout));
                                 }
+                                Err(e) => notes.push(format!("lock file {shown}: {e}")),
+                            },
+                            Ok(Lock { url: None, pid: Some(pid), pid_alive: true }) => {
+                                let mut f = finding(
+                                    spec,
+                                    tier,
+                                    StrategyKind::LockFile,
+                                    Status::Running,
+                                    Evidence { lock_path: Some(shown), pid: Some(pid), ..Default::default() },
+                                );
+                                f.detail = Some(format!("lock file names running pid {pid}; no URL to verify"));
+                                findings.push(f);
                             }
+                            Ok(Lock { url: None, pid: Some(pid), pid_alive: false }) => {
+                                notes.push(format!("lock file {shown} is stale: pid {pid} is not running"))
+                            }
+                            Ok(Lock { url: None, pid: None, .. }) => notes.push(format!("lock file {shown} holds neither a URL nor a pid")),
                         }
                     }
+                    findings.extend(futures::future::join_all(probes).await);
                 }
                 Strategy::ProcessCheck { patterns } => {
                     let all = processes.await;
@@ -178,43 +165,48 @@ impl<'a> Ctx<'a> {
                     }
                 }
                 Strategy::PathCheck { paths } => {
-                    for p in paths {
-                        let path = resolve(&base, p);
-                        if path.exists() {
-                            findings.push(finding(
+                    let wanted: Vec<PathBuf> = paths.iter().map(|p| resolve(&base, p)).collect();
+                    let present = blocking(move || wanted.into_iter().filter(|p| p.exists()).collect::<Vec<_>>()).await.unwrap_or_default();
+                    for path in present {
+                        findings.push(finding(
+                            spec,
+                            tier,
+                            StrategyKind::PathCheck,
+                            Status::Installed,
+                            Evidence { path: Some(path.display().to_string()), ..Default::default() },
+                        ));
+                    }
+                }
+                Strategy::NpxAvailable { package } => {
+                    let pkg = package.clone();
+                    let found = blocking(move || which("npx", env).map(|npx| (npx, npx_cached(&pkg, env)))).await.flatten();
+                    match found {
+                        None => notes.push(format!("npx is not on PATH, so {package} cannot be launched")),
+                        Some((npx, cached)) => {
+                            let mut f = finding(
                                 spec,
                                 tier,
-                                StrategyKind::PathCheck,
-                                Status::Installed,
-                                Evidence { path: Some(path.display().to_string()), ..Default::default() },
-                            ));
+                                StrategyKind::NpxAvailable,
+                                Status::Available,
+                                Evidence { package: Some(package.clone()), path: Some(npx.display().to_string()), ..Default::default() },
+                            );
+                            let mut detail =
+                                if cached { format!("{package} is in the npx cache") } else { format!("{package} will be downloaded on first use") };
+                            if !spec.missing_env.is_empty() {
+                                detail.push_str(&format!("; needs {}", spec.missing_env.join(", ")));
+                            }
+                            f.detail = Some(detail);
+                            findings.push(f);
                         }
                     }
                 }
-                Strategy::NpxAvailable { package } => match which("npx", env) {
-                    None => notes.push(format!("npx is not on PATH, so {package} cannot be launched")),
-                    Some(npx) => {
-                        let mut f = finding(
-                            spec,
-                            tier,
-                            StrategyKind::NpxAvailable,
-                            Status::Available,
-                            Evidence { package: Some(package.clone()), path: Some(npx.display().to_string()), ..Default::default() },
-                        );
-                        let cached = npx_cached(package, env);
-                        let mut detail = if cached { format!("{package} is in the npx cache") } else { format!("{package} will be downloaded on first use") };
-                        if !spec.missing_env.is_empty() {
-                            detail.push_str(&format!("; needs {}", spec.missing_env.join(", ")));
-                        }
-                        f.detail = Some(detail);
-                        findings.push(f);
-                    }
-                },
                 Strategy::Docker { names, images, labels, mcp_path, health_endpoint } => {
                     let health = health_endpoint.as_deref().or_else(|| launch_health(spec));
                     match &*containers.await {
                         Err(e) => notes.push(format!("docker: {e}")),
                         Ok(list) => {
+                            // Every published port of every matching container is probed at once.
+                            let mut probes = Vec::new();
                             for c in list.iter().filter(|c| container_matches(c, names, images, labels)) {
                                 let id: String = c.id.clone().unwrap_or_default().chars().take(12).collect();
                                 let cname = c.names.as_ref().and_then(|n| n.first()).map(|n| n.trim_start_matches('/').to_string());
@@ -237,12 +229,11 @@ impl<'a> Ctx<'a> {
                                 }
                                 for (host, port) in ports {
                                     let target = Target::from_port(&host, port, mcp_path, health);
-                                    let r = probe::probe(&client, &target, expect, timeout).await;
-                                    let mut f = finding(spec, tier, StrategyKind::Docker, Status::Unreachable, Evidence { port: Some(port), ..ev.clone() });
-                                    checked(&mut f, &target, &r, expect);
-                                    findings.push(f);
+                                    let ev = Evidence { port: Some(port), ..ev.clone() };
+                                    probes.push(probe_into(&client, spec, tier, StrategyKind::Docker, ev, target, expect, timeout));
                                 }
                             }
+                            findings.extend(futures::future::join_all(probes).await);
                         }
                     }
                 }
@@ -251,6 +242,72 @@ impl<'a> Ctx<'a> {
         }
         .boxed()
     }
+
+    /// Checks the `url` of the server's launch entry (`mcpServers.NAME.url`): it names
+    /// where the server runs, so it is an external deployment, reported as `launch_url`.
+    pub(super) fn run_launch_url(&self, spec: &'a ServerSpec, url: &'a str) -> BoxFuture<'a, Outcome> {
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        async move {
+            let expect = expect_for(spec);
+            match Target::from_url(url, "/mcp", launch_health(spec)) {
+                Ok(target) => {
+                    let ev = Evidence { port: port_of(&target), ..Default::default() };
+                    let f = probe_into(&client, spec, Tier::ExternalDeployment, StrategyKind::LaunchUrl, ev, target, expect, timeout).await;
+                    (spec.name.clone(), vec![f], Vec::new())
+                }
+                Err(e) => (spec.name.clone(), Vec::new(), vec![format!("launch entry url: {e}")]),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Runs blocking file-system work on tokio's blocking pool: the node's one async thread
+/// also answers the mesh's membership probes, and a slow disk must not stall them.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+/// Probes `target` and returns the finding for it.
+#[allow(clippy::too_many_arguments)]
+async fn probe_into(
+    client: &reqwest::Client,
+    spec: &ServerSpec,
+    tier: Tier,
+    source: StrategyKind,
+    evidence: Evidence,
+    target: Target,
+    expect: Expect,
+    timeout: Duration,
+) -> Finding {
+    let r = probe::probe(client, &target, expect, timeout).await;
+    let mut f = finding(spec, tier, source, Status::Unreachable, evidence);
+    checked(&mut f, &target, &r, expect);
+    f
+}
+
+/// A lock file's content, with whether the pid it names runs.
+struct Lock {
+    url: Option<String>,
+    pid: Option<u32>,
+    pid_alive: bool,
+}
+
+/// Expands, reads and parses the lock files matching `patterns`. Blocking.
+fn read_locks(patterns: &[PathBuf]) -> Vec<(String, Result<Lock, String>)> {
+    patterns
+        .iter()
+        .flat_map(|p| expand_glob(p))
+        .map(|path| {
+            let lock = read_small(&path).map(|content| {
+                let l = craftmesh_protocol::lockfile::parse(&content);
+                let pid_alive = l.pid.is_some_and(crate::host::pid_alive);
+                Lock { url: l.url, pid: l.pid, pid_alive }
+            });
+            (path.display().to_string(), lock)
+        })
+        .collect()
 }
 
 /// The health endpoint named in the server's launch entry, if any.

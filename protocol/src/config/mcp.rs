@@ -267,6 +267,9 @@ pub enum StrategyKind {
     Mesh,
     /// Not configurable: an `_mcp._tcp` DNS-SD advert from outside the mesh.
     Mdns,
+    /// Not configurable: the `url` of the server's launch entry (`mcpServers.NAME.url` in
+    /// a servers JSON file), checked every round as an external deployment.
+    LaunchUrl,
 }
 
 impl StrategyKind {
@@ -281,6 +284,7 @@ impl StrategyKind {
             StrategyKind::Docker => "docker",
             StrategyKind::Mesh => "mesh",
             StrategyKind::Mdns => "mdns",
+            StrategyKind::LaunchUrl => "launch_url",
         }
     }
 }
@@ -328,7 +332,7 @@ impl RawStrategy {
     pub fn check(&self) -> (Option<Strategy>, Vec<StrategyProblem>) {
         let mut problems = Vec::new();
         let kind = self.kind;
-        if matches!(kind, StrategyKind::Mesh | StrategyKind::Mdns) {
+        if matches!(kind, StrategyKind::Mesh | StrategyKind::Mdns | StrategyKind::LaunchUrl) {
             problems.push(StrategyProblem {
                 field: "type",
                 message: format!("`{}` is not a configurable strategy; the mesh finds these by itself", kind.as_str()),
@@ -337,7 +341,7 @@ impl RawStrategy {
             return (None, problems);
         }
         let allowed: &[&str] = match kind {
-            StrategyKind::Mesh | StrategyKind::Mdns => &[],
+            StrategyKind::Mesh | StrategyKind::Mdns | StrategyKind::LaunchUrl => &[],
             StrategyKind::PortCheck => &["ports", "health_endpoint", "mcp_path", "host"],
             StrategyKind::EnvVariable => &["variables", "mcp_path", "health_endpoint"],
             StrategyKind::ProcessCheck => &["patterns"],
@@ -413,7 +417,7 @@ impl RawStrategy {
                     Strategy::NpxAvailable { package: String::new() }
                 }
             },
-            StrategyKind::Mesh | StrategyKind::Mdns => return (None, problems),
+            StrategyKind::Mesh | StrategyKind::Mdns | StrategyKind::LaunchUrl => return (None, problems),
             StrategyKind::Docker => {
                 let names = self.names.clone().unwrap_or_default();
                 let images = self.images.clone().unwrap_or_default();
