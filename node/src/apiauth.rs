@@ -33,7 +33,9 @@ pub const HELLO_PATH: &str = "/v1/hello";
 pub enum TokenError {
     #[error("cannot read API token {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("API token {path} is malformed (expected `{TOKEN_PREFIX}` and 43 base64url characters); move it away to create a new one (clients must then be given the new token)")]
+    #[error(
+        "API token {path} is malformed (expected `{TOKEN_PREFIX}` and 43 base64url characters); move it away to create a new one (clients must then be given the new token)"
+    )]
     Malformed { path: PathBuf },
     #[error("cannot write API token {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
@@ -50,9 +52,7 @@ pub fn generate_token() -> Result<String, TokenError> {
 
 /// Whether `t` has the shape of a token (prefix, 43 base64url characters).
 pub fn is_well_formed(t: &str) -> bool {
-    t.strip_prefix(TOKEN_PREFIX).is_some_and(|rest| {
-        rest.len() == 43 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
+    t.strip_prefix(TOKEN_PREFIX).is_some_and(|rest| rest.len() == 43 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 /// `data_dir/api.token`.
@@ -258,7 +258,9 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, req: Request, next: Next) -
     if req.uri().path() != HELLO_PATH && !bearer_matches(headers, &auth.token) {
         return refuse(
             StatusCode::UNAUTHORIZED,
-            format!("missing or wrong API token: send `Authorization: Bearer <token>` with the token from {TOKEN_FILE} in the node's data dir (`craftmesh api-token`)"),
+            format!(
+                "missing or wrong API token: send `Authorization: Bearer <token>` with the token from {TOKEN_FILE} in the node's data dir (`craftmesh api-token`)"
+            ),
         );
     }
     next.run(req).await

@@ -90,7 +90,9 @@ impl ApiEvent {
     pub fn kind(&self) -> String {
         match self {
             ApiEvent::Service(_) => "service".to_string(),
-            ApiEvent::Mesh(m) => serde_json::to_value(m).ok().and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string)).unwrap_or_else(|| "mesh".into()),
+            ApiEvent::Mesh(m) => {
+                serde_json::to_value(m).ok().and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string)).unwrap_or_else(|| "mesh".into())
+            }
         }
     }
 }

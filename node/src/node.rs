@@ -68,15 +68,10 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     let (events_tx, _) = tokio::sync::broadcast::channel(256);
     let driver_task = tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), stopped(stop_rx.clone())));
     tracing::info!(api = %addr, %peer_id, servers = setup.config.servers.len(), "craftmesh node up");
-    let auth = Arc::new(crate::apiauth::ApiAuth {
-        token: setup.api_token.clone(),
-        allow_remote: setup.api_allow_remote,
-        bound: addr,
-        keypair: setup.keypair.clone(),
-    });
+    let auth =
+        Arc::new(crate::apiauth::ApiAuth { token: setup.api_token.clone(), allow_remote: setup.api_allow_remote, bound: addr, keypair: setup.keypair.clone() });
     let app = api::router(handle, discoverer, events_tx, auth);
-    let server =
-        axum::serve(listener, app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>()).with_graceful_shutdown(stopped(stop_rx));
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>()).with_graceful_shutdown(stopped(stop_rx));
     let server_task = tokio::spawn(async move { server.await });
     shutdown.await;
     tracing::info!("shutting down");
