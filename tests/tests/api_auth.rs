@@ -339,3 +339,27 @@ fn a_non_loopback_api_address_is_refused_unless_explicitly_allowed() {
         assert!(!cfg.data_dir().join("api.addr").exists() && !cfg.data_dir().join("api.token").exists(), "nothing started\n{}", out.describe());
     }
 }
+
+#[test]
+fn an_allowed_remote_api_serves_the_lan_with_the_token_and_the_node_id() {
+    use craftmesh_tests::meshnode::MeshNode;
+    use craftmesh_tests::netns::{Rig, netns_available};
+    if !require("network namespaces (root, iproute2)", netns_available()) {
+        return;
+    }
+    let rig = Rig::new(2).expect("build the rig");
+    let node = MeshNode::start(&rig, 0, "servers: {}\n", &["--api", "0.0.0.0:7410", "--api-allow-remote", "--no-mesh"]);
+    // On its own host, through the wildcard address it wrote to api.addr.
+    let out = node.cli(&rig, &["status", "--json"]);
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.describe(), node.log());
+    // From the other host, with the token and the node id (its data dir is not there).
+    let token = api::token(&node.cfg.data_dir());
+    let remote = ConfigDir::new("servers: {}\n");
+    let api = format!("{}:7410", rig.addr(0));
+    let cmd = remote.command(&["status", "--json", "--api", &api, "--token", &token, "--node-id", &node.peer_id]);
+    let out = run_with_timeout(&mut rig.host(1).wrap(&cmd), STEP);
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.describe(), node.log());
+    let cmd = remote.command(&["status", "--json", "--api", &api, "--node-id", &node.peer_id]);
+    let out = run_with_timeout(&mut rig.host(1).wrap(&cmd), STEP);
+    assert_eq!(out.code(), Some(3), "no token, no answer\n{}", out.describe());
+}
