@@ -1,8 +1,10 @@
-//! Local HTTP API (axum), bound to loopback by default, and the CLI's client for it.
+//! Local HTTP API (axum), bound to loopback by default. Every route sits behind
+//! [`crate::apiauth::guard`] (token, Host, Origin); the CLI's client is [`crate::apiclient`].
 
+use crate::apiauth::{self, ApiAuth};
 use crate::discovery::{Discoverer, now_ms};
 use crate::driver::{ApiEvent, DriverHandle, Input, Snapshot};
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +16,6 @@ use craftmesh_protocol::report::{Evidence, Status};
 use craftmesh_protocol::select;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::broadcast;
 
 /// Default API address; the CLI uses the same default.
@@ -25,6 +26,13 @@ struct AppState {
     driver: DriverHandle,
     discoverer: Arc<Discoverer>,
     events: broadcast::Sender<ApiEvent>,
+    auth: Arc<ApiAuth>,
+}
+
+impl FromRef<AppState> for Arc<ApiAuth> {
+    fn from_ref(s: &AppState) -> Arc<ApiAuth> {
+        s.auth.clone()
+    }
 }
 
 /// A service anywhere in the mesh: a finding plus where it lives.
@@ -119,15 +127,19 @@ fn err(code: StatusCode, msg: impl Into<String>, name: Option<&str>) -> Response
     (code, Json(ApiError { error: msg.into(), name: name.map(str::to_string) })).into_response()
 }
 
-/// The API router.
-pub fn router(driver: DriverHandle, discoverer: Arc<Discoverer>, events: broadcast::Sender<ApiEvent>) -> Router {
+/// The API router. Serve it with `into_make_service_with_connect_info::<apiauth::ConnAddrs>()`
+/// so `/v1/hello` signs the address the client connected to.
+pub fn router(driver: DriverHandle, discoverer: Arc<Discoverer>, events: broadcast::Sender<ApiEvent>, auth: Arc<ApiAuth>) -> Router {
     Router::new()
+        .route(apiauth::HELLO_PATH, get(apiauth::hello))
         .route("/v1/node", get(node))
         .route("/v1/services", get(services))
         .route("/v1/members", get(members))
         .route("/v1/events", get(events_stream))
         .route("/v1/resolve/{name}", get(resolve))
-        .with_state(AppState { driver, discoverer, events })
+        .fallback(|| async { err(StatusCode::NOT_FOUND, "no such API route", None) })
+        .layer(axum::middleware::from_fn_with_state(auth.clone(), apiauth::guard))
+        .with_state(AppState { driver, discoverer, events, auth })
 }
 
 async fn members(State(s): State<AppState>) -> Response {
@@ -143,11 +155,8 @@ async fn events_stream(State(s): State<AppState>) -> Sse<impl futures::Stream<It
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
             Ok(ev) => {
-                let kind = match &ev {
-                    ApiEvent::Mesh(_) => "mesh",
-                    ApiEvent::Service { .. } => "service",
-                };
-                SseEvent::default().event(kind).data(serde_json::to_string(&ev).unwrap_or_default())
+                // One `kind` per event, and the SSE event name is that kind.
+                SseEvent::default().event(ev.kind()).data(serde_json::to_string(&ev).unwrap_or_default())
             }
             // The client fell behind; say how many events it missed.
             Err(broadcast::error::RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(n.to_string()),
@@ -199,8 +208,9 @@ async fn services(State(s): State<AppState>) -> Response {
     }
 }
 
-/// Resolves a name to a verified endpoint: cached candidates are re-checked first; if none
-/// passes (or the cache is older than `cache_ttl_minutes`), the server is discovered again.
+/// Resolves a name to a verified endpoint, in this order: fresh cached local findings
+/// (re-verified); healthy remote instances of mesh members, lowest RTT first, each verified
+/// from here; only then a local discovery of the server; then outside mDNS adverts.
 async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     let cfg = s.discoverer.config().clone();
     let snap = match s.driver.snapshot().await {
@@ -230,71 +240,39 @@ async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Respons
             tracing::info!(server = %spec.name, url = ?f.url, "cached endpoint failed re-verification");
         }
     }
+    // Then the mesh, before any (slow) local discovery: healthy instances of members,
+    // lowest RTT first, each verified from here.
+    let (mut members, externals): (Vec<ServiceView>, Vec<ServiceView>) =
+        remote_views(&snap).into_iter().filter(|v| spec.answers_to(&v.finding.name)).partition(|v| v.finding.source != StrategyKind::Mdns);
+    members.retain(|v| v.finding.healthy);
+    members.sort_by(|a, b| a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)));
+    if let Some(f) = first_verified(&s, spec, &members).await {
+        return Json(f).into_response();
+    }
+    // Only then discover the server here again (up to health_check_timeout per candidate).
     let (reports, _) = s.discoverer.discover(&[spec]).await;
     let found = reports.first().and_then(|r| select::best(&r.findings).cloned());
     let _ = s.driver.send(Input::ServersRefreshed(reports)).await;
     if let Some(f) = found {
         return Json(f).into_response();
     }
-    // Then the mesh: healthy remote instances, lowest RTT first, each verified from here.
-    let mut remote: Vec<ServiceView> =
-        remote_views(&snap).into_iter().filter(|v| spec.answers_to(&v.finding.name) && (v.finding.healthy || v.finding.source == StrategyKind::Mdns)).collect();
-    remote.sort_by(|a, b| {
-        (a.finding.source == StrategyKind::Mdns)
-            .cmp(&(b.finding.source == StrategyKind::Mdns))
-            .then(a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)))
-    });
-    for v in remote.iter().take(8) {
-        let mut probe = v.finding.clone();
-        probe.name = spec.name.clone();
-        let checked = s.discoverer.reverify(spec, &probe).await;
-        if checked.healthy {
-            return Json(checked).into_response();
-        }
-        tracing::debug!(server = %spec.name, url = ?v.finding.url, "remote instance failed verification");
+    // Last, outside `_mcp._tcp` adverts, which only count once they pass the health check.
+    if let Some(f) = first_verified(&s, spec, &externals).await {
+        return Json(f).into_response();
     }
     err(StatusCode::SERVICE_UNAVAILABLE, format!("no healthy instance of `{}` was found", spec.name), Some(&spec.name))
 }
 
-/// A small client for the CLI.
-#[derive(Debug, Clone)]
-pub struct Client {
-    base: String,
-    http: reqwest::Client,
-}
-
-/// Why the CLI could not get an answer.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot reach the craftmesh node at {addr}: {reason}. Is `craftmesh up` running? (set --api or CRAFTMESH_API if it listens elsewhere)")]
-    Unreachable { addr: String, reason: String },
-    #[error("{0}")]
-    Api(String),
-    #[error("unexpected answer from the node: {0}")]
-    Bad(String),
-}
-
-impl Client {
-    pub fn new(addr: &str, timeout: Duration) -> Client {
-        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(Duration::from_secs(2)).build().unwrap_or_default();
-        Client { base: format!("http://{addr}"), http }
-    }
-
-    /// GETs `path` and decodes JSON; a non-2xx answer becomes `ClientError::Api` with the node's message.
-    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable { addr: self.base.trim_start_matches("http://").to_string(), reason: e.to_string() })?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| ClientError::Bad(e.to_string()))?;
-        if !status.is_success() {
-            let msg = serde_json::from_slice::<ApiError>(&body).map(|e| e.error).unwrap_or_else(|_| format!("HTTP {status}"));
-            return Err(ClientError::Api(msg));
+/// The first of (up to 8) remote candidates that passes verification from here.
+async fn first_verified(s: &AppState, spec: &craftmesh_protocol::config::ServerSpec, candidates: &[ServiceView]) -> Option<Finding> {
+    for v in candidates.iter().take(8) {
+        let mut probe = v.finding.clone();
+        probe.name = spec.name.clone();
+        let checked = s.discoverer.reverify(spec, &probe).await;
+        if checked.healthy {
+            return Some(checked);
         }
-        serde_json::from_slice(&body).map_err(|e| ClientError::Bad(e.to_string()))
+        tracing::debug!(server = %spec.name, url = ?v.finding.url, "remote instance failed verification");
     }
+    None
 }

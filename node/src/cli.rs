@@ -1,7 +1,8 @@
 //! Command-line interface: argument parsing and the commands' output (human by default,
 //! stable JSON with `--json`).
 
-use crate::api::{self, Client, ClientError};
+use crate::api;
+use crate::apiclient::{Client, ClientError};
 use crate::config_files::{self, Sources};
 use crate::datadir::{self, DataDir};
 use crate::discovery::Discoverer;
@@ -14,7 +15,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Exit codes: 0 ok, 1 not found / unhealthy, 2 bad configuration or usage, 3 node unreachable.
+/// Exit codes: 0 ok, 1 not found / unhealthy, 2 bad configuration or usage, 3 node unreachable
+/// or not authenticated (not the node of this data dir, no or wrong API token).
 pub mod exit {
     pub const OK: i32 = 0;
     pub const NOT_FOUND: i32 = 1;
@@ -46,6 +48,12 @@ pub struct Global {
     /// Configuration profile: default or production.
     #[arg(long, global = true, env = "CRAFTMESH_PROFILE", value_name = "NAME", default_value = "default")]
     pub profile: String,
+    /// API token to send (default: the `api.token` file in the data dir).
+    #[arg(long, global = true, env = "CRAFTMESH_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Peer id the node at --api must prove (default: the data dir's node.key); for a node whose data dir this user cannot read.
+    #[arg(long, global = true, env = "CRAFTMESH_NODE_ID", value_name = "PEER_ID")]
+    pub node_id: Option<String>,
     /// Log filter: a level, or comma-separated `target=level` pairs, e.g. `debug` or `info,craftmesh=trace`.
     #[arg(long, global = true, env = "CRAFTMESH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -75,6 +83,9 @@ pub struct UpArgs {
     /// Run without the mesh: local discovery and API only.
     #[arg(long, env = "CRAFTMESH_NO_MESH", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_mesh: bool,
+    /// Let the API listen on a non-loopback --api address (clients still need the API token).
+    #[arg(long, env = "CRAFTMESH_API_ALLOW_REMOTE", value_parser = clap::builder::BoolishValueParser::new())]
+    pub api_allow_remote: bool,
     /// Tags published in this node's record; repeatable.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
@@ -107,6 +118,11 @@ pub enum Command {
     /// Print the URL of a healthy instance of NAME (verified just now).
     Resolve {
         name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the API token of the data dir (created if missing) and its `Authorization` header, for API and MCP clients.
+    ApiToken {
         #[arg(long)]
         json: bool,
     },
@@ -197,9 +213,27 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             return Ok(code);
         }
     };
+    let addr = g.api.clone().unwrap_or_else(|| api::DEFAULT_API.to_string());
+    if !a.api_allow_remote
+        && let Some(code) = refuse_remote_api(&addr).await
+    {
+        return Ok(code);
+    }
     let dd = data_dir(g);
     let data = match DataDir::open(&dd) {
         Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let api_token = match crate::apiauth::load_or_create_token(data.path()) {
+        Ok((t, created)) => {
+            if created {
+                tracing::info!(file = %crate::apiauth::token_path(data.path()).display(), "created API token");
+            }
+            t
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(exit::CONFIG);
@@ -256,7 +290,6 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             state_dir: Some(data.path().to_path_buf()),
         })
     };
-    let addr = g.api.clone().unwrap_or_else(|| api::DEFAULT_API.to_string());
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -265,9 +298,72 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         }
     };
     let base_dir = sources.project_dir.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-    let setup = crate::node::Setup { config: Arc::new(cfg), base_dir, data_dir: data, keypair: kp, mesh };
+    let setup = crate::node::Setup { config: Arc::new(cfg), base_dir, data_dir: data, keypair: kp, mesh, api_token, api_allow_remote: a.api_allow_remote };
     crate::node::run(setup, listener, crate::node::shutdown_signal()).await?;
     Ok(exit::OK)
+}
+
+/// Refuses (exit 2) an API address that is not loopback; `None` when it is.
+async fn refuse_remote_api(addr: &str) -> Option<i32> {
+    let resolved: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(addr).await {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            eprintln!("error: --api `{addr}` is not an address to listen on ({e}); write it like 127.0.0.1:7410");
+            return Some(exit::CONFIG);
+        }
+    };
+    if !resolved.is_empty() && resolved.iter().all(|a| a.ip().is_loopback()) {
+        return None;
+    }
+    eprintln!(
+        "error: --api {addr} is not a loopback address, so other hosts could reach the node's API. Listen on 127.0.0.1 (the default), or pass --api-allow-remote (CRAFTMESH_API_ALLOW_REMOTE=1) to allow it; clients still need the API token"
+    );
+    Some(exit::CONFIG)
+}
+
+/// `craftmesh api-token`: the token of the data dir, created (with the data dir) if missing.
+pub fn api_token(g: &Global, json: bool) -> anyhow::Result<i32> {
+    let dd = data_dir(g);
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    if let Err(e) = b.create(&dd) {
+        eprintln!("error: cannot create data dir {}: {e}", dd.display());
+        return Ok(exit::UNREACHABLE);
+    }
+    let token = match crate::apiauth::load_or_create_token(&dd) {
+        Ok((t, _)) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::UNREACHABLE);
+        }
+    };
+    let header = format!("Authorization: Bearer {token}");
+    if json {
+        let v = serde_json::json!({
+            "token": token,
+            "header": header,
+            "file": crate::apiauth::token_path(&dd).display().to_string(),
+            "api": api_addr(g),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{token}");
+        println!("{header}");
+    }
+    Ok(exit::OK)
+}
+
+/// The API client for this invocation: address, data dir, --token, --node-id.
+fn client(g: &Global, timeout: Duration) -> Client {
+    let mut c = Client::new(&api_addr(g), data_dir(g), timeout);
+    c.token = g.token.clone();
+    c.node_id = g.node_id.clone().filter(|s| !s.trim().is_empty());
+    c
 }
 
 /// `craftmesh discover [--once]`.
@@ -327,7 +423,7 @@ pub async fn services(g: &Global, json: bool) -> anyhow::Result<i32> {
 
 /// GETs `path` from the node and prints it: as JSON with `--json`, else with `human`.
 async fn show(g: &Global, path: &str, json: bool, human: impl FnOnce(serde_json::Value)) -> anyhow::Result<i32> {
-    let c = Client::new(&api_addr(g), Duration::from_secs(10));
+    let c = client(g, Duration::from_secs(10));
     match c.get::<serde_json::Value>(path).await {
         Ok(v) if json => {
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -426,7 +522,7 @@ pub fn keygen(out: &std::path::Path) -> anyhow::Result<i32> {
 
 /// `craftmesh resolve NAME`.
 pub async fn resolve(g: &Global, name: &str, json: bool) -> anyhow::Result<i32> {
-    let c = Client::new(&api_addr(g), Duration::from_secs(60));
+    let c = client(g, Duration::from_secs(60));
     match c.get::<Finding>(&format!("/v1/resolve/{}", urlencode(name))).await {
         Ok(f) => {
             if json {
@@ -443,8 +539,13 @@ pub async fn resolve(g: &Global, name: &str, json: bool) -> anyhow::Result<i32> 
 fn client_error(e: ClientError) -> i32 {
     eprintln!("error: {e}");
     match e {
-        ClientError::Unreachable { .. } | ClientError::Bad(_) => exit::UNREACHABLE,
         ClientError::Api(_) => exit::NOT_FOUND,
+        ClientError::Unreachable { .. }
+        | ClientError::Bad(_)
+        | ClientError::NotTheNode { .. }
+        | ClientError::NoNode { .. }
+        | ClientError::Credentials(_)
+        | ClientError::Unauthorized(_) => exit::UNREACHABLE,
     }
 }
 
@@ -595,6 +696,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status { json } => status(&cli.global, *json).await,
         Command::Services { json } => services(&cli.global, *json).await,
         Command::Resolve { name, json } => resolve(&cli.global, name, *json).await,
+        Command::ApiToken { json } => api_token(&cli.global, *json),
         Command::Discover { once, json, servers } => discover(&cli.global, *once, *json, servers).await,
         Command::Config { command: ConfigCommand::Check { json } } => config_check(&cli.global, *json),
     }

@@ -76,12 +76,36 @@ pub struct Snapshot {
 /// The name under which failed discovery rounds are counted in `tasks`.
 pub const DISCOVERY_TASK: &str = "discovery";
 
-/// Events streamed on `/v1/events`.
+/// Events streamed on `/v1/events`. Each serialises as one object with exactly one `kind`
+/// (`member`, `forgotten`, `record`, `external` from the mesh's own tag; `service`), and
+/// that kind is the SSE event name.
 #[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(untagged)]
 pub enum ApiEvent {
     Mesh(MeshEvent),
-    Service { server: String, change: &'static str, url: Option<String>, previous: Option<String> },
+    Service(ServiceEvent),
+}
+
+/// A local server became resolvable, stopped being so, or moved.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename = "service")]
+pub struct ServiceEvent {
+    pub server: String,
+    pub change: &'static str,
+    pub url: Option<String>,
+    pub previous: Option<String>,
+}
+
+impl ApiEvent {
+    /// The event's `kind`, as serialised.
+    pub fn kind(&self) -> String {
+        match self {
+            ApiEvent::Service(_) => "service".to_string(),
+            ApiEvent::Mesh(m) => {
+                serde_json::to_value(m).ok().and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string)).unwrap_or_else(|| "mesh".into())
+            }
+        }
+    }
 }
 
 /// Messages to the driver.
@@ -307,6 +331,20 @@ fn log_changes(old: &[ServerReport], new: &[ServerReport], events: &broadcast::S
             }
             _ => continue,
         };
-        let _ = events.send(ApiEvent::Service { server: n.name.clone(), change, url: n.resolved.clone(), previous: before });
+        let _ = events.send(ApiEvent::Service(ServiceEvent { server: n.name.clone(), change, url: n.resolved.clone(), previous: before }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_event_has_one_kind_named_service() {
+        let ev = ApiEvent::Service(ServiceEvent { server: "s".into(), change: "available", url: Some("http://x/mcp".into()), previous: None });
+        let text = serde_json::to_string(&ev).expect("json");
+        assert_eq!(text.matches("\"kind\"").count(), 1, "{text}");
+        assert!(text.starts_with("{\"kind\":\"service\""), "{text}");
+        assert_eq!(ev.kind(), "service");
     }
 }

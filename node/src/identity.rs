@@ -18,8 +18,9 @@ pub enum IdentityError {
 /// File name of the key inside the data dir.
 pub const KEY_FILE: &str = "node.key";
 
-/// Loads `data_dir/node.key`, creating it on first start. Returns the keypair and whether it was new.
-pub fn load_or_create(data_dir: &Path) -> Result<(Keypair, bool), IdentityError> {
+/// Loads `data_dir/node.key` without creating it: `Ok(None)` when there is none (no node
+/// has run with this data dir). The CLI uses it to know which node it should talk to.
+pub fn load(data_dir: &Path) -> Result<Option<Keypair>, IdentityError> {
     let path = data_dir.join(KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
@@ -30,20 +31,27 @@ pub fn load_or_create(data_dir: &Path) -> Result<(Keypair, bool), IdentityError>
             if kp.clone().try_into_ed25519().is_err() {
                 return Err(IdentityError::Corrupt { path, reason: "not an ed25519 key".into() });
             }
-            Ok((kp, false))
+            Ok(Some(kp))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let kp = Keypair::generate_ed25519();
-            let bytes = kp.to_protobuf_encoding().map_err(|e| IdentityError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-            write_private(&path, &bytes).map_err(|source| IdentityError::Write { path: path.clone(), source })?;
-            Ok((kp, true))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(IdentityError::Read { path, source }),
     }
 }
 
+/// Loads `data_dir/node.key`, creating it on first start. Returns the keypair and whether it was new.
+pub fn load_or_create(data_dir: &Path) -> Result<(Keypair, bool), IdentityError> {
+    if let Some(kp) = load(data_dir)? {
+        return Ok((kp, false));
+    }
+    let path = data_dir.join(KEY_FILE);
+    let kp = Keypair::generate_ed25519();
+    let bytes = kp.to_protobuf_encoding().map_err(|e| IdentityError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+    write_private(&path, &bytes).map_err(|source| IdentityError::Write { path: path.clone(), source })?;
+    Ok((kp, true))
+}
+
 /// Writes a file readable only by its owner, atomically (temp file + rename).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
@@ -74,6 +82,7 @@ mod tests {
         let (a, new_a) = load_or_create(tmp.path()).expect("create");
         let (b, new_b) = load_or_create(tmp.path()).expect("load");
         assert!(new_a && !new_b);
+        assert_eq!(load(tmp.path()).expect("read-only load").map(|k| peer_id(&k)), Some(peer_id(&a)));
         assert_eq!(peer_id(&a), peer_id(&b));
         #[cfg(unix)]
         {
@@ -87,6 +96,7 @@ mod tests {
     fn corrupt_key_is_reported_and_kept() {
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::write(tmp.path().join(KEY_FILE), b"garbage").expect("write");
+        assert!(load(&tmp.path().join("none")).expect("missing is not an error").is_none());
         let err = load_or_create(tmp.path()).expect_err("corrupt");
         assert!(matches!(err, IdentityError::Corrupt { .. }));
         assert_eq!(std::fs::read(tmp.path().join(KEY_FILE)).expect("read"), b"garbage");

@@ -2,6 +2,8 @@
 //! decisions it acts on come from `craftmesh_protocol`.
 
 pub mod api;
+pub mod apiauth;
+pub mod apiclient;
 pub mod cli;
 pub mod config_files;
 pub mod datadir;

@@ -20,6 +20,10 @@ pub struct Setup {
     pub keypair: libp2p_identity::Keypair,
     /// `None` runs the node without a mesh (local discovery and API only).
     pub mesh: Option<crate::mesh::MeshOptions>,
+    /// The API token (from `api.token` in the data dir) every API request must carry.
+    pub api_token: String,
+    /// `--api-allow-remote`: the API may listen on a non-loopback address.
+    pub api_allow_remote: bool,
 }
 
 /// Errors that stop the node.
@@ -68,8 +72,10 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     let driver_task =
         tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), health.clone(), stopped(stop_rx.clone())));
     tracing::info!(api = %addr, %peer_id, servers = setup.config.servers.len(), "craftmesh node up");
-    let app = api::router(handle, discoverer, events_tx);
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx));
+    let auth =
+        Arc::new(crate::apiauth::ApiAuth { token: setup.api_token.clone(), allow_remote: setup.api_allow_remote, bound: addr, keypair: setup.keypair.clone() });
+    let app = api::router(handle, discoverer, events_tx, auth);
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>()).with_graceful_shutdown(stopped(stop_rx));
     let server_task = tokio::spawn(async move { server.await });
     shutdown.await;
     tracing::info!("shutting down");

@@ -8,8 +8,11 @@
 //! * Configuration and runs: [`ConfigDir`] writes a project directory and runs
 //!   `craftmesh --config-dir DIR ...` with only that configuration, always under a timeout.
 //!
+//! * The local API from the test process: [`api`] (raw HTTP with the node's token).
+//!
 //! Every wait here has a deadline, and every spawned process or thread is stopped on drop.
 
+pub mod api;
 pub mod meshnode;
 pub mod netns;
 pub mod sim;

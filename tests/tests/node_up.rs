@@ -3,8 +3,6 @@
 
 use craftmesh_tests::*;
 use serde_json::Value;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,16 +37,12 @@ fn start_node(cfg: &ConfigDir, api: &str) -> KillOnDrop {
     KillOnDrop(child)
 }
 
-/// GET over a raw socket with deadlines; returns (status, body).
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+/// GET with the node's token; returns (status, body).
+fn http_get(cfg: &ConfigDir, addr: &str, path: &str) -> Option<(u16, String)> {
+    if !cfg.data_dir().join("api.token").is_file() {
+        return None;
+    }
+    craftmesh_tests::api::get(&cfg.data_dir(), addr, path).map(|a| (a.status, a.body))
 }
 
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -90,7 +84,7 @@ fn node_serves_services_and_resolve_reverifies_before_answering() {
 
     // /v1/node answers with an identity.
     let node_json: Value = wait_until("the API to answer /v1/node", STEP, || {
-        http_get(&api, "/v1/node").filter(|(s, _)| *s == 200).and_then(|(_, b)| serde_json::from_str(&b).ok())
+        http_get(&cfg, &api, "/v1/node").filter(|(s, _)| *s == 200).and_then(|(_, b)| serde_json::from_str(&b).ok())
     });
     let peer_id = node_json["node"]["peer_id"].as_str().expect("peer_id").to_string();
     assert!(peer_id.len() > 40, "peer id looks like a libp2p id: {peer_id}");
@@ -142,7 +136,7 @@ fn node_serves_services_and_resolve_reverifies_before_answering() {
     // Restart: same identity.
     let mut node = start_node(&cfg, &api);
     let again: Value =
-        wait_until("the restarted API", STEP, || http_get(&api, "/v1/node").filter(|(s, _)| *s == 200).and_then(|(_, b)| serde_json::from_str(&b).ok()));
+        wait_until("the restarted API", STEP, || http_get(&cfg, &api, "/v1/node").filter(|(s, _)| *s == 200).and_then(|(_, b)| serde_json::from_str(&b).ok()));
     assert_eq!(again["node"]["peer_id"].as_str(), Some(peer_id.as_str()), "identity persists across restarts");
     assert_eq!(terminate(&mut node), Some(0));
 }
