@@ -9,5 +9,6 @@ pub mod discovery;
 pub mod driver;
 pub mod host;
 pub mod identity;
+pub mod invite;
 pub mod mesh;
 pub mod node;
