@@ -188,7 +188,7 @@ pub(crate) fn data_dir(g: &Global) -> PathBuf {
 }
 
 /// The API address: --api / CRAFTMESH_API, else what the node wrote in the data dir, else the default.
-fn api_addr(g: &Global) -> String {
+pub(crate) fn api_addr(g: &Global) -> String {
     if let Some(a) = &g.api {
         return a.clone();
     }
@@ -205,6 +205,10 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             return Ok(code);
         }
     };
+    if a.open && let Some(k) = &a.mesh_key {
+        eprintln!("error: --open asks for an open mesh but --mesh-key {} gives a key; use one or the other", k.display());
+        return Ok(exit::CONFIG);
+    }
     let dd = data_dir(g);
     let data = match DataDir::open(&dd) {
         Ok(d) => d,
@@ -222,7 +226,7 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         None
     } else {
         let mc = &cfg.mesh;
-        let key = match up_key(a, mc, &sources, data.path()) {
+        let key = match crate::invite::up_key(a, mc, &sources, data.path()) {
             Ok(k) => k,
             Err(code) => return Ok(code),
         };
@@ -263,30 +267,6 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
     let setup = crate::node::Setup { config: Arc::new(cfg), base_dir, data_dir: data, keypair: kp, mesh };
     crate::node::run(setup, listener, crate::node::shutdown_signal()).await?;
     Ok(exit::OK)
-}
-
-/// The mesh key of `up` (see [`crate::mesh::keys::resolve`]), logged; `None`: the open mesh.
-fn up_key(a: &UpArgs, mc: &craftmesh_protocol::config::mcp::MeshPatch, sources: &Sources, dd: &std::path::Path) -> Result<Option<libp2p::pnet::PreSharedKey>, i32> {
-    use crate::mesh::keys::KeyChoice;
-    match crate::mesh::keys::resolve(a.mesh_key.as_deref(), a.open, mc, sources.project_dir.as_deref(), dd) {
-        Ok(KeyChoice::Open) => {
-            tracing::warn!("OPEN MESH: no mesh key, so any machine on this LAN can join this mesh and use its services; run without --open / mesh.open to use a key");
-            Ok(None)
-        }
-        Ok(KeyChoice::File { path, key, created, default }) => {
-            let mesh_id = crate::mesh::keys::mesh_id(Some(&key));
-            if created {
-                tracing::info!(path = %path.display(), %mesh_id, "created a new mesh key; add machines with `craftmesh invite` here and `craftmesh join CODE` there");
-            } else if default {
-                tracing::info!(path = %path.display(), %mesh_id, "using the mesh key of the data dir; add machines with `craftmesh invite`");
-            }
-            Ok(Some(key))
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(exit::CONFIG)
-        }
-    }
 }
 
 /// `craftmesh discover [--once]`.

@@ -12,6 +12,9 @@ const MAX_ADDRS: usize = 16;
 
 fn daemon(addrs: &[(String, IpAddr)]) -> Result<ServiceDaemon, mdns_sd::Error> {
     let d = ServiceDaemon::new()?;
+    // `craftmesh-invite` is 16 characters; RFC 6335 service names stop at 15, which
+    // mdns-sd enforces by default. Only craftmesh browses for it.
+    d.set_service_name_len_max(20)?;
     d.disable_interface(IfKind::All)?;
     for (name, _) in addrs {
         d.enable_interface(IfKind::Name(name.clone()))?;

@@ -67,6 +67,30 @@ pub struct JoinArgs {
     pub json: bool,
 }
 
+/// The mesh key of `up` (see [`crate::mesh::keys::resolve`]), logged; `None`: the open mesh.
+pub(crate) fn up_key(a: &crate::cli::UpArgs, mc: &craftmesh_protocol::config::mcp::MeshPatch, sources: &crate::config_files::Sources, dd: &std::path::Path) -> Result<Option<libp2p::pnet::PreSharedKey>, i32> {
+    use crate::mesh::keys::KeyChoice;
+    match crate::mesh::keys::resolve(a.mesh_key.as_deref(), a.open, mc, sources.project_dir.as_deref(), dd) {
+        Ok(KeyChoice::Open) => {
+            tracing::warn!("OPEN MESH: no mesh key, so any machine on this LAN can join this mesh and use its services; run without --open / mesh.open to use a key");
+            Ok(None)
+        }
+        Ok(KeyChoice::File { path, key, created, default }) => {
+            let mesh_id = crate::mesh::keys::mesh_id(Some(&key));
+            if created {
+                tracing::info!(path = %path.display(), %mesh_id, "created a new mesh key; add machines with `craftmesh invite` here and `craftmesh join CODE` there");
+            } else if default {
+                tracing::info!(path = %path.display(), %mesh_id, "using the mesh key of the data dir; add machines with `craftmesh invite`");
+            }
+            Ok(Some(key))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::CONFIG)
+        }
+    }
+}
+
 fn policy(cfg: &Config, allow: &[String], deny: &[String]) -> InterfacePolicy {
     let or_cfg = |cli: &[String], c: &Option<Vec<String>>| if cli.is_empty() { c.clone().unwrap_or_default() } else { cli.to_vec() };
     InterfacePolicy { allow: or_cfg(allow, &cfg.mesh.interfaces.allow), deny: or_cfg(deny, &cfg.mesh.interfaces.deny) }
@@ -86,6 +110,14 @@ pub async fn invite(g: &Global, a: &InviteArgs) -> anyhow::Result<i32> {
             return Ok(code);
         }
     };
+    // The running node (if any) may run another mesh than the files say (`up --open`,
+    // another `--mesh-key`): refuse to share for an open mesh, warn for another key.
+    let running = crate::api::Client::new(&crate::cli::api_addr(g), Duration::from_secs(3)).get::<serde_json::Value>("/v1/node").await.ok();
+    let running_mesh = running.as_ref().and_then(|v| v["mesh"]["mesh_id"].as_str().map(str::to_string));
+    if running_mesh.as_deref() == Some(keys::OPEN_MESH) {
+        eprintln!("error: the running node is in the open mesh (started with --open): there is no key to share; restart it without --open to use a key");
+        return Ok(exit::CONFIG);
+    }
     let dd = crate::cli::data_dir(g);
     if let Err(e) = std::fs::create_dir_all(&dd) {
         eprintln!("error: cannot create the data dir {}: {e}", dd.display());
@@ -110,6 +142,9 @@ pub async fn invite(g: &Global, a: &InviteArgs) -> anyhow::Result<i32> {
     let bytes = keys::key_bytes(&key);
     let long = joincode::encode_long(&bytes);
     let mesh_id = keys::mesh_id(Some(&key));
+    if let Some(id) = running_mesh.filter(|id| *id != mesh_id) {
+        eprintln!("warning: the running node is in mesh {id}, but this invite shares the key of mesh {mesh_id} ({})", path.display());
+    }
     if a.long {
         if a.json {
             json_line(serde_json::json!({ "long_code": long, "mesh_id": mesh_id, "key_file": path.display().to_string() }));
