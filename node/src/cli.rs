@@ -205,7 +205,9 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             return Ok(code);
         }
     };
-    if a.open && let Some(k) = &a.mesh_key {
+    if a.open
+        && let Some(k) = &a.mesh_key
+    {
         eprintln!("error: --open asks for an open mesh but --mesh-key {} gives a key; use one or the other", k.display());
         return Ok(exit::CONFIG);
     }

@@ -202,7 +202,12 @@ struct Attempt<S> {
     confirm: Vec<u8>,
 }
 
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, peer: String, code: &ShortCode, limits: Limits) -> Result<Attempt<S>, (String, WireError)> {
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: String,
+    code: &ShortCode,
+    limits: Limits,
+) -> Result<Attempt<S>, (String, WireError)> {
     let r: Result<(Keys, Vec<u8>), WireError> = async {
         let msg_a = match read_frame(&mut stream, limits).await? {
             (k, b) if k == Kind::Hello as u8 && b.len() == PAKE_MSG => b,

@@ -68,11 +68,18 @@ pub struct JoinArgs {
 }
 
 /// The mesh key of `up` (see [`crate::mesh::keys::resolve`]), logged; `None`: the open mesh.
-pub(crate) fn up_key(a: &crate::cli::UpArgs, mc: &craftmesh_protocol::config::mcp::MeshPatch, sources: &crate::config_files::Sources, dd: &std::path::Path) -> Result<Option<libp2p::pnet::PreSharedKey>, i32> {
+pub(crate) fn up_key(
+    a: &crate::cli::UpArgs,
+    mc: &craftmesh_protocol::config::mcp::MeshPatch,
+    sources: &crate::config_files::Sources,
+    dd: &std::path::Path,
+) -> Result<Option<libp2p::pnet::PreSharedKey>, i32> {
     use crate::mesh::keys::KeyChoice;
     match crate::mesh::keys::resolve(a.mesh_key.as_deref(), a.open, mc, sources.project_dir.as_deref(), dd) {
         Ok(KeyChoice::Open) => {
-            tracing::warn!("OPEN MESH: no mesh key, so any machine on this LAN can join this mesh and use its services; run without --open / mesh.open to use a key");
+            tracing::warn!(
+                "OPEN MESH: no mesh key, so any machine on this LAN can join this mesh and use its services; run without --open / mesh.open to use a key"
+            );
             Ok(None)
         }
         Ok(KeyChoice::File { path, key, created, default }) => {
@@ -131,7 +138,9 @@ pub async fn invite(g: &Global, a: &InviteArgs) -> anyhow::Result<i32> {
             (key, path)
         }
         Ok(KeyChoice::Open) => {
-            eprintln!("error: this node is configured for an open mesh (mesh.open: true): there is no key to share; remove mesh.open and restart `craftmesh up` to get one");
+            eprintln!(
+                "error: this node is configured for an open mesh (mesh.open: true): there is no key to share; remove mesh.open and restart `craftmesh up` to get one"
+            );
             return Ok(exit::CONFIG);
         }
         Err(e) => {
@@ -262,7 +271,7 @@ pub async fn invite(g: &Global, a: &InviteArgs) -> anyhow::Result<i32> {
 }
 
 fn human_secs(s: u64) -> String {
-    if s >= 60 && s % 60 == 0 { format!("{} min", s / 60) } else { format!("{s} s") }
+    if s >= 60 && s.is_multiple_of(60) { format!("{} min", s / 60) } else { format!("{s} s") }
 }
 
 /// Shows the time left on stderr: a line rewritten every second on a terminal, else a
@@ -274,7 +283,7 @@ async fn progress(deadline: tokio::time::Instant, json: bool) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs();
         if tty {
             eprint!("\x1b[2K\rwaiting for `craftmesh join` on the other machine… {}:{:02} left", left / 60, left % 60);
-        } else if n % 30 == 0 {
+        } else if n.is_multiple_of(30) {
             eprintln!("waiting for `craftmesh join` on the other machine ({left} s left)");
         }
         n += 1;
@@ -359,7 +368,8 @@ async fn fetch(cfg: &Config, a: &JoinArgs, code: &ShortCode) -> Result<[u8; 32],
             Err(_) => return Err((exit::UNREACHABLE, format!("--from `{from}`: name lookup timed out"))),
         },
         None => {
-            let ifaces: Vec<(String, IpAddr)> = usable(&policy(cfg, &a.interfaces, &a.deny_interfaces)).into_iter().filter(|(_, ip)| !ip.is_loopback()).collect();
+            let ifaces: Vec<(String, IpAddr)> =
+                usable(&policy(cfg, &a.interfaces, &a.deny_interfaces)).into_iter().filter(|(_, ip)| !ip.is_loopback()).collect();
             if !a.json {
                 eprintln!("looking for invite {} on the LAN…", code.nameplate);
             }

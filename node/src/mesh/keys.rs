@@ -182,7 +182,10 @@ pub fn resolve(
     if cli_open && let Some(k) = &cfg_key {
         return Err(ResolveError::OpenWithKey("--open".into(), format!("mesh.key_file {}", k.display())));
     }
-    if cfg_open && cli_key.is_none() && let Some(k) = &cfg_key {
+    if cfg_open
+        && cli_key.is_none()
+        && let Some(k) = &cfg_key
+    {
         return Err(ResolveError::OpenWithKey("mesh.open".into(), format!("mesh.key_file {}", k.display())));
     }
     if cli_open || (cfg_open && cli_key.is_none()) {
@@ -239,7 +242,7 @@ mod tests {
         let path = tmp.path().join("mesh.key");
         let (first, created) = load_or_create(&path).expect("create");
         assert!(created);
-        assert_eq!(load_or_create(&path).expect("load").1, false);
+        assert!(!load_or_create(&path).expect("load").1);
         assert_eq!(store(&path, &first).expect("same"), Stored::Same);
         let other = PreSharedKey::new([9; 32]);
         assert_eq!(key_bytes(&other), [9; 32]);
