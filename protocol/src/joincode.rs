@@ -290,6 +290,11 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_a_valid_short_code() {
+        assert_eq!(ShortCode::parse("42-apple-river-stone").map(|c| c.text()), Ok("42-apple-river-stone".to_string()));
+    }
+
+    #[test]
     fn a_short_code_with_an_unknown_word_or_bad_shape_is_an_error() {
         let w = WORDS[0];
         assert!(matches!(ShortCode::parse(&format!("42-{w}-{w}-qqqq")), Err(CodeError::UnknownWord(_))));

@@ -24,7 +24,9 @@ fn ids(rig: &Rig, n: &MeshNode) -> Vec<String> {
 
 fn alive_both_ways(rig: &Rig, a: &MeshNode, b: &MeshNode) {
     for (x, y) in [(a, b), (b, a)] {
-        wait_until(&format!("node {} to see node {} alive", x.index, y.index), JOIN, || (x.state_of(rig, &y.peer_id).as_deref() == Some("alive")).then_some(()));
+        wait_until(&format!("node {} to see node {} alive", x.index, y.index), JOIN, || {
+            (x.state_of(rig, &y.peer_id).as_deref() == Some("alive")).then_some(())
+        });
     }
 }
 
@@ -89,7 +91,7 @@ fn a_wrong_short_code_voids_the_invite_and_stores_no_key() {
     // Same nameplate (it finds the invite), another last word.
     let mut parts: Vec<&str> = code.split('-').collect();
     let last = parts.pop().expect("a word");
-    let wrong = format!("{}-{}", parts.join("-"), if last == "apple" { "zebra" } else { "apple" });
+    let wrong = format!("{}-{}", parts.join("-"), if last == "apple" { "river" } else { "apple" });
     let out = b.cli(&rig, &["join", &wrong, "--wait", "15"]);
     assert_eq!(out.code(), Some(1), "{}", out.describe());
     assert!(out.stderr.contains("wrong"), "{}", out.describe());
