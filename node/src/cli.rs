@@ -62,9 +62,13 @@ pub struct Global {
 /// Mesh options of `up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Pre-shared mesh key file (from `craftmesh keygen`); nodes without the same key cannot connect.
+    /// Pre-shared mesh key file (from `craftmesh keygen`); nodes without the same key cannot connect
+    /// (default: `mesh.key_file`, else `mesh.key` in the data dir, created on first run).
     #[arg(long, env = "CRAFTMESH_MESH_KEY_FILE", value_name = "FILE")]
     pub mesh_key: Option<PathBuf>,
+    /// Join the open mesh: no key, so any machine on the LAN can join. Not with --mesh-key.
+    #[arg(long, env = "CRAFTMESH_OPEN", value_parser = clap::builder::BoolishValueParser::new())]
+    pub open: bool,
     /// TCP port of the mesh (0: any free port; default 7411 or `mesh.listen_port`).
     #[arg(long, env = "CRAFTMESH_LISTEN_PORT", value_name = "PORT")]
     pub listen: Option<u16>,
@@ -100,6 +104,10 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Print a join code for this node's mesh and wait (once, for minutes) for `craftmesh join` on another machine.
+    Invite(crate::invite::InviteArgs),
+    /// Join the mesh of a code from `craftmesh invite`: stores its key in the data dir.
+    Join(crate::invite::JoinArgs),
     /// Show the running node: identity, mesh, counters, host resources.
     Status {
         #[arg(long)]
@@ -181,7 +189,7 @@ pub fn load_config(g: &Global, quiet_warnings: bool) -> Result<(Config, Sources,
     }
 }
 
-fn print_diags(d: &Diagnostics) {
+pub(crate) fn print_diags(d: &Diagnostics) {
     for x in &d.0 {
         eprintln!("{x}");
     }
@@ -191,12 +199,12 @@ fn print_diags(d: &Diagnostics) {
     }
 }
 
-fn data_dir(g: &Global) -> PathBuf {
+pub(crate) fn data_dir(g: &Global) -> PathBuf {
     g.data_dir.clone().unwrap_or_else(|| datadir::default_path(&env))
 }
 
 /// The API address: --api / CRAFTMESH_API, else what the node wrote in the data dir, else the default.
-fn api_addr(g: &Global) -> String {
+pub(crate) fn api_addr(g: &Global) -> String {
     if let Some(a) = &g.api {
         return a.clone();
     }
@@ -218,6 +226,12 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         && let Some(code) = refuse_remote_api(&addr).await
     {
         return Ok(code);
+    }
+    if a.open
+        && let Some(k) = &a.mesh_key
+    {
+        eprintln!("error: --open asks for an open mesh but --mesh-key {} gives a key; use one or the other", k.display());
+        return Ok(exit::CONFIG);
     }
     let dd = data_dir(g);
     let data = match DataDir::open(&dd) {
@@ -248,21 +262,9 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         None
     } else {
         let mc = &cfg.mesh;
-        let key_path = a.mesh_key.clone().or_else(|| {
-            mc.key_file.as_ref().map(|k| {
-                let p = config_files::expand_home(k);
-                if p.is_absolute() { p } else { sources.project_dir.clone().unwrap_or_default().join(p) }
-            })
-        });
-        let key = match &key_path {
-            Some(p) => match crate::mesh::keys::load(p) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(exit::CONFIG);
-                }
-            },
-            None => None,
+        let key = match crate::invite::up_key(a, mc, &sources, data.path()) {
+            Ok(k) => k,
+            Err(code) => return Ok(code),
         };
         let mut static_peers = Vec::new();
         let peers: Vec<String> = if a.peers.is_empty() { mc.static_peers.clone().unwrap_or_default() } else { a.peers.clone() };
@@ -359,7 +361,7 @@ pub fn api_token(g: &Global, json: bool) -> anyhow::Result<i32> {
 }
 
 /// The API client for this invocation: address, data dir, --token, --node-id.
-fn client(g: &Global, timeout: Duration) -> Client {
+pub(crate) fn client(g: &Global, timeout: Duration) -> Client {
     let mut c = Client::new(&api_addr(g), data_dir(g), timeout);
     c.token = g.token.clone();
     c.node_id = g.node_id.clone().filter(|s| !s.trim().is_empty());
@@ -439,7 +441,7 @@ async fn show(g: &Global, path: &str, json: bool, human: impl FnOnce(serde_json:
 
 /// `craftmesh members`.
 pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
-    show(g, "/v1/members", json, |v| {
+    let code = show(g, "/v1/members", json, |v| {
         let list = v.as_array().cloned().unwrap_or_default();
         if list.is_empty() {
             println!("no other members");
@@ -460,7 +462,23 @@ pub async fn members(g: &Global, json: bool) -> anyhow::Result<i32> {
             );
         }
     })
-    .await
+    .await?;
+    if !json && code == exit::OK {
+        print_other_meshes(g).await;
+    }
+    Ok(code)
+}
+
+/// The hint under `members`: nodes of other meshes seen on the LAN (a count, never who).
+async fn print_other_meshes(g: &Global) {
+    let n = client(g, Duration::from_secs(10)).get::<serde_json::Value>("/v1/node").await.ok().and_then(|v| v["mesh"]["other_meshes"].as_u64()).unwrap_or(0);
+    if n > 0 {
+        println!(
+            "{n} node{} of other meshes {} seen on this LAN; to join one, run `craftmesh invite` on one of its machines and `craftmesh join CODE` here",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "was" } else { "were" }
+        );
+    }
 }
 
 /// `craftmesh status`.
@@ -475,6 +493,9 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
             v["uptime_s"]
         );
         println!("api {}, data {}", n["api"].as_str().unwrap_or("?"), n["data_dir"].as_str().unwrap_or("?"));
+        if v["mesh"]["mesh_id"].as_str() == Some(crate::mesh::keys::OPEN_MESH) {
+            println!("WARNING: OPEN MESH: this node has no mesh key, so any machine on this LAN can join and use its services; restart it without --open / mesh.open to use a key");
+        }
         match v["mesh"].as_object() {
             Some(m) => println!(
                 "mesh {} on port {} at {}, {} members; rejected: {}",
@@ -692,6 +713,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match &cli.command {
         Command::Up(a) => up(&cli.global, a).await,
         Command::Keygen { out } => keygen(out),
+        Command::Invite(a) => crate::invite::invite(&cli.global, a).await,
+        Command::Join(a) => crate::invite::join(&cli.global, a).await,
         Command::Members { json } => members(&cli.global, *json).await,
         Command::Status { json } => status(&cli.global, *json).await,
         Command::Services { json } => services(&cli.global, *json).await,

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod driver;
 pub mod host;
 pub mod identity;
+pub mod invite;
 pub mod mesh;
 pub mod node;
 pub mod supervise;

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod interfaces;
+pub mod joincode;
 pub mod lockfile;
 pub mod membership;
 pub mod mesh;

@@ -24,10 +24,36 @@ pub struct MeshNode {
 /// Discovery config with no servers (nodes only mesh).
 pub const EMPTY_CONFIG: &str = "settings:\n  discovery_interval: 2\nservers: {}\n";
 
+/// A mesh key shared by every node this test process starts with [`MeshNode::start`]
+/// (written once with `craftmesh keygen` into a temporary directory).
+pub fn test_key() -> &'static str {
+    static KEY: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    &KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir for the test mesh key");
+        let path = dir.path().join("test-mesh.key");
+        let out = crate::run_with_timeout(std::process::Command::new(crate::craftmesh_bin()).args(["keygen", "--out"]).arg(&path), Duration::from_secs(10));
+        assert!(out.success(), "craftmesh keygen: {}", out.describe());
+        (dir, path.to_string_lossy().into_owned())
+    })
+    .1
+}
+
 impl MeshNode {
     /// Starts `craftmesh up` in host `i` with `yaml` as its discovery config and `extra`
     /// arguments; waits until its API answers (panics after 30 s with the node's log).
+    /// Nodes share the test process's mesh key ([`test_key`]) unless `extra` has
+    /// `--mesh-key` or `--open`; [`MeshNode::start_exact`] adds no key.
     pub fn start(rig: &Rig, i: usize, yaml: &str, extra: &[&str]) -> MeshNode {
+        let mut args: Vec<&str> = extra.to_vec();
+        if !extra.iter().any(|a| *a == "--mesh-key" || *a == "--open") {
+            args.extend(["--mesh-key", test_key()]);
+        }
+        MeshNode::start_exact(rig, i, yaml, &args)
+    }
+
+    /// Starts `craftmesh up` with exactly `extra` (no mesh key added): a node as a user
+    /// starts it, which makes or loads the key of its own data dir.
+    pub fn start_exact(rig: &Rig, i: usize, yaml: &str, extra: &[&str]) -> MeshNode {
         let cfg = ConfigDir::new(yaml);
         let mut n = MeshNode { index: i, cfg, proc: None, peer_id: String::new(), bin: None, args: extra.iter().map(|s| s.to_string()).collect() };
         n.restart(rig);

@@ -39,6 +39,26 @@ fn cli_json(name: &str, args: &[&str]) -> Option<Value> {
     serde_json::from_str(&out.stdout).ok()
 }
 
+/// `craftmesh <args>` inside container `name`; asserts it exits 0.
+fn exec(name: &str, args: &[&str]) -> CmdOutput {
+    let mut full = vec!["exec", name, "/craftmesh"];
+    full.extend_from_slice(args);
+    docker(&full, Duration::from_secs(30))
+}
+
+/// Two containers each made their own key (the image's default): they do not mesh. Then
+/// the product's own path puts `b` in `a`'s mesh: `invite --long` in `a`, `join CODE` in
+/// `b`, restart `b` (its key lives in its /data volume).
+fn join_b_to_a(a: &str, b: &str, id_a: &str, id_b: &str, context: impl Fn() -> String) {
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(state_of(a, id_b).is_none() && state_of(b, id_a).is_none(), "containers with their own keys must not mesh\n{}", context());
+    let inv = cli_json(a, &["invite", "--long"]).unwrap_or_else(|| panic!("invite --long --json in {a}\n{}", context()));
+    let code = inv["long_code"].as_str().unwrap_or_else(|| panic!("no long_code: {inv}")).to_string();
+    let out = exec(b, &["join", &code]);
+    assert!(out.stdout.contains("restart"), "{}", out.describe());
+    docker(&["restart", "-t", "10", b], Duration::from_secs(60));
+}
+
 fn state_of(observer: &str, peer: &str) -> Option<String> {
     cli_json(observer, &["members"])?.as_array()?.iter().find(|m| m["id"] == peer)?["state"].as_str().map(str::to_string)
 }
@@ -118,11 +138,12 @@ fn peer_id(name: &str, context: impl Fn() -> String) -> String {
 #[test]
 fn two_containers_from_the_shipped_image_mesh_and_leave_cleanly() {
     let Some(d) = Deployment::build(false) else { return };
-    // The image's own CMD (`up --api 0.0.0.0:7410`); nothing published on the host.
+    // The image's own CMD (`up`, API on the container's loopback); nothing published on the host.
     let (a, _ca) = d.run("a", &["CRAFTMESH_LOG=info,craftmesh=debug"], &[]);
     let (b, _cb) = d.run("b", &["CRAFTMESH_LOG=info,craftmesh=debug"], &[]);
     let context = || format!("--- {a} ---\n{}\n--- {b} ---\n{}", logs(&a), logs(&b));
     let (id_a, id_b) = (peer_id(&a, context), peer_id(&b, context));
+    join_b_to_a(&a, &b, &id_a, &id_b, context);
 
     // Found over DNS-SD on the Docker network, connected over libp2p.
     wait_for("a to see b alive", Duration::from_secs(30), context, || (state_of(&a, &id_b).as_deref() == Some("alive")).then_some(()));
@@ -154,9 +175,10 @@ fn containers_on_an_internal_network_mesh_through_static_peers() {
     let ip_a = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &a], Duration::from_secs(20)).stdout.trim().to_string();
     assert!(ip_a.parse::<std::net::Ipv4Addr>().is_ok(), "no address for {a}: `{ip_a}`");
     let peer = format!("/ip4/{ip_a}/tcp/7411");
-    let (b, _cb) = d.run("b", &[], &["up", "--api", "0.0.0.0:7410", "--peer", &peer]);
+    let (b, _cb) = d.run("b", &[], &["up", "--peer", &peer]);
     let context = || format!("--- {a} ---\n{}\n--- {b} ---\n{}", logs(&a), logs(&b));
     let (id_a, id_b) = (peer_id(&a, context), peer_id(&b, context));
+    join_b_to_a(&a, &b, &id_a, &id_b, context);
     wait_for("b to see a alive", Duration::from_secs(30), context, || (state_of(&b, &id_a).as_deref() == Some("alive")).then_some(()));
     wait_for("a to see b alive", Duration::from_secs(30), context, || (state_of(&a, &id_b).as_deref() == Some("alive")).then_some(()));
 }

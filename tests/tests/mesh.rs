@@ -171,7 +171,7 @@ fn nodes_with_a_different_key_or_none_never_join() {
     let a = MeshNode::start(&rig, 0, EMPTY_CONFIG, &["--mesh-key", &k1]);
     let b = MeshNode::start(&rig, 1, EMPTY_CONFIG, &["--mesh-key", &k1]);
     let other = MeshNode::start(&rig, 2, EMPTY_CONFIG, &["--mesh-key", &k2]);
-    let open = MeshNode::start(&rig, 3, EMPTY_CONFIG, &[]);
+    let open = MeshNode::start(&rig, 3, EMPTY_CONFIG, &["--open"]);
     all_alive(&rig, &[&a, &b]);
     // Give the outsiders time to try (they see the adverts), then check nobody let them in.
     std::thread::sleep(Duration::from_secs(4));

@@ -275,6 +275,7 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
         mesh.mdns = m.mdns.or(mesh.mdns);
         mesh.tags = m.tags.clone().or(mesh.tags.take());
         mesh.key_file = m.key_file.clone().or(mesh.key_file.take());
+        mesh.open = m.open.or(mesh.open);
         merge_settings(&mut patch, &d.settings);
         note_origins(&mut origins, &d.settings, path, text, "settings");
         if let Some(v) = d.resource_limits.total_memory_mb {

@@ -44,6 +44,9 @@ pub struct MeshPatch {
     pub tags: Option<Vec<String>>,
     /// Path of the mesh key file (relative to the config dir).
     pub key_file: Option<String>,
+    /// Join the open mesh (no key: any machine on the LAN can join). Default false: the
+    /// data dir's `mesh.key`, created on first run.
+    pub open: Option<bool>,
 }
 
 /// Interface allow/deny lists.
