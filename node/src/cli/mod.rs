@@ -7,7 +7,6 @@ use crate::config_files::{self, Sources};
 use crate::datadir::{self, DataDir};
 use crate::discovery::Discoverer;
 use crate::host::HostMonitor;
-use clap::{Args, Parser, Subcommand};
 use craftmesh_protocol::config::{Config, Diagnostics, Profile};
 use craftmesh_protocol::report::{Finding, Report};
 use std::io::{IsTerminal as _, Write as _};
@@ -15,151 +14,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Exit codes: 0 ok, 1 not found / unhealthy, 2 bad configuration or usage, 3 node unreachable
-/// or not authenticated (not the node of this data dir, no or wrong API token).
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const NOT_FOUND: i32 = 1;
-    pub const CONFIG: i32 = 2;
-    pub const UNREACHABLE: i32 = 3;
-}
+mod args;
+mod print;
 
-#[derive(Debug, Parser)]
-#[command(name = "craftmesh", version, about = "LAN mesh for MCP servers, shared services and agent capacity")]
-pub struct Cli {
-    #[command(flatten)]
-    pub global: Global,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Options every command understands, so `craftmesh services` finds the node `up` started.
-#[derive(Debug, Args)]
-pub struct Global {
-    /// Project directory holding .mcp/ and .agents/ (default: the current directory if it has them).
-    #[arg(long, global = true, env = "CRAFTMESH_CONFIG_DIR", value_name = "DIR")]
-    pub config_dir: Option<PathBuf>,
-    /// Data directory (default: $XDG_DATA_HOME/craftmesh or ~/.local/share/craftmesh).
-    #[arg(long, global = true, env = "CRAFTMESH_DATA_DIR", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Address of the local API (default: the running node's, else 127.0.0.1:7410).
-    #[arg(long, global = true, env = "CRAFTMESH_API", value_name = "ADDR")]
-    pub api: Option<String>,
-    /// Configuration profile: default or production.
-    #[arg(long, global = true, env = "CRAFTMESH_PROFILE", value_name = "NAME", default_value = "default")]
-    pub profile: String,
-    /// API token to send (default: the `api.token` file in the data dir).
-    #[arg(long, global = true, env = "CRAFTMESH_API_TOKEN", value_name = "TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Peer id the node at --api must prove (default: the data dir's node.key); for a node whose data dir this user cannot read.
-    #[arg(long, global = true, env = "CRAFTMESH_NODE_ID", value_name = "PEER_ID")]
-    pub node_id: Option<String>,
-    /// Log filter: a level, or comma-separated `target=level` pairs, e.g. `debug` or `info,craftmesh=trace`.
-    #[arg(long, global = true, env = "CRAFTMESH_LOG", value_name = "FILTER")]
-    pub log: Option<String>,
-}
-
-/// Mesh options of `up`.
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Pre-shared mesh key file (from `craftmesh keygen`); nodes without the same key cannot connect
-    /// (default: `mesh.key_file`, else `mesh.key` in the data dir, created on first run).
-    #[arg(long, env = "CRAFTMESH_MESH_KEY_FILE", value_name = "FILE")]
-    pub mesh_key: Option<PathBuf>,
-    /// Join the open mesh: no key, so any machine on the LAN can join. Not with --mesh-key.
-    #[arg(long, env = "CRAFTMESH_OPEN", value_parser = clap::builder::BoolishValueParser::new())]
-    pub open: bool,
-    /// TCP port of the mesh (0: any free port; default 7411 or `mesh.listen_port`).
-    #[arg(long, env = "CRAFTMESH_LISTEN_PORT", value_name = "PORT")]
-    pub listen: Option<u16>,
-    /// Static peer to dial (multiaddr such as /ip4/10.0.0.2/tcp/7411), for networks without multicast; repeatable.
-    #[arg(long = "peer", env = "CRAFTMESH_PEERS", value_delimiter = ',', value_name = "MULTIADDR")]
-    pub peers: Vec<String>,
-    /// Only use these interfaces (prefix match, e.g. `eth0` or `veth*`); repeatable.
-    #[arg(long = "interface", env = "CRAFTMESH_INTERFACES", value_delimiter = ',', value_name = "NAME")]
-    pub interfaces: Vec<String>,
-    /// Never use these interfaces; repeatable.
-    #[arg(long = "deny-interface", env = "CRAFTMESH_DENY_INTERFACES", value_delimiter = ',', value_name = "NAME")]
-    pub deny_interfaces: Vec<String>,
-    /// Do not advertise or browse DNS-SD (static peers only).
-    #[arg(long, env = "CRAFTMESH_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
-    pub no_mdns: bool,
-    /// Run without the mesh: local discovery and API only.
-    #[arg(long, env = "CRAFTMESH_NO_MESH", value_parser = clap::builder::BoolishValueParser::new())]
-    pub no_mesh: bool,
-    /// Let the API listen on a non-loopback --api address (clients still need the API token).
-    #[arg(long, env = "CRAFTMESH_API_ALLOW_REMOTE", value_parser = clap::builder::BoolishValueParser::new())]
-    pub api_allow_remote: bool,
-    /// Tags published in this node's record; repeatable.
-    #[arg(long = "tag", value_name = "TAG")]
-    pub tags: Vec<String>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the node: periodic discovery, the mesh, the local API.
-    Up(UpArgs),
-    /// Write a new random mesh key (256-bit pre-shared key) to FILE.
-    Keygen {
-        #[arg(long, value_name = "FILE")]
-        out: PathBuf,
-    },
-    /// Print a join code for this node's mesh and wait (once, for minutes) for `craftmesh join` on another machine.
-    Invite(crate::invite::InviteArgs),
-    /// Join the mesh of a code from `craftmesh invite`: stores its key in the data dir.
-    Join(crate::invite::JoinArgs),
-    /// Show the running node: identity, mesh, counters, host resources.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the mesh members the running node knows.
-    Members {
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the services the running node knows.
-    Services {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print the URL of a healthy instance of NAME (verified just now).
-    Resolve {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print the API token of the data dir (created if missing) and its `Authorization` header, for API and MCP clients.
-    ApiToken {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run discovery without a node and print what it finds.
-    Discover {
-        /// Run one round and exit (without it, repeat every discovery_interval).
-        #[arg(long)]
-        once: bool,
-        #[arg(long)]
-        json: bool,
-        /// Only these servers (name or alias); repeatable.
-        #[arg(long = "server", value_name = "NAME")]
-        servers: Vec<String>,
-    },
-    /// Configuration commands.
-    Config {
-        #[command(subcommand)]
-        command: ConfigCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
-    /// Validate every configuration file; errors name file, line, column and field.
-    Check {
-        #[arg(long)]
-        json: bool,
-    },
-}
+pub use args::*;
+use print::{print_report, print_services};
 
 fn env(k: &str) -> Option<String> {
     std::env::var(k).ok()
@@ -616,95 +475,6 @@ pub fn config_check(g: &Global, json: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(if cfg.is_some() { exit::OK } else { exit::CONFIG })
-}
-
-fn print_report(r: &Report) {
-    let gb = |b: u64| b as f64 / 1e9;
-    println!(
-        "host {}: {} CPUs, load {:.2}, memory {:.1}/{:.1} GB available",
-        r.host.hostname,
-        r.host.cpu_count,
-        r.host.load_average_1m,
-        gb(r.host.memory_available_bytes),
-        gb(r.host.memory_total_bytes)
-    );
-    for s in &r.servers {
-        let aliases = if s.aliases.is_empty() { String::new() } else { format!(" (also {})", s.aliases.join(", ")) };
-        let state = match &s.resolved {
-            Some(u) => format!("→ {u}"),
-            None => "not found".to_string(),
-        };
-        println!("\n{}{aliases}: {state}{}", s.name, if s.enabled { "" } else { " [disabled]" });
-        for f in &s.findings {
-            println!("  {}", finding_line(f));
-        }
-        for n in &s.notes {
-            println!("  note: {n}");
-        }
-    }
-    println!("\n{} probes in {:.0} ms", r.probes, r.elapsed_ms);
-}
-
-fn print_services(list: &[api::ServiceView]) {
-    if list.is_empty() {
-        println!("no services found");
-        return;
-    }
-    for v in list {
-        let place = if v.local {
-            "local".to_string()
-        } else if v.node_name.is_empty() {
-            "lan".to_string()
-        } else {
-            v.node_name.clone()
-        };
-        println!("{:<16} {:<12} {}", v.finding.name, place, finding_line(&v.finding));
-    }
-}
-
-fn finding_line(f: &Finding) -> String {
-    let status = serde_json::to_value(f.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    let proto = f.protocol.map(|p| format!("{p:?}").to_lowercase()).unwrap_or_else(|| "-".into());
-    let mut s = format!("{:<11} {:<4} {:<32} via {}", status, proto, f.url.as_deref().unwrap_or("-"), f.source.as_str());
-    let e = &f.evidence;
-    let mut ev = Vec::new();
-    if let Some(p) = e.port {
-        ev.push(format!("port {p}"));
-    }
-    if let Some(p) = e.pid {
-        ev.push(format!("pid {p}"));
-    }
-    if let Some(c) = &e.container_id {
-        ev.push(format!("container {c}"));
-    }
-    if let Some(v) = &e.env_var {
-        ev.push(format!("${v}"));
-    }
-    if let Some(l) = &e.lock_path {
-        ev.push(format!("lock {l}"));
-    }
-    if let Some(p) = &e.path {
-        ev.push(p.clone());
-    }
-    if !ev.is_empty() {
-        s.push_str(&format!(" [{}]", ev.join(", ")));
-    }
-    if let Some(i) = &f.server_info {
-        s.push_str(&format!(" {} {} (MCP {})", i.name, i.version, i.protocol_version));
-    }
-    if let Some(t) = &f.tools {
-        s.push_str(&format!(", {} tools #{}", t.count, t.hash));
-    }
-    if let Some(p) = &f.process {
-        s.push_str(&format!(" {} {:.0} MB {:.1}% CPU", p.name, p.memory_bytes as f64 / 1e6, p.cpu_percent));
-    }
-    if let Some(l) = f.latency_ms {
-        s.push_str(&format!(" {l:.1} ms"));
-    }
-    if let Some(d) = &f.detail {
-        s.push_str(&format!(" — {d}"));
-    }
-    s
 }
 
 /// Runs the parsed command; returns the exit code.
