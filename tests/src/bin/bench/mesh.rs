@@ -248,8 +248,15 @@ pub fn sim() {
         let mut detect = Vec::new();
         let mut falses = 0;
         for seed in 0..seeds {
-            let mut sim = Sim::new(n, seed, Config::default(), NetConfig { loss: 0.01, ..NetConfig::default() });
-            sim.run_until(5_000);
+            let net = NetConfig { loss: 0.01, ..NetConfig::default() };
+            let mut sim = if n >= 1000 {
+                // Membership only, and a dial budget that lets 1000 nodes join in seconds.
+                let cfg = craftmesh_protocol::mesh::Config { dials_per_sec: 2000, dial_burst: 2000, ..craftmesh_protocol::mesh::Config::default() };
+                Sim::with(n, seed, cfg, net, false)
+            } else {
+                Sim::new(n, seed, Config::default(), net)
+            };
+            sim.run_until(15_000);
             sim.crash(n / 2);
             let t0 = sim.now;
             sim.run_until(t0 + 5_000);
@@ -265,7 +272,7 @@ pub fn sim() {
     let mut cut = Vec::new();
     for seed in 0..5 {
         let mut sim = Sim::new(100, seed, Config::default(), NetConfig { loss: 0.01, ..NetConfig::default() });
-        sim.run_until(5_000);
+        sim.run_until(15_000);
         sim.set_cut_off(7, true);
         let t0 = sim.now;
         sim.run_until(t0 + 10_000);
