@@ -47,7 +47,7 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     // to `supervise::spawn_supervised` for each long-lived task the node runs.
     let health = crate::supervise::SharedHealth::new(craftmesh_protocol::supervise::Backoff::default());
     let mesh = match setup.mesh.clone() {
-        Some(opts) => Some(crate::mesh::Mesh::start(opts, setup.keypair.clone(), addr.port())?),
+        Some(opts) => Some(crate::mesh::Mesh::start(opts, setup.keypair.clone(), addr.port(), health.clone())?),
         None => None,
     };
     let info = NodeInfo {

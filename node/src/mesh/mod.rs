@@ -11,6 +11,7 @@ pub mod mdns;
 pub mod probe;
 pub mod swarm;
 
+use crate::supervise::SharedHealth;
 use craftmesh_protocol::membership::{self, State};
 use craftmesh_protocol::mesh::{self as core, MeshCore};
 use craftmesh_protocol::wire;
@@ -111,6 +112,9 @@ pub struct Mesh {
     mdns_wanted: bool,
     /// After a flood reset: browse again only from then on.
     browse_from: Option<Instant>,
+    health: SharedHealth,
+    /// After the mDNS daemon died: start it again only from then on (the backoff).
+    mdns_retry_at: Option<Instant>,
     prober: probe::Prober,
     probe_sent: HashMap<(PeerId, u64), Instant>,
     /// libp2p's ids of our requests → the core's ids.
@@ -171,7 +175,9 @@ fn write_version(path: &std::path::Path, v: u64) -> std::io::Result<()> {
 
 impl Mesh {
     /// Builds the swarm, listens on the usable interfaces, starts mDNS and dials static peers.
-    pub fn start(opts: MeshOptions, keypair: libp2p_identity::Keypair, api_port: u16) -> Result<Mesh, MeshError> {
+    /// Failures of the mesh's own tasks (the mDNS daemon, the probe listener) are counted
+    /// in `health` and restarted after its backoff.
+    pub fn start(opts: MeshOptions, keypair: libp2p_identity::Keypair, api_port: u16, health: SharedHealth) -> Result<Mesh, MeshError> {
         let mesh_id = keys::mesh_id(opts.key.as_ref());
         let me = keypair.public().to_peer_id();
         let version_file = opts.state_dir.as_ref().map(|d| d.join(VERSION_FILE));
@@ -216,6 +222,8 @@ impl Mesh {
             mdns_stopping: None,
             mdns_wanted: opts.mdns,
             browse_from: None,
+            health,
+            mdns_retry_at: None,
             prober,
             probe_sent: HashMap::new(),
             requests: HashMap::new(),
@@ -310,7 +318,8 @@ impl Mesh {
             Input::MdnsGone => {
                 if let Some(m) = self.mdns.take() {
                     self.stats.mdns_restarts += 1;
-                    tracing::error!(restarts = self.stats.mdns_restarts, "the mDNS daemon stopped unexpectedly; starting it again at the next address check");
+                    let delay = self.health.record_failure("mdns", "the mDNS daemon stopped unexpectedly");
+                    self.mdns_retry_at = Some(Instant::now() + delay);
                     self.mdns_stopping = Some(tokio::task::spawn_blocking(move || m.shutdown()));
                     self.mcp_registered.clear();
                 }
@@ -328,9 +337,12 @@ impl Mesh {
             },
             Input::Interfaces => {
                 self.check_interfaces();
-                if self.prober.restart_if_ended() {
+                if self.prober.accept_ended() {
+                    // Counted (`tasks` and the mesh stats) and logged; restarted at this
+                    // check, every 5 s at most: every peer's probes depend on it.
                     self.stats.probe_listener_restarts += 1;
-                    tracing::error!(restarts = self.stats.probe_listener_restarts, "the inbound probe listener ended unexpectedly; started it again");
+                    let _ = self.health.record_failure("probe-listener", "the inbound probe listener ended unexpectedly");
+                    self.prober.restart_accept();
                 }
             }
             Input::Timer => {}
@@ -380,12 +392,17 @@ impl Mesh {
             // The next round republishes (the record carries the addresses).
             self.core.republish_soon();
         }
-        let stopped = self.mdns_stopping.as_ref().is_none_or(|h| h.is_finished());
+        let stopped = self.mdns_stopping.as_ref().is_none_or(|h| h.is_finished()) && self.mdns_retry_at.is_none_or(|t| Instant::now() >= t);
         let browse = self.browse_from.is_none_or(|t| Instant::now() >= t);
         if self.mdns_wanted && self.mdns.is_none() && stopped {
             self.mdns_stopping = None;
             match interfaces::start_mdns(&usable, self.core.me(), self.core.mesh_id(), self.listen_port, self.api_port, browse) {
-                Ok(m) => self.mdns = m,
+                Ok(m) => {
+                    if m.is_some() && self.mdns_retry_at.take().is_some() {
+                        tracing::info!("mDNS started again");
+                    }
+                    self.mdns = m;
+                }
                 Err(e) => tracing::warn!(error = %e, "mDNS did not start on the current addresses; trying again at the next check"),
             }
         }

@@ -108,21 +108,17 @@ impl Prober {
         Ok(Prober { control, accept, senders: HashMap::new(), events_tx, events_rx })
     }
 
-    /// Starts accepting again if the accept task ended (it should not: a node that stops
-    /// answering probes looks dead to everyone). Returns whether it was restarted.
-    pub fn restart_if_ended(&mut self) -> bool {
-        if !self.accept.is_finished() {
-            return false;
-        }
+    /// Whether the accept task ended (it should not: a node that stops answering probes
+    /// looks dead to everyone).
+    pub fn accept_ended(&self) -> bool {
+        self.accept.is_finished()
+    }
+
+    /// Starts accepting inbound probe streams again.
+    pub fn restart_accept(&mut self) {
         match start_accepting(&mut self.control) {
-            Ok(h) => {
-                self.accept = h;
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot accept probe streams");
-                false
-            }
+            Ok(h) => self.accept = h,
+            Err(e) => tracing::error!(error = %e, "cannot accept probe streams"),
         }
     }
 
