@@ -5,8 +5,6 @@
 
 use craftmesh_tests::*;
 use serde_json::Value;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,15 +41,12 @@ fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((status, body))
+/// GET with the node's API token (from its data dir, once `up` has written it).
+fn http_get(cfg: &ConfigDir, addr: &str, path: &str) -> Option<(u16, String)> {
+    if !cfg.data_dir().join("api.token").is_file() {
+        return None;
+    }
+    craftmesh_tests::api::get(&cfg.data_dir(), addr, path).map(|a| (a.status, a.body))
 }
 
 /// `craftmesh up` with stderr to `log`.
@@ -73,8 +68,8 @@ fn healthy(list: &[Value], name: &str) -> bool {
     list.iter().any(|f| f["name"] == name && f["healthy"] == true)
 }
 
-fn rounds(api: &str) -> Option<u64> {
-    let (_, body) = http_get(api, "/v1/node").filter(|(s, _)| *s == 200)?;
+fn rounds(cfg: &ConfigDir, api: &str) -> Option<u64> {
+    let (_, body) = http_get(cfg, api, "/v1/node").filter(|(s, _)| *s == 200)?;
     serde_json::from_str::<Value>(&body).ok()?["stats"]["discovery_rounds"].as_u64()
 }
 
@@ -119,8 +114,8 @@ fn a_node_keeps_a_server_whose_probes_time_out_and_does_not_call_it_lost() {
     // Freeze one server: the kernel still accepts connections, nothing answers.
     let stop = Command::new("kill").args(["-STOP", &stalls.pid().to_string()]).status().expect("kill -STOP");
     assert!(stop.success());
-    let before = wait_until("the round counter", STEP, || rounds(&api));
-    wait_until("two more discovery rounds", STEP, || rounds(&api).filter(|r| *r >= before + 2));
+    let before = wait_until("the round counter", STEP, || rounds(&cfg, &api));
+    wait_until("two more discovery rounds", STEP, || rounds(&cfg, &api).filter(|r| *r >= before + 2));
     let list = services(&cfg).expect("services");
     let _ = Command::new("kill").args(["-CONT", &stalls.pid().to_string()]).status();
     assert!(healthy(&list, "steady"), "the server that answers stays listed: {list:#?}");
@@ -164,7 +159,7 @@ fn resolve_of_a_disabled_server_says_it_is_disabled() {
     let api = format!("127.0.0.1:{}", free_port());
     let log = cfg.scratch_dir().join("node.log");
     let _node = start_node(&cfg, &api, &log);
-    wait_until("a first discovery round", STEP, || rounds(&api).filter(|r| *r >= 1));
+    wait_until("a first discovery round", STEP, || rounds(&cfg, &api).filter(|r| *r >= 1));
     let out = cfg.run(&["resolve", "off"], &[], STEP);
     assert_eq!(out.code(), Some(1), "{}", out.describe());
     assert!(out.stderr.contains("disabled"), "the error says the server is disabled\n{}", out.describe());
