@@ -63,12 +63,8 @@ pub struct UpArgs {
     /// Static peer to dial (multiaddr such as /ip4/10.0.0.2/tcp/7411), for networks without multicast; repeatable.
     #[arg(long = "peer", env = "CRAFTMESH_PEERS", value_delimiter = ',', value_name = "MULTIADDR")]
     pub peers: Vec<String>,
-    /// Only use these interfaces (prefix match, e.g. `eth0` or `veth*`); repeatable.
-    #[arg(long = "interface", env = "CRAFTMESH_INTERFACES", value_delimiter = ',', value_name = "NAME")]
-    pub interfaces: Vec<String>,
-    /// Never use these interfaces; repeatable.
-    #[arg(long = "deny-interface", env = "CRAFTMESH_DENY_INTERFACES", value_delimiter = ',', value_name = "NAME")]
-    pub deny_interfaces: Vec<String>,
+    #[command(flatten)]
+    pub ifaces: InterfaceArgs,
     /// Do not advertise or browse DNS-SD (static peers only).
     #[arg(long, env = "CRAFTMESH_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_mdns: bool,
@@ -81,6 +77,28 @@ pub struct UpArgs {
     /// Tags published in this node's record; repeatable.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+}
+
+/// Which interfaces the mesh (and `invite`/`join`) use; they override `mesh.interfaces`.
+#[derive(Debug, Args)]
+pub struct InterfaceArgs {
+    /// Only use these interfaces (an exact name such as `eth0`, or a prefix such as `veth*`); repeatable.
+    #[arg(long = "interface", env = "CRAFTMESH_INTERFACES", value_delimiter = ',', value_name = "NAME")]
+    pub interfaces: Vec<String>,
+    /// Never use these interfaces; repeatable.
+    #[arg(long = "deny-interface", env = "CRAFTMESH_DENY_INTERFACES", value_delimiter = ',', value_name = "NAME")]
+    pub deny_interfaces: Vec<String>,
+}
+
+impl InterfaceArgs {
+    /// The policy: these flags where given, else the configuration's `mesh.interfaces`.
+    pub fn policy(&self, cfg: &craftmesh_protocol::config::Config) -> craftmesh_protocol::interfaces::InterfacePolicy {
+        let or_cfg = |cli: &[String], c: &Option<Vec<String>>| if cli.is_empty() { c.clone().unwrap_or_default() } else { cli.to_vec() };
+        craftmesh_protocol::interfaces::InterfacePolicy {
+            allow: or_cfg(&self.interfaces, &cfg.mesh.interfaces.allow),
+            deny: or_cfg(&self.deny_interfaces, &cfg.mesh.interfaces.deny),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -141,10 +141,7 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             listen_port: a.listen.or(mc.listen_port).unwrap_or(7411),
             key,
             static_peers,
-            interfaces: crate::mesh::interfaces::InterfacePolicy {
-                allow: or_cfg(&a.interfaces, &mc.interfaces.allow),
-                deny: or_cfg(&a.deny_interfaces, &mc.interfaces.deny),
-            },
+            interfaces: a.ifaces.policy(&cfg),
             mdns: !a.no_mdns && mc.mdns.unwrap_or(true),
             tags: or_cfg(&a.tags, &mc.tags),
             membership: craftmesh_protocol::membership::Config::default(),

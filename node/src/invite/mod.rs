@@ -7,7 +7,7 @@ pub mod advert;
 pub mod exchange;
 
 use crate::cli::{Global, exit};
-use crate::mesh::interfaces::{InterfacePolicy, usable};
+use crate::mesh::interfaces::usable;
 use crate::mesh::keys::{self, KeyChoice, Stored};
 use clap::Args;
 use craftmesh_protocol::config::Config;
@@ -34,12 +34,8 @@ pub struct InviteArgs {
     /// The key to share, as for `up` (default: `mesh.key_file`, else the data dir's key).
     #[arg(long, env = "CRAFTMESH_MESH_KEY_FILE", value_name = "FILE")]
     pub mesh_key: Option<PathBuf>,
-    /// Only use these interfaces (as for `up`); repeatable.
-    #[arg(long = "interface", env = "CRAFTMESH_INTERFACES", value_delimiter = ',', value_name = "NAME")]
-    pub interfaces: Vec<String>,
-    /// Never use these interfaces; repeatable.
-    #[arg(long = "deny-interface", env = "CRAFTMESH_DENY_INTERFACES", value_delimiter = ',', value_name = "NAME")]
-    pub deny_interfaces: Vec<String>,
+    #[command(flatten)]
+    pub ifaces: crate::cli::InterfaceArgs,
     /// JSON lines on stdout: the codes first, the result last.
     #[arg(long)]
     pub json: bool,
@@ -57,12 +53,8 @@ pub struct JoinArgs {
     /// How long to look for the inviter on the LAN, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub wait: u64,
-    /// Only use these interfaces (as for `up`); repeatable.
-    #[arg(long = "interface", env = "CRAFTMESH_INTERFACES", value_delimiter = ',', value_name = "NAME")]
-    pub interfaces: Vec<String>,
-    /// Never use these interfaces; repeatable.
-    #[arg(long = "deny-interface", env = "CRAFTMESH_DENY_INTERFACES", value_delimiter = ',', value_name = "NAME")]
-    pub deny_interfaces: Vec<String>,
+    #[command(flatten)]
+    pub ifaces: crate::cli::InterfaceArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -96,11 +88,6 @@ pub(crate) fn up_key(
             Err(exit::CONFIG)
         }
     }
-}
-
-fn policy(cfg: &Config, allow: &[String], deny: &[String]) -> InterfacePolicy {
-    let or_cfg = |cli: &[String], c: &Option<Vec<String>>| if cli.is_empty() { c.clone().unwrap_or_default() } else { cli.to_vec() };
-    InterfacePolicy { allow: or_cfg(allow, &cfg.mesh.interfaces.allow), deny: or_cfg(deny, &cfg.mesh.interfaces.deny) }
 }
 
 fn json_line(v: serde_json::Value) {
@@ -165,7 +152,7 @@ pub async fn invite(g: &Global, a: &InviteArgs) -> anyhow::Result<i32> {
     }
     let r = keys::random_bytes("craftmesh/invite-code/v1");
     let code = ShortCode::from_random([r[0], r[1], r[2], r[3], r[4]]);
-    let ifaces = usable(&policy(&cfg, &a.interfaces, &a.deny_interfaces));
+    let ifaces = usable(&a.ifaces.policy(&cfg));
     let targets = craftmesh_protocol::interfaces::listen_targets(&ifaces);
     let mut listeners = Vec::new();
     let mut port = a.port;
@@ -368,8 +355,7 @@ async fn fetch(cfg: &Config, a: &JoinArgs, code: &ShortCode) -> Result<[u8; 32],
             Err(_) => return Err((exit::UNREACHABLE, format!("--from `{from}`: name lookup timed out"))),
         },
         None => {
-            let ifaces: Vec<(String, IpAddr)> =
-                usable(&policy(cfg, &a.interfaces, &a.deny_interfaces)).into_iter().filter(|(_, ip)| !ip.is_loopback()).collect();
+            let ifaces: Vec<(String, IpAddr)> = usable(&a.ifaces.policy(cfg)).into_iter().filter(|(_, ip)| !ip.is_loopback()).collect();
             if !a.json {
                 eprintln!("looking for invite {} on the LAN…", code.nameplate);
             }
