@@ -22,6 +22,9 @@ pub struct Discoverer {
     base_dir: PathBuf,
     /// Environment lookup, injectable for tests.
     env: fn(&str) -> Option<String>,
+    /// The probes' HTTP client, built once: building one loads the TLS root store from
+    /// disk, which need not happen every round.
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 fn process_env(k: &str) -> Option<String> {
@@ -35,11 +38,16 @@ pub fn now_ms() -> u64 {
 
 impl Discoverer {
     pub fn new(config: Arc<Config>, base_dir: PathBuf) -> Self {
-        Discoverer { config, base_dir, env: process_env }
+        Discoverer { config, base_dir, env: process_env, client: std::sync::OnceLock::new() }
     }
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
+    }
+
+    /// The probes' HTTP client (cheap to clone: it is shared).
+    pub(crate) fn client(&self) -> reqwest::Client {
+        self.client.get_or_init(|| probe::http_client(self.timeout())).clone()
     }
 
     fn timeout(&self) -> Duration {
@@ -156,7 +164,7 @@ impl Discoverer {
                 return f;
             }
         };
-        let client = probe::http_client(self.timeout());
+        let client = self.client();
         let r = probe::probe(&client, &target, expect, self.timeout()).await;
         apply_verdict(&mut f, &r, expect);
         f

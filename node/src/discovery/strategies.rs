@@ -61,7 +61,7 @@ impl<'a> Ctx<'a> {
             Arc::new(list_containers(timeout).await)
         }
         .boxed();
-        Ctx { d, client: probe::http_client(timeout), timeout, processes: processes.shared(), containers: containers.shared() }
+        Ctx { d, client: d.client(), timeout, processes: processes.shared(), containers: containers.shared() }
     }
 
     pub(super) fn run(&self, spec: &'a ServerSpec, tier: Tier, st: &'a Strategy) -> BoxFuture<'a, Outcome> {
