@@ -3,6 +3,7 @@
 //! time out, launch-entry URLs and HTTPS servers are checked, disabled servers do not
 //! resolve, and an unsafe data dir is refused untouched.
 
+use craftmesh_tests::meshnode::wait_until;
 use craftmesh_tests::*;
 use serde_json::Value;
 use std::path::Path;
@@ -29,17 +30,6 @@ fn port_check(name: &str, port: u16) -> String {
 
 /// Probes may take 5 s, a whole round only 1.5 s: a silent port always outlasts the round.
 const SLOW_PROBES: &str = "settings:\n  health_check_timeout: 5\n  discovery_timeout: 1.5\n  discovery_interval: 1\nservers:\n";
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// GET with the node's API token (from its data dir, once `up` has written it).
 fn http_get(cfg: &ConfigDir, addr: &str, path: &str) -> Option<(u16, String)> {
