@@ -5,6 +5,7 @@
 //! discovery ranking and (later) membership and claims testable without a runtime.
 #![forbid(unsafe_code)]
 
+pub mod claims;
 pub mod config;
 pub mod interfaces;
 pub mod joincode;

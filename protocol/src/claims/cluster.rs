@@ -1,0 +1,1 @@
+//! Zero-configuration cluster formation. (Being written.)

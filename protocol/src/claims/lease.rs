@@ -1,0 +1,1 @@
+//! The holder's local deadline. (Being written.)
