@@ -4,6 +4,7 @@
 pub mod api;
 pub mod apiauth;
 pub mod apiclient;
+pub mod claims;
 pub mod cli;
 pub mod config_files;
 pub mod datadir;
