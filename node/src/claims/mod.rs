@@ -3,4 +3,5 @@
 //! state machine itself).
 
 pub mod clock;
+pub mod store;
 pub mod types;
