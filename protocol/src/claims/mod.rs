@@ -118,17 +118,36 @@ pub enum Refusal {
 pub enum Outcome {
     /// Granted (or re-granted to the same session, with its token). `holders` are all
     /// holders after the grant, this one included.
-    Granted { key: String, holder: Holder, holders: Vec<Holder> },
-    Refused { key: String, refusal: Refusal, holders: Vec<Holder> },
-    Renewed { key: String, holder: Holder },
-    Released { key: String, holder: Holder },
+    Granted {
+        key: String,
+        holder: Holder,
+        holders: Vec<Holder>,
+    },
+    Refused {
+        key: String,
+        refusal: Refusal,
+        holders: Vec<Holder>,
+    },
+    Renewed {
+        key: String,
+        holder: Holder,
+    },
+    Released {
+        key: String,
+        holder: Holder,
+    },
     /// Renew or release of a token that is not a live holder of the key (expired, released,
     /// or never granted).
-    NotHeld { key: String, token: u64 },
+    NotHeld {
+        key: String,
+        token: u64,
+    },
     /// A tick or node-gone was applied (what it removed is in [`Applied::changes`]).
     Done,
     /// The op broke a bound (key too long, TTL out of range...); nothing changed.
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
 }
 
 /// What happened to a holder while applying a command; the node turns these into events
