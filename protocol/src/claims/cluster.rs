@@ -342,6 +342,11 @@ impl Formation {
         if self.first_peer_seen_ms.is_none() && !servers.is_empty() {
             self.first_peer_seen_ms = Some(now);
         }
+        // Named as a voter of a cluster someone just initialised: it needs my vote to elect
+        // its first leader, so join it (before it has a leader, which it cannot get without me).
+        if let Some(c) = servers.iter().filter(|p| p.status.voters.contains(&id)).filter_map(|p| p.status.cluster.as_deref()).min() {
+            return vec![Action::Join { cluster: c.to_string() }];
+        }
         if let Some(c) = best(sight) {
             return vec![Action::Join { cluster: c.to_string() }];
         }

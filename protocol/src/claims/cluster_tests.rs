@@ -312,7 +312,8 @@ fn when_the_lowest_never_forms_the_next_one_does_without_it() {
 fn a_cluster_being_created_holds_back_the_others() {
     let mut f = formation();
     let m = me(server(2));
-    let peers = [alive(member(1, "c1", None, &[1, 2, 3], &[])), alive(server(3))];
+    // 2 is not named among c1's voters (a named one joins at once, see below).
+    let peers = [alive(member(1, "c1", None, &[1, 3], &[])), alive(server(3))];
     assert_eq!(f.decide(&m, &peers, 0), []);
     assert_eq!(f.decide(&m, &peers, 7999), [], "1 created c1 and its leader is being elected");
     assert_eq!(f.decide(&m, &peers, 8000), [Action::Initialize { voters: vec![2] }], "a cluster that never gets a leader is not waited for forever");
@@ -630,4 +631,14 @@ proptest! {
         prop_assert_eq!(w, winner((b.as_str(), nb), (a.as_str(), na)));
         prop_assert!(w == a || w == b);
     }
+}
+
+#[test]
+fn a_server_named_as_a_voter_of_a_new_cluster_joins_it_before_it_has_a_leader() {
+    let mut f = formation();
+    let peers = vec![alive(member(3, "c3", None, &[3, 5, 7], &[])), alive(server(7))];
+    let m = Me { started_at_ms: 0, ..me(server(5)) };
+    assert_eq!(f.decide(&m, &peers, 100), vec![join("c3")], "its vote is needed to elect the first leader");
+    let m7 = Me { started_at_ms: 0, ..me(server(9)) };
+    assert_eq!(formation().decide(&m7, &peers, 100), Vec::<Action>::new(), "a server not named waits for a leader to appear");
 }
