@@ -78,6 +78,10 @@ pub struct Member {
     pub last_seen_ms: u64,
     pub rtt_ms: Option<f64>,
     pub state_since_ms: u64,
+    /// Dead because a dial was refused: the host answered and nothing listens, so the
+    /// process is gone (not merely unreachable). Claims bound to such a node may be handed
+    /// on at once; a partition never sets it.
+    pub crashed: bool,
     #[serde(skip)]
     suspicion_deadline: Option<u64>,
     #[serde(skip)]
@@ -106,6 +110,7 @@ impl Member {
             last_seen_ms: now,
             rtt_ms: None,
             state_since_ms: now,
+            crashed: false,
             suspicion_deadline: None,
             confirmations: BTreeSet::new(),
             redial_deadline: None,
@@ -227,6 +232,7 @@ impl Membership {
         let from = m.state;
         m.state = to;
         m.state_since_ms = now;
+        m.crashed = false;
         match to {
             State::Alive => {
                 m.own_misses = 0;
@@ -309,6 +315,9 @@ impl Membership {
         if refused {
             // The host is up and nothing listens: the process is gone.
             self.set(peer, State::Dead, now);
+            if let Some(m) = self.members.get_mut(peer) {
+                m.crashed = true;
+            }
             self.actions.push_back(Action::Broadcast { peer: peer.to_string(), incarnation: self.members[peer].incarnation, rumor: Rumor::Dead });
         } else {
             self.suspect(peer, 0, now);
@@ -752,8 +761,27 @@ mod tests {
         assert_eq!(a, vec![Action::Redial { peer: "b".into() }]);
         m.handle_dial_failed("b", true, 103);
         assert_eq!(state(&m, "b"), State::Dead);
+        assert!(m.get("b").is_some_and(|x| x.crashed), "a refused redial proves a crash");
         let (e, _) = drain(&mut m);
         assert!(e.contains(&Event::Changed { peer: "b".into(), from: Some(State::Alive), to: State::Dead }));
+        m.handle_connected("b", 2000);
+        assert!(m.get("b").is_some_and(|x| x.state == State::Alive && !x.crashed), "alive again is not crashed");
+    }
+
+    #[test]
+    fn a_redial_that_times_out_is_no_proof_of_a_crash() {
+        let mut m = Membership::new("me", Config::default());
+        m.handle_connected("b", 0);
+        m.handle_disconnected("b", true, 100);
+        m.handle_dial_failed("b", false, 500);
+        let mut now = 500;
+        while state(&m, "b") != State::Dead && now < 60_000 {
+            now += 100;
+            m.handle_timeout(now);
+            drain(&mut m);
+        }
+        assert_eq!(state(&m, "b"), State::Dead);
+        assert!(m.get("b").is_some_and(|x| !x.crashed), "dead by suspicion (a partition looks the same) is not crashed");
     }
 
     #[test]

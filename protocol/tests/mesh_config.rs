@@ -36,3 +36,21 @@ fn mesh_block_typos_warn_and_bad_types_fail_with_a_line() {
     let e = d.errors().next().unwrap_or_else(|| panic!("{}", show(&d)));
     assert_eq!((e.line, e.field.as_str()), (2, "mesh.listen_port"), "{}", show(&d));
 }
+
+#[test]
+fn claims_block_layers_field_by_field_and_a_bad_role_fails_with_its_line() {
+    use craftmesh_protocol::config::mcp::RoleSetting;
+    let project = layer(LayerKind::Project, "claims:\n  role: server\n  lock_delay: 5\n");
+    let user = layer(LayerKind::User, "claims:\n  role: client\n  promote_after: 60\n");
+    let (cfg, d) = load(&[project, user], Profile::Default, &no_env);
+    let cfg = cfg.unwrap_or_else(|| panic!("{}", show(&d)));
+    assert_eq!(cfg.claims.role, Some(RoleSetting::Client), "user layer wins");
+    assert_eq!(cfg.claims.lock_delay, Some(5), "kept from the project layer");
+    assert_eq!(cfg.claims.promote_after, Some(60));
+    let (cfg, d) = load(&[layer(LayerKind::Project, "mesh: {}\nclaims:\n  role: banana\n")], Profile::Default, &no_env);
+    assert!(cfg.is_none());
+    let e = d.errors().next().unwrap_or_else(|| panic!("{}", show(&d)));
+    assert_eq!((e.line, e.field.as_str()), (3, "claims.role"), "{}", show(&d));
+    let (cfg, d) = load(&[layer(LayerKind::Project, "claims:\n  lock_delay: -1\n")], Profile::Default, &no_env);
+    assert!(cfg.is_none(), "{}", show(&d));
+}

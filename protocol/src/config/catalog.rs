@@ -185,6 +185,8 @@ pub struct Config {
     pub settings: Settings,
     /// The merged `mesh` block (higher layers override single fields).
     pub mesh: super::mcp::MeshPatch,
+    /// The merged `claims` block (higher layers override single fields).
+    pub claims: super::mcp::ClaimsPatch,
     pub resource_limits: ResourceLimits,
     pub servers: BTreeMap<String, ServerSpec>,
     pub agents: AgentsConfig,
@@ -266,7 +268,11 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
     // file (or variable) that set it.
     let mut origins: Origins<'_> = BTreeMap::new();
     let mut mesh = super::mcp::MeshPatch::default();
+    let mut claims = super::mcp::ClaimsPatch::default();
     for (_, path, text, d) in &discovery {
+        claims.role = d.claims.role.or(claims.role);
+        claims.lock_delay = d.claims.lock_delay.or(claims.lock_delay);
+        claims.promote_after = d.claims.promote_after.or(claims.promote_after);
         let m = &d.mesh;
         mesh.listen_port = m.listen_port.or(mesh.listen_port);
         mesh.interfaces.allow = m.interfaces.allow.clone().or(mesh.interfaces.allow.take());
@@ -310,7 +316,7 @@ pub fn load(layers: &[LayerFiles], profile: Profile, env: &dyn Fn(&str) -> Optio
     // --- agents
     let agents = merge_agents(&agent_disc, &agent_defs, &context_files, profile, &mut diags);
 
-    let cfg = Config { profile, settings, mesh, resource_limits: limits, servers, agents, files };
+    let cfg = Config { profile, settings, mesh, claims, resource_limits: limits, servers, agents, files };
     if diags.has_errors() { (None, diags) } else { (Some(cfg), diags) }
 }
 

@@ -23,6 +23,34 @@ pub struct DiscoveryFile {
     /// How this node joins the mesh (command-line flags override it).
     #[serde(default)]
     pub mesh: MeshPatch,
+    /// How this node takes part in claims (command-line flags override it).
+    #[serde(default)]
+    pub claims: ClaimsPatch,
+}
+
+/// Whether a node votes in the claims cluster.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleSetting {
+    /// `client` on a machine with a battery (a laptop that sleeps), else `server`.
+    #[default]
+    Auto,
+    /// May vote (up to 5 voters; further servers are learners).
+    Server,
+    /// Never in the Raft cluster: forwards its requests to the leader.
+    Client,
+}
+
+/// The `claims` block.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct ClaimsPatch {
+    /// `auto` (default), `server` or `client`.
+    pub role: Option<RoleSetting>,
+    /// Seconds during which a key is not granted again after its holder vanished (lease
+    /// expiry, crashed node); default 0. An acquire may ask for its own.
+    pub lock_delay: Option<u64>,
+    /// Seconds a voter may be dead before a live learner takes its place (default 30).
+    pub promote_after: Option<u64>,
 }
 
 /// The `mesh` block: node-level mesh settings.
