@@ -3,5 +3,6 @@
 //! state machine itself).
 
 pub mod clock;
+pub mod sm;
 pub mod store;
 pub mod types;

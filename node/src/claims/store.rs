@@ -9,14 +9,14 @@
 //!   it is mostly entries that were purged or truncated.
 //! - `vote`, `committed`: small framed files (version, crc32, bincode), replaced atomically.
 //!
-//! Ordering: every write goes through one [`Writer`], in call order (a thread in production,
+//! Ordering: every write goes through one writer, in call order (a thread in production,
 //! the calling task in the simulation), so no write is durable before an earlier one.
 //! `append` returns at once (readers see the entries) and openraft's `LogFlushed` is
 //! completed once the entries are on disk; `save_vote` and `truncate` return once durable;
 //! `purge` and `save_committed` return at once (see their docs for why that is safe).
 
 use super::types::{Cm, Entry, LogId, StorageError, Vote};
-use format::{read_framed, remove_if_present, replay, sync_dir};
+use format::{remove_if_present, replay, sync_dir};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use writer::{Done, Job, Writer, writer_thread};
 
-pub(crate) use format::{frame, tmp_path};
+pub(crate) use format::{frame, read_framed, tmp_path, unframe, write_atomic};
 
 /// The log file's name in the store directory.
 pub const LOG_FILE: &str = "log";
@@ -264,11 +264,8 @@ impl LogStore {
     fn submit(&mut self, job: Job) -> Result<(), String> {
         match &mut self.backend {
             Backend::Inline(w) => w.run(vec![job]),
-            Backend::Thread { tx, .. } => match tx.as_ref().map(|tx| tx.send(job)) {
-                Some(Ok(())) => Ok(()),
-                Some(Err(mpsc::SendError(job))) => Err(job.fail("the claims log writer thread is gone")),
-                None => Ok(()),
-            },
+            Backend::Thread { tx: Some(tx), .. } => tx.send(job).map_err(|mpsc::SendError(job)| job.fail("the claims log writer thread is gone")),
+            Backend::Thread { tx: None, .. } => Err(job.fail("the claims log is closing")),
         }
     }
 
@@ -464,10 +461,10 @@ enum Backend {
     Thread { tx: Option<mpsc::Sender<Job>>, thread: Option<std::thread::JoinHandle<()>> },
 }
 
-/// The lock of shared in-memory state; a panic elsewhere while holding it leaves data that
-/// is still consistent (every critical section is a single map operation), so poisoning is
-/// ignored.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks shared in-memory state, ignoring poisoning: the critical sections are single
+/// operations that do not panic (the log's map operations, `ClaimsState::apply`); were one
+/// to, the panic is the report, and refusing every later read would only add outages.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

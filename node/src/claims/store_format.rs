@@ -174,7 +174,7 @@ pub(crate) fn unframe<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> 
 }
 
 /// Reads a [`frame`]d file; `None` when it does not exist.
-pub(super) fn read_framed<T: DeserializeOwned, const LIMIT: usize>(path: &Path) -> Result<Option<T>, StoreError> {
+pub(crate) fn read_framed<T: DeserializeOwned, const LIMIT: usize>(path: &Path) -> Result<Option<T>, StoreError> {
     let len = match fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
