@@ -27,11 +27,18 @@ struct AppState {
     discoverer: Arc<Discoverer>,
     events: broadcast::Sender<ApiEvent>,
     auth: Arc<ApiAuth>,
+    claims: Option<crate::claims::ClaimsHandle>,
 }
 
 impl FromRef<AppState> for Arc<ApiAuth> {
     fn from_ref(s: &AppState) -> Arc<ApiAuth> {
         s.auth.clone()
+    }
+}
+
+impl FromRef<AppState> for Option<crate::claims::ClaimsHandle> {
+    fn from_ref(s: &AppState) -> Option<crate::claims::ClaimsHandle> {
+        s.claims.clone()
     }
 }
 
@@ -129,7 +136,13 @@ fn err(code: StatusCode, msg: impl Into<String>, name: Option<&str>) -> Response
 
 /// The API router. Serve it with `into_make_service_with_connect_info::<apiauth::ConnAddrs>()`
 /// so `/v1/hello` signs the address the client connected to.
-pub fn router(driver: DriverHandle, discoverer: Arc<Discoverer>, events: broadcast::Sender<ApiEvent>, auth: Arc<ApiAuth>) -> Router {
+pub fn router(
+    driver: DriverHandle,
+    discoverer: Arc<Discoverer>,
+    events: broadcast::Sender<ApiEvent>,
+    auth: Arc<ApiAuth>,
+    claims: Option<crate::claims::ClaimsHandle>,
+) -> Router {
     Router::new()
         .route(apiauth::HELLO_PATH, get(apiauth::hello))
         .route("/v1/node", get(node))
@@ -137,9 +150,11 @@ pub fn router(driver: DriverHandle, discoverer: Arc<Discoverer>, events: broadca
         .route("/v1/members", get(members))
         .route("/v1/events", get(events_stream))
         .route("/v1/resolve/{name}", get(resolve))
+        .route("/v1/claims", get(crate::api_claims::list).post(crate::api_claims::post))
+        .route("/v1/cluster", get(crate::api_claims::cluster))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such API route", None) })
         .layer(axum::middleware::from_fn_with_state(auth.clone(), apiauth::guard))
-        .with_state(AppState { driver, discoverer, events, auth })
+        .with_state(AppState { driver, discoverer, events, auth, claims })
 }
 
 async fn members(State(s): State<AppState>) -> Response {
@@ -190,6 +205,7 @@ async fn node(State(s): State<AppState>) -> Response {
                 "mesh": mesh,
                 "last_discovery_at_ms": snap.report.as_ref().map(|r| r.finished_at_ms),
                 "tasks": snap.tasks,
+                "cluster": s.claims.as_ref().map(|c| c.view()),
             }))
             .into_response()
         }

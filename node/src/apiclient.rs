@@ -8,7 +8,6 @@ use crate::api::ApiError;
 use crate::apiauth::{self, Hello, HelloError};
 use http_body_util::BodyExt as _;
 use hyper::body::Bytes;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,39 +77,48 @@ impl Client {
 
     /// GETs `path` and decodes JSON; a non-2xx answer becomes `ClientError::Api` with the node's message.
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        match tokio::time::timeout(self.timeout, self.get_inner(path)).await {
+        self.once(hyper::Method::GET, path, None).await
+    }
+
+    /// POSTs `body` as JSON to `path` and decodes the JSON answer.
+    pub async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, ClientError> {
+        self.once(hyper::Method::POST, path, Some(body)).await
+    }
+
+    /// One request on a fresh authenticated connection, within the client's timeout.
+    async fn once<T: serde::de::DeserializeOwned>(&self, method: hyper::Method, path: &str, body: Option<&serde_json::Value>) -> Result<T, ClientError> {
+        let work = async {
+            let mut s = self.session().await?;
+            s.call(method, path, body).await
+        };
+        match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Unreachable { addr: self.addr.clone(), reason: format!("no answer within {:?}", self.timeout) }),
         }
     }
 
-    async fn get_inner<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    /// Connects and checks that the node of this data dir answers (its signed hello), on a
+    /// connection then kept for [`Session::call`]s. Nothing is sent before the check, and
+    /// the token only after it.
+    pub async fn session(&self) -> Result<Session, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable { addr: self.addr.clone(), reason };
         let stream = match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&self.addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(unreachable(e.to_string())),
             Err(_) => return Err(unreachable("connection timed out".into())),
         };
+        let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().map_err(|e| unreachable(e.to_string()))?;
         // Something listens; nothing is sent before we know whom to expect and what to send.
         let expected = self.expected_peer()?;
         let token = self.token()?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| unreachable(e.to_string()))?;
-        let conn_task = tokio::spawn(conn);
-        let result = self.exchange(&mut sender, peer, &expected, &token, path).await;
-        drop(sender);
-        conn_task.abort();
-        result
-    }
-
-    async fn exchange<T: serde::de::DeserializeOwned>(
-        &self,
-        sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
-        peer: SocketAddr,
-        expected: &libp2p_identity::PeerId,
-        token: &str,
-        path: &str,
-    ) -> Result<T, ClientError> {
+        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| unreachable(e.to_string()))?;
+        let (closed_tx, closed_rx) = tokio::sync::watch::channel(false);
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+            let _ = closed_tx.send(true);
+        });
+        let mut session = Session { sender, conn, closed: closed_rx, token, addr: self.addr.clone() };
         let not_the_node = |reason: String| ClientError::NotTheNode {
             addr: self.addr.clone(),
             dir: self.data_dir.display().to_string(),
@@ -120,14 +128,44 @@ impl Client {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| ClientError::Bad(format!("no OS randomness: {e}")))?;
         let nonce = hex::encode(nonce);
-        let (status, body) = self.send(sender, &format!("{}?nonce={nonce}", apiauth::HELLO_PATH), None).await.map_err(|e| not_the_node(e.to_string()))?;
+        let (status, body) =
+            session.send(hyper::Method::GET, &format!("{}?nonce={nonce}", apiauth::HELLO_PATH), None, false).await.map_err(|e| not_the_node(e.to_string()))?;
         if status != 200 {
             let msg = serde_json::from_slice::<ApiError>(&body).map(|e| e.error).unwrap_or_default();
             return Err(not_the_node(format!("it answered the identity check with HTTP {status} {msg}")));
         }
         let hello: Hello = serde_json::from_slice(&body).map_err(|_| not_the_node("its answer to the identity check is not a signed hello".into()))?;
-        apiauth::verify_hello(&hello, expected, &nonce, peer).map_err(|e: HelloError| not_the_node(e.to_string()))?;
-        let (status, body) = self.send(sender, path, Some(token)).await.map_err(|e| ClientError::Unreachable { addr: self.addr.clone(), reason: e })?;
+        apiauth::verify_hello(&hello, &expected, &nonce, peer).map_err(|e: HelloError| not_the_node(e.to_string()))?;
+        Ok(session)
+    }
+}
+
+/// An authenticated connection to the node: requests carry the token; the connection is
+/// kept between them (no new identity check, no new TCP handshake).
+#[derive(Debug)]
+pub struct Session {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>,
+    conn: tokio::task::JoinHandle<()>,
+    closed: tokio::sync::watch::Receiver<bool>,
+    token: String,
+    addr: String,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+impl Session {
+    /// One request; a non-2xx answer becomes `ClientError::Api` (or `Unauthorized`).
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        let (status, body) = self.send(method, path, body, true).await.map_err(|e| ClientError::Unreachable { addr: self.addr.clone(), reason: e })?;
         if !(200..300).contains(&status) {
             let msg = serde_json::from_slice::<ApiError>(&body).map(|e| e.error).unwrap_or_else(|_| format!("HTTP {status}"));
             return Err(if status == 401 { ClientError::Unauthorized(msg) } else { ClientError::Api(msg) });
@@ -135,20 +173,32 @@ impl Client {
         serde_json::from_slice(&body).map_err(|e| ClientError::Bad(e.to_string()))
     }
 
-    /// One GET on the connection; the body is read up to [`MAX_BODY`].
-    async fn send(
-        &self,
-        sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
-        path: &str,
-        token: Option<&str>,
-    ) -> Result<(u16, Bytes), String> {
-        sender.ready().await.map_err(|e| format!("connection closed: {e}"))?;
-        let mut req = hyper::Request::get(path).header(hyper::header::HOST, self.addr.as_str());
-        if let Some(t) = token {
-            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    /// Whether the connection is gone (the node closed it, or stopped).
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_finished() || self.sender.is_closed()
+    }
+
+    /// A watch that turns `true` when the connection closes (usable while a call is in flight elsewhere).
+    pub fn closed_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.clone()
+    }
+
+    /// One request on the connection; the body is read up to [`MAX_BODY`].
+    async fn send(&mut self, method: hyper::Method, path: &str, body: Option<&serde_json::Value>, with_token: bool) -> Result<(u16, Bytes), String> {
+        self.sender.ready().await.map_err(|e| format!("connection closed: {e}"))?;
+        let mut req = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, self.addr.as_str());
+        if with_token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token));
         }
-        let req = req.body(http_body_util::Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let bytes = match body {
+            Some(v) => {
+                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?)
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(http_body_util::Full::new(bytes)).map_err(|e| e.to_string())?;
+        let resp = self.sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_BODY).collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
         Ok((status, body))

@@ -84,6 +84,8 @@ pub const DISCOVERY_TASK: &str = "discovery";
 pub enum ApiEvent {
     Mesh(MeshEvent),
     Service(ServiceEvent),
+    /// `claim` and `cluster` events of the claims service.
+    Claims(crate::claims::ClaimsEvent),
 }
 
 /// A local server became resolvable, stopped being so, or moved.
@@ -101,6 +103,8 @@ impl ApiEvent {
     pub fn kind(&self) -> String {
         match self {
             ApiEvent::Service(_) => "service".to_string(),
+            ApiEvent::Claims(crate::claims::ClaimsEvent::Claim(_)) => "claim".to_string(),
+            ApiEvent::Claims(crate::claims::ClaimsEvent::Cluster(_)) => "cluster".to_string(),
             ApiEvent::Mesh(m) => {
                 serde_json::to_value(m).ok().and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string)).unwrap_or_else(|| "mesh".into())
             }
@@ -162,6 +166,7 @@ pub async fn run(
     mut mesh: Option<Mesh>,
     events: broadcast::Sender<ApiEvent>,
     health: SharedHealth,
+    members: Option<tokio::sync::watch::Sender<crate::claims::Members>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let api_port: u16 = node.api.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -186,8 +191,14 @@ pub async fn run(
             Some(input) = mesh_next => {
                 if let Some(m) = mesh.as_mut() {
                     m.handle(input);
+                    let mut member_changed = false;
                     while let Some(e) = m.poll_event() {
+                        member_changed |= matches!(e, MeshEvent::Member { .. } | MeshEvent::Forgotten { .. });
                         let _ = events.send(ApiEvent::Mesh(e));
+                    }
+                    // The claims service follows who is alive and who crashed.
+                    if member_changed && let Some(tx) = &members {
+                        tx.send_replace(Arc::new(m.liveness()));
                     }
                 }
             }

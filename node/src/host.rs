@@ -78,3 +78,30 @@ pub fn match_processes(patterns: &[String]) -> Vec<(String, ProcessInfo)> {
 pub fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Whether the machine has a battery (`/sys/class/power_supply/*/type` is `Battery`):
+/// a laptop, which sleeps, so by default it does not vote in the claims cluster.
+pub fn has_battery() -> bool {
+    has_battery_in(std::path::Path::new("/sys/class/power_supply"))
+}
+
+/// [`has_battery`] under another root (tests).
+pub fn has_battery_in(root: &std::path::Path) -> bool {
+    let Ok(dir) = std::fs::read_dir(root) else { return false };
+    dir.filter_map(|e| e.ok()).take(64).any(|e| std::fs::read_to_string(e.path().join("type")).is_ok_and(|t| t.trim() == "Battery"))
+}
+
+#[cfg(test)]
+mod battery_tests {
+    #[test]
+    fn a_power_supply_of_type_battery_is_a_battery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!super::has_battery_in(dir.path()));
+        std::fs::create_dir(dir.path().join("AC")).expect("mkdir");
+        std::fs::write(dir.path().join("AC/type"), "Mains\n").expect("write");
+        assert!(!super::has_battery_in(dir.path()), "mains power is not a battery");
+        std::fs::create_dir(dir.path().join("BAT0")).expect("mkdir");
+        std::fs::write(dir.path().join("BAT0/type"), "Battery\n").expect("write");
+        assert!(super::has_battery_in(dir.path()));
+    }
+}

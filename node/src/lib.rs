@@ -2,6 +2,7 @@
 //! decisions it acts on come from `craftmesh_protocol`.
 
 pub mod api;
+pub mod api_claims;
 pub mod apiauth;
 pub mod apiclient;
 pub mod claims;
@@ -16,4 +17,5 @@ pub mod invite;
 pub mod mesh;
 pub mod node;
 pub mod supervise;
+pub mod sys;
 pub mod tls;

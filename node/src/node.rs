@@ -24,6 +24,8 @@ pub struct Setup {
     pub api_token: String,
     /// `--api-allow-remote`: the API may listen on a non-loopback address.
     pub api_allow_remote: bool,
+    /// Claims (on the mesh's connections); `None` when off or the mesh is off.
+    pub claims: Option<crate::claims::ClaimsOptions>,
 }
 
 /// Errors that stop the node.
@@ -33,6 +35,10 @@ pub enum NodeError {
     Api(std::io::Error),
     #[error(transparent)]
     Mesh(#[from] crate::mesh::MeshError),
+    #[error(transparent)]
+    Claims(#[from] crate::claims::StartError),
+    #[error("claims: {0}")]
+    ClaimsProtocol(String),
 }
 
 /// Runs the node until `shutdown` resolves, then stops cleanly (API drained, `api.addr` removed).
@@ -69,12 +75,39 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
         let _ = rx.wait_for(|v| *v).await;
     };
     let (events_tx, _) = tokio::sync::broadcast::channel(256);
+    // Claims ride on the mesh's connections; the driver tells them who is alive.
+    let (members_tx, claims) = match (&mesh, setup.claims.clone()) {
+        (Some(m), Some(opts)) => {
+            let transport = crate::claims::mesh_transport::MeshTransport::new(m.stream_control());
+            let incoming = transport.incoming().map_err(NodeError::ClaimsProtocol)?;
+            let (members_tx, members_rx) = tokio::sync::watch::channel(Arc::new(m.liveness()));
+            let sink_tx = events_tx.clone();
+            let wiring = crate::claims::Wiring {
+                opts,
+                me: peer_id.clone(),
+                clock: crate::claims::clock::boot_clock(),
+                transport: Arc::new(transport),
+                incoming,
+                members: members_rx,
+                events: Arc::new(move |e| {
+                    let _ = sink_tx.send(driver::ApiEvent::Claims(e));
+                }),
+            };
+            let (h, task) = crate::claims::start(wiring, stopped(stop_rx.clone())).await?;
+            (Some(members_tx), Some((h, task)))
+        }
+        _ => (None, None),
+    };
+    let (claims, claims_task) = match claims {
+        Some((h, t)) => (Some(h), Some(t)),
+        None => (None, None),
+    };
     let driver_task =
-        tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), health.clone(), stopped(stop_rx.clone())));
+        tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), health.clone(), members_tx, stopped(stop_rx.clone())));
     tracing::info!(api = %addr, %peer_id, servers = setup.config.servers.len(), "craftmesh node up");
     let auth =
         Arc::new(crate::apiauth::ApiAuth { token: setup.api_token.clone(), allow_remote: setup.api_allow_remote, bound: addr, keypair: setup.keypair.clone() });
-    let app = api::router(handle, discoverer, events_tx, auth);
+    let app = api::router(handle, discoverer, events_tx, auth, claims);
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>()).with_graceful_shutdown(stopped(stop_rx));
     let server_task = tokio::spawn(async move { server.await });
     shutdown.await;
@@ -85,6 +118,9 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
         Ok(Err(_)) | Err(_) => Ok(()),
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), driver_task).await;
+    if let Some(t) = claims_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+    }
     let _ = std::fs::remove_file(&addr_file);
     drop(setup.data_dir);
     api_result.map_err(NodeError::Api)

@@ -77,6 +77,13 @@ pub struct UpArgs {
     /// Tags published in this node's record; repeatable.
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// Claims role: `server` (may vote), `client` (never votes, forwards to the leader) or
+    /// `auto` (client on a machine with a battery; default, or `claims.role`).
+    #[arg(long, env = "CRAFTMESH_ROLE", value_name = "ROLE")]
+    pub role: Option<String>,
+    /// Run without claims (no Raft, no claims API).
+    #[arg(long, env = "CRAFTMESH_NO_CLAIMS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_claims: bool,
 }
 
 /// Which interfaces the mesh (and `invite`/`join`) use; they override `mesh.interfaces`.
@@ -150,6 +157,16 @@ pub enum Command {
         /// Only these servers (name or alias); repeatable.
         #[arg(long = "server", value_name = "NAME")]
         servers: Vec<String>,
+    },
+    /// Claims: leases with fencing tokens, one holder (or N) per key on the whole LAN.
+    Claim {
+        #[command(subcommand)]
+        command: crate::cli::claim::ClaimCommand,
+    },
+    /// Show the claims cluster: id, leader, voters, learners, term, last applied.
+    Cluster {
+        #[arg(long)]
+        json: bool,
     },
     /// Configuration commands.
     Config {

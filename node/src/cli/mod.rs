@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod args;
+pub mod claim;
+mod claim_run;
 mod print;
 
 pub use args::*;
@@ -148,6 +150,17 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
             state_dir: Some(data.path().to_path_buf()),
         })
     };
+    let claims = if a.no_mesh || a.no_claims {
+        None
+    } else {
+        match claims_options(a, &cfg, data.path()) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::CONFIG);
+            }
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -156,9 +169,30 @@ pub async fn up(g: &Global, a: &UpArgs) -> anyhow::Result<i32> {
         }
     };
     let base_dir = sources.project_dir.clone().unwrap_or_else(|| std::env::current_dir().unwrap_or_default());
-    let setup = crate::node::Setup { config: Arc::new(cfg), base_dir, data_dir: data, keypair: kp, mesh, api_token, api_allow_remote: a.api_allow_remote };
+    let setup =
+        crate::node::Setup { config: Arc::new(cfg), base_dir, data_dir: data, keypair: kp, mesh, api_token, api_allow_remote: a.api_allow_remote, claims };
     crate::node::run(setup, listener, crate::node::shutdown_signal()).await?;
     Ok(exit::OK)
+}
+
+/// The claims options of `up`: `--role` or `claims.role` (auto: a machine with a battery is
+/// a client), `claims.lock_delay`, `claims.promote_after`.
+fn claims_options(a: &UpArgs, cfg: &Config, data: &std::path::Path) -> Result<crate::claims::ClaimsOptions, String> {
+    use craftmesh_protocol::config::mcp::RoleSetting;
+    let setting = match a.role.as_deref().map(str::trim) {
+        None => cfg.claims.role.unwrap_or_default(),
+        Some("auto") => RoleSetting::Auto,
+        Some("server") => RoleSetting::Server,
+        Some("client") => RoleSetting::Client,
+        Some(other) => return Err(format!("--role / CRAFTMESH_ROLE `{other}`: expected server, client or auto")),
+    };
+    let role = craftmesh_protocol::claims::cluster::role_for(setting, crate::host::has_battery());
+    let mut o = crate::claims::ClaimsOptions::new(data, role);
+    o.lock_delay_ms = cfg.claims.lock_delay.unwrap_or(0).saturating_mul(1000).min(craftmesh_protocol::claims::MAX_LOCK_DELAY_MS);
+    if let Some(p) = cfg.claims.promote_after {
+        o.formation.promote_after_ms = p.saturating_mul(1000);
+    }
+    Ok(o)
 }
 
 /// Refuses (exit 2) an API address that is not loopback; `None` when it is.
@@ -489,5 +523,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::ApiToken { json } => api_token(&cli.global, *json),
         Command::Discover { once, json, servers } => discover(&cli.global, *once, *json, servers).await,
         Command::Config { command: ConfigCommand::Check { json } } => config_check(&cli.global, *json),
+        Command::Claim { command } => claim::run(&cli.global, command).await,
+        Command::Cluster { json } => claim::cluster(&cli.global, *json).await,
     }
 }

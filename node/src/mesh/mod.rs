@@ -98,6 +98,8 @@ pub struct MemberView {
     pub capacity: Option<wire::Capacity>,
     pub tags: Vec<String>,
     pub version: Option<u64>,
+    /// Dead because a redial was refused: the process is gone, the host is up.
+    pub crashed: bool,
 }
 
 /// The running mesh of this node.
@@ -245,6 +247,16 @@ impl Mesh {
 
     pub fn mesh_id(&self) -> &str {
         self.core.mesh_id()
+    }
+
+    /// A handle to open and accept protocol streams on the mesh's connections (claims).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().stream.new_control()
+    }
+
+    /// Every member's liveness, for the claims service.
+    pub fn liveness(&self) -> std::collections::BTreeMap<String, crate::claims::Liveness> {
+        self.core.membership().members().map(|(id, m)| (id.clone(), crate::claims::Liveness { alive: m.state == State::Alive, crashed: m.crashed })).collect()
     }
 
     pub fn listen_port(&self) -> u16 {
@@ -488,6 +500,7 @@ impl Mesh {
                     capacity: rec.map(|r| r.capacity.clone()),
                     tags: rec.map(|r| r.tags.clone()).unwrap_or_default(),
                     version: rec.map(|r| r.version),
+                    crashed: m.crashed,
                 }
             })
             .collect()

@@ -592,3 +592,16 @@ fn distinct(ids: &[NodeId]) -> usize {
 #[cfg(test)]
 #[path = "cluster_tests.rs"]
 mod tests;
+
+/// The role a node takes from its `claims.role` setting: `auto` makes a machine with a
+/// battery (a laptop, which sleeps and roams) a client and everything else a server, so a
+/// desktop and a laptop keep working on the desktop when the laptop sleeps.
+pub fn role_for(setting: crate::config::mcp::RoleSetting, has_battery: bool) -> Role {
+    use crate::config::mcp::RoleSetting;
+    match setting {
+        RoleSetting::Server => Role::Server,
+        RoleSetting::Client => Role::Client,
+        RoleSetting::Auto if has_battery => Role::Client,
+        RoleSetting::Auto => Role::Server,
+    }
+}

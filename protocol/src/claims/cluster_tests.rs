@@ -642,3 +642,12 @@ fn a_server_named_as_a_voter_of_a_new_cluster_joins_it_before_it_has_a_leader() 
     let m7 = Me { started_at_ms: 0, ..me(server(9)) };
     assert_eq!(formation().decide(&m7, &peers, 100), Vec::<Action>::new(), "a server not named waits for a leader to appear");
 }
+
+#[test]
+fn auto_makes_a_machine_with_a_battery_a_client() {
+    use crate::config::mcp::RoleSetting;
+    assert_eq!(super::role_for(RoleSetting::Auto, true), Role::Client);
+    assert_eq!(super::role_for(RoleSetting::Auto, false), Role::Server);
+    assert_eq!(super::role_for(RoleSetting::Server, true), Role::Server, "an explicit setting wins");
+    assert_eq!(super::role_for(RoleSetting::Client, false), Role::Client);
+}

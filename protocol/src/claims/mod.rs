@@ -100,8 +100,9 @@ pub struct Command {
 }
 
 /// Why an acquire was refused.
+/// (Externally tagged: it travels in bincode, which cannot decode internally tagged enums.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "reason", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Refusal {
     /// Every slot is taken (the holders are in [`Outcome::Refused`]).
     Held,

@@ -72,10 +72,10 @@ pub struct KeyView {
     pub blocked_for_ms: u64,
 }
 
-/// A holder with the time left on its lease.
+/// A holder with the time left on its lease. (Not flattened: it travels in bincode, which
+/// cannot decode flattened structs.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderView {
-    #[serde(flatten)]
     pub holder: Holder,
     pub expires_in_ms: u64,
 }
