@@ -27,6 +27,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+mod claims;
 mod mesh;
 
 pub(crate) fn release_bin() -> PathBuf {
@@ -90,9 +91,11 @@ fn main() {
         "discover" => {}
         "mesh" => return mesh::run(&args),
         "sim" => return mesh::sim(),
+        "claims" => return claims::run(&args),
+        "claims-client" => return claims::client(&args),
         _ => {
             eprintln!(
-                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim"
+                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim\n       bench claims [--iters N] [--contended N] [--reps N] [--ttl SECS] [--rss-wait SECS] [--no-etcd]"
             );
             std::process::exit(2);
         }
