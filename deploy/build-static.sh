@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 triple=x86_64-unknown-linux-gnu
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p craftmesh --bin craftmesh --target "$triple" >&2
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p craftmesh --bin craftmesh --features lean-logs --target "$triple" >&2
 echo "${CARGO_TARGET_DIR:-target}/$triple/release/craftmesh"

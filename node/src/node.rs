@@ -28,6 +28,9 @@ pub struct Setup {
     pub claims: Option<crate::claims::ClaimsOptions>,
 }
 
+/// When the node drops the pages of its start-up code (see [`crate::sys::trim_code_pages`]).
+const TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Errors that stop the node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -105,6 +108,15 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     let driver_task =
         tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), health.clone(), members_tx, stopped(stop_rx.clone())));
     tracing::info!(api = %addr, %peer_id, servers = setup.config.servers.len(), "craftmesh node up");
+    // Start-up code (arguments, configuration, TLS, the first rounds) is not needed again:
+    // drop its pages from the resident set once the node has settled.
+    if std::env::var_os("CRAFTMESH_KEEP_CODE_PAGES").is_none() {
+        tokio::spawn(async {
+            tokio::time::sleep(TRIM_AFTER).await;
+            let bytes = crate::sys::trim_code_pages();
+            tracing::debug!(bytes, "dropped the start-up code pages from the resident set");
+        });
+    }
     let auth =
         Arc::new(crate::apiauth::ApiAuth { token: setup.api_token.clone(), allow_remote: setup.api_allow_remote, bound: addr, keypair: setup.keypair.clone() });
     let app = api::router(handle, discoverer, events_tx, auth, claims);

@@ -239,7 +239,9 @@ pub fn run(args: &[String]) {
             .iter()
             .map(|n| {
                 let rig = &rig;
-                s.spawn(move || run_client(rig, n, &["--mode", "contended", "--key", "bench/contended", "--iters", &citers.to_string(), "--start-at", &format!("{at:.0}")]))
+                s.spawn(move || {
+                    run_client(rig, n, &["--mode", "contended", "--key", "bench/contended", "--iters", &citers.to_string(), "--start-at", &format!("{at:.0}")])
+                })
             })
             .collect();
         hs.into_iter().map(|h| h.join().expect("client")).collect()
@@ -255,7 +257,13 @@ pub fn run(args: &[String]) {
         g.sort_by(f64::total_cmp);
         percentile(&g, 50.0)
     };
-    rows.push(row(&format!("contended hand-off, 3 clients on 3 hosts, one key: {per_s:.0}/s{etcd_txt}"), &mut gaps, "≤ 5 ms per hand-off (≥ 200/s)", med <= 5.0 && per_s >= 200.0, "ms"));
+    rows.push(row(
+        &format!("contended hand-off, 3 clients on 3 hosts, one key: {per_s:.0}/s{etcd_txt}"),
+        &mut gaps,
+        "≤ 5 ms per hand-off (≥ 200/s)",
+        med <= 5.0 && per_s >= 200.0,
+        "ms",
+    ));
 
     // 3. Holder node SIGKILLed (host alive, `claim run`'s child gone with it) → next holder.
     let mut failover = Vec::new();
@@ -290,12 +298,21 @@ pub fn run(args: &[String]) {
         let _ = leader_index(&rig, &nodes);
     }
     let etcd_f = etcd.as_ref().map(|e| format!(" (etcd, protected or not: {:.0} ms)", e.failover_ms)).unwrap_or_default();
-    let med = percentile(&{
-        let mut f = failover.clone();
-        f.sort_by(f64::total_cmp);
-        f
-    }, 50.0);
-    rows.push(row(&format!("holder node SIGKILLed, host alive, `claim run` child gone → next holder granted{etcd_f}"), &mut failover, "≤ 1 s", med <= 1000.0, "ms"));
+    let med = percentile(
+        &{
+            let mut f = failover.clone();
+            f.sort_by(f64::total_cmp);
+            f
+        },
+        50.0,
+    );
+    rows.push(row(
+        &format!("holder node SIGKILLed, host alive, `claim run` child gone → next holder granted{etcd_f}"),
+        &mut failover,
+        "≤ 1 s",
+        med <= 1000.0,
+        "ms",
+    ));
 
     // 4. Holder host cut off → its child stopped, then the next holder granted.
     let margin = craftmesh_protocol::claims::lease::default_margin_ms(ttl_s * 1000) as f64;
@@ -307,7 +324,10 @@ pub fn run(args: &[String]) {
         let wi = (li + 2) % 3;
         let key = format!("bench/cut{rep}");
         let h = &nodes[hi];
-        let mut run = rig.host(hi).spawn_command(&h.cfg.command(&["claim", "run", &key, "--ttl", &ttl_s.to_string(), "--api", &h.api(), "--", "sleep", "1000"])).expect("claim run");
+        let mut run = rig
+            .host(hi)
+            .spawn_command(&h.cfg.command(&["claim", "run", &key, "--ttl", &ttl_s.to_string(), "--api", &h.api(), "--", "sleep", "1000"]))
+            .expect("claim run");
         assert!(run.wait_for_log("holding", Duration::from_secs(20)), "{}", run.log_text());
         std::thread::sleep(Duration::from_millis(300));
         let w = &nodes[wi];
@@ -355,11 +375,14 @@ pub fn run(args: &[String]) {
     std::thread::sleep(Duration::from_secs(rss_wait));
     let mut rss: Vec<f64> = nodes.iter().filter_map(|n| rss_kb(n.pid(), "VmRSS:")).map(|k| k as f64 / 1024.0).collect();
     let etcd_rss = etcd.as_ref().map(|e| format!(" (etcd member {:.1} MB)", e.rss_mb)).unwrap_or_default();
-    let med = percentile(&{
-        let mut r = rss.clone();
-        r.sort_by(f64::total_cmp);
-        r
-    }, 50.0);
+    let med = percentile(
+        &{
+            let mut r = rss.clone();
+            r.sort_by(f64::total_cmp);
+            r
+        },
+        50.0,
+    );
     rows.push(row(&format!("idle RSS per node, claims on, static build, after {rss_wait} s{etcd_rss}"), &mut rss, "≤ 8 MB", med <= 8.0, "MB"));
     print_table(&rows);
 }
