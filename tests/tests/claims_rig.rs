@@ -1,11 +1,17 @@
 //! Claims across real hosts: craftmesh nodes in network namespaces on one bridge, driven
 //! through the real CLI. Timings are generous deadlines here; the bench measures them.
+//!
+//! All hosts of a rig share one kernel, so one CLOCK_BOOTTIME (the clock the leader stamps
+//! into every command, `granted_at_ms` and `deadline_ms` of a holder) and one
+//! CLOCK_REALTIME (what the heartbeat children of `claim run` write): times taken on
+//! different hosts are compared directly.
 
 use craftmesh_tests::meshnode::{EMPTY_CONFIG, MeshNode, wait_until};
-use craftmesh_tests::netns::{Rig, netns_available};
-use craftmesh_tests::require;
+use craftmesh_tests::netns::{Rig, Spawned, netns_available};
+use craftmesh_tests::{CmdOutput, require, run_with_timeout};
 use serde_json::Value;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 const FORM: Duration = Duration::from_secs(30);
 
@@ -22,31 +28,156 @@ fn servers(rig: &Rig, n: usize) -> Vec<MeshNode> {
 }
 
 /// Waits until every node reports the same cluster with a leader and `voters` voters.
-fn one_cluster(rig: &Rig, nodes: &[MeshNode], voters: usize) -> String {
-    wait_until("one cluster with a leader", FORM, || {
-        let views: Vec<Value> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect::<Option<_>>()?;
-        let c = views[0]["cluster"].as_str()?.to_string();
-        let ok = views.iter().all(|v| v["cluster"] == c.as_str() && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(voters));
-        ok.then_some(c)
+fn one_cluster(rig: &Rig, nodes: &[&MeshNode], voters: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
+        if let Some(views) = &views
+            && let Some(c) = views[0]["cluster"].as_str()
+            && views.iter().all(|v| v["cluster"] == c && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(voters))
+        {
+            return c.to_string();
+        }
+        assert!(start.elapsed() < FORM, "no one cluster with a leader and {voters} voters within {FORM:?}: {views:#?}\n{}", logs(nodes));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn logs(nodes: &[&MeshNode]) -> String {
+    nodes.iter().map(|n| format!("--- node {} ---\n{}", n.index, n.log())).collect::<Vec<_>>().join("\n")
+}
+
+fn all(nodes: &[MeshNode]) -> Vec<&MeshNode> {
+    nodes.iter().collect()
+}
+
+/// The index (in `nodes`) of the leader, as `asked` reports it.
+fn leader_of(rig: &Rig, nodes: &[MeshNode], asked: usize) -> usize {
+    wait_until("a leader", FORM, || {
+        let v = nodes[asked].json(rig, &["cluster", "--json"])?;
+        let peer = v["leader"]["peer"].as_str()?;
+        nodes.iter().position(|n| n.peer_id == peer)
     })
 }
 
-fn logs(nodes: &[MeshNode]) -> String {
-    nodes.iter().map(|n| format!("--- node {} ---\n{}", n.index, n.log())).collect::<Vec<_>>().join("\n")
+/// `craftmesh <args> --api <node's API>` inside the node's host, killed at `timeout`.
+fn cli(rig: &Rig, n: &MeshNode, args: &[&str], timeout: Duration) -> CmdOutput {
+    let api = n.api();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--api", &api]);
+    run_with_timeout(&mut rig.host(n.index).wrap(&n.cfg.command(&all)), timeout)
+}
+
+/// Parses the JSON a `--json` command printed; panics with the command's output otherwise.
+fn parse(out: &CmdOutput) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", out.describe()))
+}
+
+/// `claim acquire KEY <extra> --json` through `nodes[i]`; the answer (granted or refused).
+/// Panics with every node's log when there is none.
+fn acquire(rig: &Rig, nodes: &[MeshNode], i: usize, key: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["claim", "acquire", key, "--json"];
+    args.extend(extra);
+    let out = cli(rig, &nodes[i], &args, Duration::from_secs(90));
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("no answer to an acquire ({e})\n{}\n{}", out.describe(), logs(&all(nodes))))
+}
+
+/// The token of a granted answer; panics with the answer otherwise.
+fn granted(answer: &Value) -> u64 {
+    assert_eq!(answer["granted"], true, "expected a grant: {answer:#}");
+    answer["token"].as_u64().unwrap_or_else(|| panic!("a grant without a token: {answer:#}"))
+}
+
+/// `claim list --json` through `n`.
+fn list(rig: &Rig, n: &MeshNode) -> Value {
+    let out = cli(rig, n, &["claim", "list", "--json"], Duration::from_secs(30));
+    assert!(out.success(), "claim list failed\n{}", out.describe());
+    parse(&out)
+}
+
+/// The holders (`{holder, expires_in_ms}`) of `key` in a `claim list` answer.
+fn holders(list: &Value, key: &str) -> Vec<Value> {
+    list["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["key"] == key)).and_then(|k| k["holders"].as_array().cloned()).unwrap_or_default()
+}
+
+fn clock_ns(id: nix::time::ClockId) -> i128 {
+    let t = nix::time::clock_gettime(id).expect("clock_gettime");
+    i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+}
+
+/// A time on the lease clock (CLOCK_BOOTTIME, ms), as CLOCK_REALTIME nanoseconds.
+fn boot_ms_to_realtime_ns(boot_ms: u64) -> i128 {
+    let offset = clock_ns(nix::time::ClockId::CLOCK_REALTIME) - clock_ns(nix::time::ClockId::CLOCK_BOOTTIME);
+    i128::from(boot_ms) * 1_000_000 + offset
+}
+
+fn realtime_ns() -> i128 {
+    clock_ns(nix::time::ClockId::CLOCK_REALTIME)
+}
+
+/// Sends `sig` to process group `pgid`.
+fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
+}
+
+/// `craftmesh claim run KEY ... -- sh -c HEARTBEAT` in a node's host. The child writes its
+/// pid (its process group: `claim run` gives it a group of its own) and then, every 20 ms,
+/// a CLOCK_REALTIME stamp in nanoseconds: the stamps are what it did while it ran.
+struct ClaimRun {
+    proc: Spawned,
+    dir: PathBuf,
+    key: String,
+}
+
+impl ClaimRun {
+    fn start(rig: &Rig, n: &MeshNode, key: &str, extra: &[&str]) -> ClaimRun {
+        let dir = n.cfg.scratch_dir().join(format!("run-{}", craftmesh_tests::random_suffix()));
+        std::fs::create_dir_all(&dir).expect("heartbeat dir");
+        let script = format!("echo $$ > '{d}/pid'; while :; do date +%s%N >> '{d}/beats'; sleep 0.02; done", d = dir.display());
+        let api = n.api();
+        let mut args = vec!["claim", "run", key, "--api", &api];
+        args.extend(extra);
+        args.extend(["--", "sh", "-c", &script]);
+        let proc = rig.host(n.index).spawn_command(&n.cfg.command(&args)).expect("spawn claim run");
+        ClaimRun { proc, dir, key: key.to_string() }
+    }
+
+    /// Waits until the child runs with the claim; returns its token.
+    fn token(&mut self, timeout: Duration) -> u64 {
+        let needle = format!("holding {} with token ", self.key);
+        assert!(self.proc.wait_for_log(&needle, timeout), "claim run did not get {} within {timeout:?}\n{}", self.key, self.proc.describe());
+        let log = self.proc.log_text();
+        let at = log.find(&needle).map(|i| i + needle.len()).unwrap_or(0);
+        log[at..].split(|c: char| !c.is_ascii_digit()).next().and_then(|t| t.parse().ok()).expect("a token in the log")
+    }
+
+    /// The child's process group (its pid), once it wrote it.
+    fn child_group(&self) -> i32 {
+        wait_until("the child's pid", Duration::from_secs(10), || std::fs::read_to_string(self.dir.join("pid")).ok()?.trim().parse().ok())
+    }
+
+    /// The child's heartbeat stamps so far (CLOCK_REALTIME ns); a torn last line is skipped.
+    fn beats(&self) -> Vec<i128> {
+        std::fs::read_to_string(self.dir.join("beats")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    fn wait_for_beats(&self) {
+        wait_until("the child's first heartbeats", Duration::from_secs(10), || (self.beats().len() >= 3).then_some(()));
+    }
 }
 
 #[test]
 fn three_servers_form_one_cluster_and_a_contended_acquire_has_exactly_one_winner() {
     let Some(rig) = rig(3) else { return };
     let nodes = servers(&rig, 3);
-    one_cluster(&rig, &nodes, 3);
+    one_cluster(&rig, &all(&nodes), 3);
     // All three hosts acquire the same key at once.
     let results: Vec<Value> = std::thread::scope(|s| {
         let hs: Vec<_> = nodes.iter().map(|n| s.spawn(|| n.cli(&rig, &["claim", "acquire", "svc/one", "--ttl", "30", "--json"]))).collect();
         hs.into_iter()
             .map(|h| {
                 let out = h.join().expect("thread");
-                serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.describe(), logs(&nodes)))
+                serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.describe(), logs(&all(&nodes))))
             })
             .collect()
     });
@@ -59,4 +190,121 @@ fn three_servers_form_one_cluster_and_a_contended_acquire_has_exactly_one_winner
     let list = nodes[2].json(&rig, &["claim", "list", "--json"]).expect("list");
     let key = list["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["key"] == "svc/one")).cloned().expect("svc/two listed");
     assert_eq!(key["holders"][0]["holder"]["token"], token);
+}
+
+/// The holder's node is the leader, so its death also moves the lease to a new leader's
+/// clock (which gives it a full TTL again): the waiter still gets the key, and not before
+/// the lease could have ended.
+#[test]
+fn a_sigkilled_holder_nodes_claim_goes_to_one_waiter_with_a_greater_token_after_its_lease() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let h = leader_of(&rig, &nodes, 0);
+    let (w, other) = ((h + 1) % 3, (h + 2) % 3);
+    let ttl_ms = 3000;
+    let old = granted(&acquire(&rig, &nodes, h, "svc/killed", &["--ttl", "3"]));
+    let before = holders(&list(&rig, &nodes[w]), "svc/killed");
+    assert_eq!(before.len(), 1, "{before:#?}");
+    let old_granted_at = before[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms");
+    std::thread::scope(|s| {
+        // The waiter on another host queues at the leader, which then dies under it.
+        let waiter = s.spawn(|| acquire(&rig, &nodes, w, "svc/killed", &["--ttl", "30", "--wait", "60"]));
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Instant::now();
+        rig.kill9(nodes[h].pid()).expect("kill -9 the holder's node");
+        let answer = waiter.join().expect("waiter thread");
+        let token = granted(&answer);
+        assert!(token > old, "the new token {token} is not greater than the old {old}");
+        // A generous deadline: an election, a full TTL on the new leader's clock, slack.
+        assert!(killed.elapsed() < Duration::from_secs(25), "the waiter got the key only {:?} after the kill", killed.elapsed());
+        let after = holders(&list(&rig, &nodes[other]), "svc/killed");
+        assert_eq!(after.len(), 1, "one holder after the hand-over: {after:#?}");
+        assert_eq!(after[0]["holder"]["token"], token);
+        let new_granted_at = after[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms");
+        assert!(
+            new_granted_at >= old_granted_at + ttl_ms,
+            "granted at {new_granted_at} ms (boot clock), before the old lease (granted at {old_granted_at} ms, ttl {ttl_ms} ms) could have ended"
+        );
+    });
+}
+
+/// A follower holds the key through `claim run` and is cut off from the switch: its renewals
+/// fail, so `claim run` kills its child at the local deadline. The majority's leader
+/// expires the lease on its own clock and grants a waiter on another host. Every heartbeat
+/// of the old child must be older than that grant.
+#[test]
+fn a_cut_off_holders_child_is_dead_before_the_majority_grants_again() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let l = leader_of(&rig, &nodes, 0);
+    let h = (l + 1) % 3;
+    let w = (l + 2) % 3;
+    let mut run = ClaimRun::start(&rig, &nodes[h], "svc/cut", &["--ttl", "2"]);
+    let old = run.token(Duration::from_secs(20));
+    run.wait_for_beats();
+    rig.cut_off(h).expect("cut off the holder");
+    let cut = Instant::now();
+    let answer = acquire(&rig, &nodes, w, "svc/cut", &["--ttl", "30", "--wait", "60"]);
+    let token = granted(&answer);
+    assert!(token > old, "the new token {token} is not greater than the old {old}");
+    assert!(cut.elapsed() < Duration::from_secs(20), "the majority granted only {:?} after the cut", cut.elapsed());
+    let after = holders(&list(&rig, &nodes[l]), "svc/cut");
+    assert_eq!(after.len(), 1, "{after:#?}");
+    let grant_ns = boot_ms_to_realtime_ns(after[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms"));
+    // The old holder stopped by itself: `claim run` killed its child and exits with 128+9.
+    let status = run.proc.wait_timeout(Duration::from_secs(10)).unwrap_or_else(|| panic!("claim run still runs after losing\n{}", run.proc.describe()));
+    assert_eq!(status.code(), Some(137), "{}", run.proc.describe());
+    assert!(run.proc.log_text().contains("lost"), "{}", run.proc.describe());
+    let last = *run.beats().last().expect("heartbeats");
+    assert!(last < grant_ns, "the old child wrote a heartbeat {} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
+    eprintln!("old child's last heartbeat {:.0} ms before the new grant", (grant_ns - last) as f64 / 1e6);
+}
+
+/// The holder's whole machine stops, as in a VM pause or a laptop lid closed: `claim run`,
+/// its child's process group and the node (the leader) get SIGSTOP, in that order, so
+/// nothing of the holder can notice. The other two elect a leader, and a waiter there gets
+/// the key once the lease ends on the new leader's clock. Then `claim run` alone is thawed
+/// first: its local deadline (CLOCK_BOOTTIME, which ran on) has passed, so it must kill the
+/// child's group (still stopped) before anything else; then the group and the node are
+/// thawed. The child never writes again, and the stale token is refused (`not_held`) for a
+/// renewal and a release, sent through the thawed node that last led.
+#[test]
+fn a_holder_frozen_past_its_ttl_does_not_act_with_its_stale_token_when_thawed() {
+    use nix::sys::signal::Signal;
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let h = leader_of(&rig, &nodes, 0);
+    let w = (h + 1) % 3;
+    let mut run = ClaimRun::start(&rig, &nodes[h], "svc/frozen", &["--ttl", "2"]);
+    let old = run.token(Duration::from_secs(20));
+    run.wait_for_beats();
+    let group = run.child_group();
+    rig.freeze(run.proc.pid()).expect("SIGSTOP claim run");
+    signal_group(group, Signal::SIGSTOP);
+    rig.freeze(nodes[h].pid()).expect("SIGSTOP the node");
+    let frozen_at = realtime_ns();
+    let token = granted(&acquire(&rig, &nodes, w, "svc/frozen", &["--ttl", "30", "--wait", "60"]));
+    assert!(token > old, "the new token {token} is not greater than the old {old}");
+    rig.thaw(run.proc.pid()).expect("SIGCONT claim run");
+    let status = run.proc.wait_timeout(Duration::from_secs(10)).unwrap_or_else(|| panic!("claim run still runs after its thaw\n{}", run.proc.describe()));
+    signal_group(group, Signal::SIGCONT);
+    rig.thaw(nodes[h].pid()).expect("SIGCONT the node");
+    assert_eq!(status.code(), Some(137), "the child was killed\n{}", run.proc.describe());
+    assert!(run.proc.log_text().contains("local deadline passed"), "{}", run.proc.describe());
+    std::thread::sleep(Duration::from_millis(200));
+    let late: Vec<i128> = run.beats().into_iter().filter(|b| *b >= frozen_at).collect();
+    assert!(late.is_empty(), "the child wrote {} heartbeat(s) after the freeze\n{}", late.len(), run.proc.describe());
+    let old_s = old.to_string();
+    for op in ["renew", "release"] {
+        let out = cli(&rig, &nodes[h], &["claim", op, "svc/frozen", "--fencing-token", &old_s, "--json"], Duration::from_secs(30));
+        let v = parse(&out);
+        assert_eq!(v["reason"], "not_held", "a {op} with the stale token {old}\n{}\n{}", out.describe(), nodes[h].log());
+        assert_eq!(out.code(), Some(1), "{}", out.describe());
+    }
+    let after = holders(&list(&rig, &nodes[h]), "svc/frozen");
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert_eq!(after[0]["holder"]["token"], token);
 }
