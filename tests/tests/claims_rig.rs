@@ -308,3 +308,73 @@ fn a_holder_frozen_past_its_ttl_does_not_act_with_its_stale_token_when_thawed() 
     assert_eq!(after.len(), 1, "{after:#?}");
     assert_eq!(after[0]["holder"]["token"], token);
 }
+
+/// Waits until every node reports cluster `c`... or any one cluster, with a leader.
+fn same_cluster(rig: &Rig, nodes: &[&MeshNode], timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
+        if let Some(views) = &views
+            && let Some(c) = views[0]["cluster"].as_str()
+            && views.iter().all(|v| v["cluster"] == c && v["leader"].is_object())
+        {
+            return c.to_string();
+        }
+        assert!(start.elapsed() < timeout, "the nodes are not in one cluster with a leader within {timeout:?}: {views:#?}\n{}", logs(nodes));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Host 0 is cut off from the switch before any node starts, so it forms a cluster of its
+/// own (one voter) while hosts 1 and 2 form another (one voter and one learner: two servers
+/// get one voter). Each side grants `svc/merge` to a `claim run`. When host 0 is plugged
+/// back in, the merge rule (`winner`: more voters, then the lower id; here a tie on one
+/// voter) makes the losing side's nodes drop their Raft state and join the winner. The
+/// loser's `claim run` finds its claim unknown there and the key held, so it stops; the
+/// winner's keeps running, and every node lists exactly its holder.
+#[test]
+fn two_separately_formed_clusters_become_one_with_one_holder_per_key() {
+    let Some(rig) = rig(3) else { return };
+    rig.cut_off(0).expect("cut off host 0");
+    let nodes = servers(&rig, 3);
+    let a = one_cluster(&rig, &[&nodes[0]], 1);
+    let b = one_cluster(&rig, &[&nodes[1], &nodes[2]], 1);
+    assert_ne!(a, b, "two clusters formed");
+    // Tokens are log indices, so the two clusters' grants of the key can have the same
+    // token. Make them equal (the worst case): pad the shorter log with grants of other
+    // keys, then acquire on both sides at once.
+    let last_log = |side: &[usize]| side.iter().filter_map(|i| nodes[*i].json(&rig, &["cluster", "--json"])?["last_log"].as_u64()).max().unwrap_or(0);
+    wait_until("cluster b to settle (a voter and a learner)", FORM, || {
+        let v = nodes[1].json(&rig, &["cluster", "--json"])?;
+        (v["learners"].as_array()?.len() == 1).then_some(())
+    });
+    for pad in 0.. {
+        let (la, lb) = (last_log(&[0]), last_log(&[1, 2]));
+        if la == lb {
+            break;
+        }
+        assert!(pad < 20, "the logs do not line up: {la} and {lb}");
+        let shorter = if la < lb { 0 } else { 1 };
+        granted(&acquire(&rig, &nodes, shorter, &format!("pad/{pad}"), &["--ttl", "600"]));
+    }
+    let mut runs = [ClaimRun::start(&rig, &nodes[0], "svc/merge", &["--ttl", "5"]), ClaimRun::start(&rig, &nodes[1], "svc/merge", &["--ttl", "5"])];
+    let tokens = [runs[0].token(Duration::from_secs(20)), runs[1].token(Duration::from_secs(20))];
+    eprintln!("cluster {a} granted token {}, cluster {b} token {}", tokens[0], tokens[1]);
+    rig.reconnect(0).expect("plug host 0 back in");
+    let c = same_cluster(&rig, &all(&nodes), Duration::from_secs(30));
+    assert_eq!(c, a.clone().min(b.clone()), "one voter each: the lower id wins");
+    let (win, lose) = if c == a { (0, 1) } else { (1, 0) };
+    let status = runs[lose]
+        .proc
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the losing side's claim run still runs\n{}", runs[lose].proc.describe()));
+    assert_eq!(status.code(), Some(137), "its child was killed\n{}", runs[lose].proc.describe());
+    assert!(runs[win].proc.try_wait().is_none(), "the winner's claim run stopped\n{}", runs[win].proc.describe());
+    one_cluster(&rig, &all(&nodes), 3);
+    for n in &nodes {
+        let hs = holders(&list(&rig, n), "svc/merge");
+        assert_eq!(hs.len(), 1, "node {} lists {hs:#?}", n.index);
+        assert_eq!(hs[0]["holder"]["token"], tokens[win], "node {} lists {hs:#?}\n{}", n.index, runs[win].proc.describe());
+    }
+    assert!(runs[win].proc.try_wait().is_none(), "the winner's claim run stopped\n{}", runs[win].proc.describe());
+}
