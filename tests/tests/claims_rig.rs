@@ -378,3 +378,67 @@ fn two_separately_formed_clusters_become_one_with_one_holder_per_key() {
     }
     assert!(runs[win].proc.try_wait().is_none(), "the winner's claim run stopped\n{}", runs[win].proc.describe());
 }
+
+/// Runs `n` acquires of `key` at once, spread over the hosts, and returns the answers.
+fn acquire_many(rig: &Rig, nodes: &[MeshNode], key: &str, n: usize, extra: &[&str]) -> Vec<Value> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n).map(|i| s.spawn(move || acquire(rig, nodes, i % nodes.len(), key, extra))).collect();
+        hs.into_iter().map(|h| h.join().expect("acquire thread")).collect()
+    })
+}
+
+/// 50 acquires of a key with limit 3 at once from three hosts: exactly three grants, and
+/// every refusal names three holders. Then 50 waiting acquires with short leases: each is
+/// granted in turn as leases end, and no grant ever sees more than three holders (an
+/// answer lists the key's holders right after its grant), nor does any `claim list` taken
+/// meanwhile.
+#[test]
+fn a_counted_key_with_limit_three_never_has_four_holders_under_fifty_concurrent_acquires() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let answers = acquire_many(&rig, &nodes, "pool/three", 50, &["--limit", "3", "--ttl", "60"]);
+    let grants: Vec<&Value> = answers.iter().filter(|a| a["granted"] == true).collect();
+    assert_eq!(grants.len(), 3, "{answers:#?}");
+    let mut tokens: Vec<u64> = grants.iter().map(|g| granted(g)).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 3, "three distinct tokens: {tokens:?}");
+    for a in answers.iter().filter(|a| a["granted"] == false) {
+        assert_eq!(a["reason"], "held", "{a:#}");
+        assert_eq!(a["holders"].as_array().map(Vec::len), Some(3), "{a:#}");
+    }
+    let listed: Vec<u64> = holders(&list(&rig, &nodes[1]), "pool/three").iter().filter_map(|h| h["holder"]["token"].as_u64()).collect();
+    let mut sorted = listed.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, tokens, "claim list shows the three grants");
+    for g in &grants {
+        let t = g["token"].as_u64().unwrap_or(0).to_string();
+        let out = cli(&rig, &nodes[0], &["claim", "release", "pool/three", "--fencing-token", &t, "--json"], Duration::from_secs(30));
+        assert_eq!(parse(&out)["released"], true, "{}", out.describe());
+    }
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answers, most_listed) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(holders(&list(&rig, &nodes[2]), "pool/three").len());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            most
+        });
+        let answers = acquire_many(&rig, &nodes, "pool/three", 50, &["--limit", "3", "--ttl", "0.5", "--wait", "60"]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (answers, watcher.join().expect("watcher"))
+    });
+    let mut tokens: Vec<u64> = answers.iter().map(granted).collect();
+    for a in &answers {
+        let n = a["holders"].as_array().map(Vec::len).unwrap_or(0);
+        assert!((1..=3).contains(&n), "a grant saw {n} holders: {a:#}");
+    }
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 50, "fifty distinct tokens");
+    assert!(most_listed <= 3, "claim list showed {most_listed} holders");
+}
