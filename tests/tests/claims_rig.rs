@@ -442,3 +442,125 @@ fn a_counted_key_with_limit_three_never_has_four_holders_under_fifty_concurrent_
     assert_eq!(tokens.len(), 50, "fifty distinct tokens");
     assert!(most_listed <= 3, "claim list showed {most_listed} holders");
 }
+
+/// Two workers on every host acquire keys of their own, one after another, while the leader
+/// gets SIGKILL.
+/// Each acquire that answered `granted` must be in `claim list` afterwards with its token
+/// (the answer comes only after the grant was committed by a majority, which survives the
+/// leader). Acquires through the killed node's host fail from then on, and acquires in
+/// flight may fail during the election: neither is counted. Long leases, so that the new
+/// leader's full TTL cannot end any of them during the test.
+#[test]
+fn a_leader_killed_under_load_loses_no_granted_claim() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let l = leader_of(&rig, &nodes, 0);
+    let survivor = (l + 1) % 3;
+    let stop = AtomicBool::new(false);
+    let killed_at: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let granted_keys: Vec<(String, u64, Instant)> = std::thread::scope(|s| {
+        // Two workers per host.
+        let workers: Vec<_> = (0..6)
+            .map(|i| {
+                let (rig, nodes, stop) = (&rig, &nodes, &stop);
+                s.spawn(move || {
+                    let mut got = Vec::new();
+                    for j in 0.. {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let key = format!("load/{i}/{j}");
+                        let out = cli(rig, &nodes[i % 3], &["claim", "acquire", &key, "--ttl", "600", "--json"], Duration::from_secs(30));
+                        match serde_json::from_str::<Value>(&out.stdout) {
+                            Ok(v) if v["granted"] == true => got.push((key, granted(&v), Instant::now())),
+                            Ok(v) => panic!("a fresh key was refused: {v:#}"),
+                            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        rig.kill9(nodes[l].pid()).expect("kill -9 the leader");
+        *killed_at.lock().expect("lock") = Some(Instant::now());
+        wait_until("a new leader", FORM, || {
+            let v = nodes[survivor].json(&rig, &["cluster", "--json"])?;
+            let peer = v["leader"]["peer"].as_str()?;
+            (peer != nodes[l].peer_id).then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::SeqCst);
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    let killed_at = killed_at.lock().expect("lock").expect("killed");
+    let after = granted_keys.iter().filter(|(_, _, at)| *at > killed_at).count();
+    assert!(after > 0, "no acquire was granted after the leader died: {granted_keys:?}");
+    let listed = list(&rig, &nodes[survivor]);
+    let mut lost = Vec::new();
+    for (key, token, _) in &granted_keys {
+        let hs = holders(&listed, key);
+        if hs.len() != 1 || hs[0]["holder"]["token"] != *token {
+            lost.push(format!("{key} (token {token}): listed {hs:?}"));
+        }
+    }
+    assert!(lost.is_empty(), "granted claims missing after the leader's death:\n{}\n{}", lost.join("\n"), logs(&all(&nodes)));
+    eprintln!("{} grants ({after} after the kill), all listed", granted_keys.len());
+}
+
+/// `(key, token, node, session)` of every holder in a `claim list` answer, sorted.
+fn claims_of(list: &Value) -> Vec<(String, u64, String, String)> {
+    let mut v: Vec<_> = list["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|k| {
+            k["holders"].as_array().into_iter().flatten().map(move |h| {
+                let h = &h["holder"];
+                (
+                    k["key"].as_str().unwrap_or_default().to_string(),
+                    h["token"].as_u64().unwrap_or(0),
+                    h["node"].as_str().unwrap_or_default().to_string(),
+                    h["session"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Claims granted through every host (a counted key with two holders among them) survive
+/// a restart of all nodes (SIGTERM, then `up` on the same data dirs): same cluster, same
+/// keys, tokens, holder nodes and sessions. Leases are long: the new leader gives each a
+/// full TTL again. A grant after the restart has a token above every earlier one.
+#[test]
+fn claims_and_tokens_survive_a_restart_of_every_node() {
+    let Some(rig) = rig(3) else { return };
+    let mut nodes = servers(&rig, 3);
+    let cluster = one_cluster(&rig, &all(&nodes), 3);
+    for (i, key) in ["keep/a", "keep/b", "keep/c"].iter().enumerate() {
+        granted(&acquire(&rig, &nodes, i, key, &["--ttl", "600"]));
+    }
+    for i in [0, 2] {
+        granted(&acquire(&rig, &nodes, i, "keep/pair", &["--ttl", "600", "--limit", "2"]));
+    }
+    let before = claims_of(&list(&rig, &nodes[0]));
+    assert_eq!(before.len(), 5, "{before:#?}");
+    for n in nodes.iter_mut() {
+        let code = n.terminate(&rig);
+        assert_eq!(code, Some(0), "node {} did not stop cleanly on SIGTERM\n{}", n.index, n.log());
+    }
+    for n in nodes.iter_mut() {
+        n.restart(&rig);
+    }
+    assert_eq!(one_cluster(&rig, &all(&nodes), 3), cluster, "the same cluster after the restart");
+    for n in &nodes {
+        assert_eq!(claims_of(&list(&rig, n)), before, "node {} after the restart", n.index);
+    }
+    let most = before.iter().map(|c| c.1).max().unwrap_or(0);
+    let token = granted(&acquire(&rig, &nodes, 1, "keep/new", &["--ttl", "600"]));
+    assert!(token > most, "the new token {token} is not above the earlier ones (up to {most})");
+}
