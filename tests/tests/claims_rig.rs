@@ -564,3 +564,74 @@ fn claims_and_tokens_survive_a_restart_of_every_node() {
     let token = granted(&acquire(&rig, &nodes, 1, "keep/new", &["--ttl", "600"]));
     assert!(token > most, "the new token {token} is not above the earlier ones (up to {most})");
 }
+
+/// Two servers and a node with `--role client` (never in Raft): the client follows the
+/// servers' cluster, and acquires, lists and releases through them like any node; its
+/// grants name it as the holder node.
+#[test]
+fn a_client_role_node_acquires_through_the_servers() {
+    let Some(rig) = rig(3) else { return };
+    let mut nodes = servers(&rig, 2);
+    nodes.push(MeshNode::start(&rig, 2, EMPTY_CONFIG, &["--role", "client"]));
+    let cluster = one_cluster(&rig, &[&nodes[0], &nodes[1]], 1);
+    let view = wait_until("the client to follow the cluster", FORM, || {
+        let v = nodes[2].json(&rig, &["cluster", "--json"])?;
+        (v["cluster"] == cluster.as_str() && v["leader"].is_object()).then_some(v)
+    });
+    assert_eq!(view["role"], "client", "{view:#}");
+    assert_eq!(view["state"], "client", "{view:#}");
+    let answer = acquire(&rig, &nodes, 2, "svc/client", &["--ttl", "30"]);
+    let token = granted(&answer);
+    assert_eq!(answer["cluster"], cluster.as_str());
+    assert_eq!(answer["holder"]["node"], nodes[2].peer_id.as_str(), "the client is the holder node: {answer:#}");
+    let refused = acquire(&rig, &nodes, 0, "svc/client", &["--ttl", "30"]);
+    assert_eq!(refused["granted"], false, "{refused:#}");
+    let hs = holders(&list(&rig, &nodes[2]), "svc/client");
+    assert_eq!(hs.len(), 1, "{hs:#?}");
+    assert_eq!(hs[0]["holder"]["token"], token);
+    let t = token.to_string();
+    let out = cli(&rig, &nodes[2], &["claim", "release", "svc/client", "--fencing-token", &t, "--json"], Duration::from_secs(30));
+    assert_eq!(parse(&out)["released"], true, "{}", out.describe());
+    assert!(holders(&list(&rig, &nodes[0]), "svc/client").is_empty());
+}
+
+/// `claim run` exits with its command's exit code and gives the claim up when the command
+/// ends: the key is free at once, not after its lease.
+#[test]
+fn claim_run_exits_with_its_commands_exit_code_and_releases_the_claim() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let n = &nodes[1];
+    let api = n.api();
+    let script = "test \"$CRAFTMESH_FENCING_TOKEN\" -gt 0 && test \"$(cat \"$CRAFTMESH_FENCING_TOKEN_FILE\")\" = \"$CRAFTMESH_FENCING_TOKEN\" && exit 7";
+    let out = run_with_timeout(
+        &mut rig.host(1).wrap(&n.cfg.command(&["claim", "run", "svc/exit", "--ttl", "60", "--api", &api, "--", "sh", "-c", script])),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(7), "{}", out.describe());
+    assert!(holders(&list(&rig, &nodes[2]), "svc/exit").is_empty(), "the claim is released when the command ends");
+    granted(&acquire(&rig, &nodes, 2, "svc/exit", &["--ttl", "60"]));
+}
+
+/// A waiting acquire on another host is granted right after the holder's release, long
+/// before the released lease would have ended.
+#[test]
+fn a_waiting_acquire_is_granted_right_after_a_release() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let old = granted(&acquire(&rig, &nodes, 0, "svc/handoff", &["--ttl", "120"]));
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| acquire(&rig, &nodes, 2, "svc/handoff", &["--ttl", "30", "--wait", "100"]));
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!waiter.is_finished(), "the waiter got an answer while the key was held");
+        let t = old.to_string();
+        let out = cli(&rig, &nodes[1], &["claim", "release", "svc/handoff", "--fencing-token", &t, "--json"], Duration::from_secs(30));
+        assert_eq!(parse(&out)["released"], true, "{}", out.describe());
+        let released = Instant::now();
+        let token = granted(&waiter.join().expect("waiter"));
+        assert!(token > old, "the new token {token} is not greater than the old {old}");
+        assert!(released.elapsed() < Duration::from_secs(10), "the waiter got the key {:?} after the release", released.elapsed());
+    });
+}
