@@ -635,3 +635,36 @@ fn a_waiting_acquire_is_granted_right_after_a_release() {
         assert!(released.elapsed() < Duration::from_secs(10), "the waiter got the key {:?} after the release", released.elapsed());
     });
 }
+
+/// Early hand-off: `claim run` binds its claim to its node, so when the node is SIGKILLed
+/// (proven crashed: its connections reset and a redial is refused) the leader hands the key
+/// on without waiting for the lease (60 s here), and `claim run` kills its child as soon as
+/// its node stops answering. The child must be dead before the new grant.
+#[test]
+fn a_bound_claim_of_a_sigkilled_node_is_handed_on_early_and_only_after_its_child_died() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let l = leader_of(&rig, &nodes, 0);
+    let (h, w) = ((l + 1) % 3, (l + 2) % 3);
+    let mut run = ClaimRun::start(&rig, &nodes[h], "svc/bound", &["--ttl", "60"]);
+    let old = run.token(Duration::from_secs(20));
+    run.wait_for_beats();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| acquire(&rig, &nodes, w, "svc/bound", &["--ttl", "30", "--wait", "80"]));
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Instant::now();
+        rig.kill9(nodes[h].pid()).expect("kill -9 the holder's node");
+        let token = granted(&waiter.join().expect("waiter"));
+        assert!(token > old, "the new token {token} is not greater than the old {old}");
+        assert!(killed.elapsed() < Duration::from_secs(30), "no early hand-off: the key came {:?} after the kill", killed.elapsed());
+    });
+    let status = run.proc.wait_timeout(Duration::from_secs(10)).unwrap_or_else(|| panic!("claim run still runs\n{}", run.proc.describe()));
+    assert_eq!(status.code(), Some(137), "{}", run.proc.describe());
+    let after = holders(&list(&rig, &nodes[w]), "svc/bound");
+    assert_eq!(after.len(), 1, "{after:#?}");
+    let grant_ns = boot_ms_to_realtime_ns(after[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms"));
+    let last = *run.beats().last().expect("heartbeats");
+    assert!(last < grant_ns, "the old child wrote a heartbeat {:.1} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
+    eprintln!("old child's last heartbeat {:.0} ms before the early grant", (grant_ns - last) as f64 / 1e6);
+}
