@@ -235,12 +235,26 @@ fn a_sigkilled_holder_nodes_claim_goes_to_one_waiter_with_a_greater_token_after_
 /// of the old child must be older than that grant.
 #[test]
 fn a_cut_off_holders_child_is_dead_before_the_majority_grants_again() {
+    cut_off_holder(false);
+}
+
+/// As [`a_cut_off_holders_child_is_dead_before_the_majority_grants_again`], with the
+/// holder's node the leader: cut off, it still believes it leads (its writes just never
+/// commit) while the majority elects another leader, whose first entry gives the lease a
+/// full TTL on its clock. Once plugged back in, the old leader steps down and lists the
+/// new holder.
+#[test]
+fn a_cut_off_leader_holders_child_is_dead_before_the_majority_grants_again() {
+    cut_off_holder(true);
+}
+
+fn cut_off_holder(holder_leads: bool) {
     let Some(rig) = rig(3) else { return };
     let nodes = servers(&rig, 3);
     one_cluster(&rig, &all(&nodes), 3);
     let l = leader_of(&rig, &nodes, 0);
-    let h = (l + 1) % 3;
-    let w = (l + 2) % 3;
+    let h = if holder_leads { l } else { (l + 1) % 3 };
+    let w = if holder_leads { (l + 1) % 3 } else { (l + 2) % 3 };
     let mut run = ClaimRun::start(&rig, &nodes[h], "svc/cut", &["--ttl", "2"]);
     let old = run.token(Duration::from_secs(20));
     run.wait_for_beats();
@@ -250,7 +264,7 @@ fn a_cut_off_holders_child_is_dead_before_the_majority_grants_again() {
     let token = granted(&answer);
     assert!(token > old, "the new token {token} is not greater than the old {old}");
     assert!(cut.elapsed() < Duration::from_secs(20), "the majority granted only {:?} after the cut", cut.elapsed());
-    let after = holders(&list(&rig, &nodes[l]), "svc/cut");
+    let after = holders(&list(&rig, &nodes[w]), "svc/cut");
     assert_eq!(after.len(), 1, "{after:#?}");
     let grant_ns = boot_ms_to_realtime_ns(after[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms"));
     // The old holder stopped by itself: `claim run` killed its child and exits with 128+9.
@@ -258,8 +272,13 @@ fn a_cut_off_holders_child_is_dead_before_the_majority_grants_again() {
     assert_eq!(status.code(), Some(137), "{}", run.proc.describe());
     assert!(run.proc.log_text().contains("lost"), "{}", run.proc.describe());
     let last = *run.beats().last().expect("heartbeats");
-    assert!(last < grant_ns, "the old child wrote a heartbeat {} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
+    assert!(last < grant_ns, "the old child wrote a heartbeat {:.1} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
     eprintln!("old child's last heartbeat {:.0} ms before the new grant", (grant_ns - last) as f64 / 1e6);
+    rig.reconnect(h).expect("plug the holder's host back in");
+    wait_until("the cut-off node to list the new holder", FORM, || {
+        let hs = holders(&nodes[h].json(&rig, &["claim", "list", "--json"])?, "svc/cut");
+        (hs.len() == 1 && hs[0]["holder"]["token"] == token).then_some(())
+    });
 }
 
 /// The holder's whole machine stops, as in a VM pause or a laptop lid closed: `claim run`,
