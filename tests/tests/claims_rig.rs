@@ -350,7 +350,8 @@ fn same_cluster(rig: &Rig, nodes: &[&MeshNode], timeout: Duration) -> String {
 /// back in, the merge rule (`winner`: more voters, then the lower id; here a tie on one
 /// voter) makes the losing side's nodes drop their Raft state and join the winner. The
 /// loser's `claim run` finds its claim unknown there and the key held, so it stops; the
-/// winner's keeps running, and every node lists exactly its holder.
+/// winner's keeps running, and every node lists exactly its holder. A key only the losing
+/// side held is taken again in the winner by its `claim run`, which keeps running.
 #[test]
 fn two_separately_formed_clusters_become_one_with_one_holder_per_key() {
     let Some(rig) = rig(3) else { return };
@@ -379,6 +380,10 @@ fn two_separately_formed_clusters_become_one_with_one_holder_per_key() {
     let mut runs = [ClaimRun::start(&rig, &nodes[0], "svc/merge", &["--ttl", "5"]), ClaimRun::start(&rig, &nodes[1], "svc/merge", &["--ttl", "5"])];
     let tokens = [runs[0].token(Duration::from_secs(20)), runs[1].token(Duration::from_secs(20))];
     eprintln!("cluster {a} granted token {}, cluster {b} token {}", tokens[0], tokens[1]);
+    // A key only the side about to lose holds: its claim run takes it again in the winner.
+    let loser_host = if a.clone().min(b.clone()) == a { 1 } else { 0 };
+    let mut loner = ClaimRun::start(&rig, &nodes[loser_host], "svc/loner", &["--ttl", "5"]);
+    loner.token(Duration::from_secs(20));
     rig.reconnect(0).expect("plug host 0 back in");
     let c = same_cluster(&rig, &all(&nodes), Duration::from_secs(30));
     assert_eq!(c, a.clone().min(b.clone()), "one voter each: the lower id wins");
@@ -389,12 +394,24 @@ fn two_separately_formed_clusters_become_one_with_one_holder_per_key() {
         .unwrap_or_else(|| panic!("the losing side's claim run still runs\n{}", runs[lose].proc.describe()));
     assert_eq!(status.code(), Some(137), "its child was killed\n{}", runs[lose].proc.describe());
     assert!(runs[win].proc.try_wait().is_none(), "the winner's claim run stopped\n{}", runs[win].proc.describe());
+    let needle = format!("svc/loner re-acquired in cluster {c} after a merge, token ");
+    assert!(loner.proc.wait_for_log(&needle, Duration::from_secs(30)), "the loner's claim run did not take its key again\n{}", loner.proc.describe());
+    let log = loner.proc.log_text();
+    let loner_token: u64 = log[log.find(&needle).map(|i| i + needle.len()).unwrap_or(0)..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("the new token in the log");
     one_cluster(&rig, &all(&nodes), 3);
     for n in &nodes {
         let hs = holders(&list(&rig, n), "svc/merge");
         assert_eq!(hs.len(), 1, "node {} lists {hs:#?}", n.index);
         assert_eq!(hs[0]["holder"]["token"], tokens[win], "node {} lists {hs:#?}\n{}", n.index, runs[win].proc.describe());
+        let hs = holders(&list(&rig, n), "svc/loner");
+        assert_eq!(hs.len(), 1, "node {} lists {hs:#?}", n.index);
+        assert_eq!(hs[0]["holder"]["token"], loner_token, "node {} lists {hs:#?}\n{}", n.index, loner.proc.describe());
     }
+    assert!(loner.proc.try_wait().is_none(), "the loner's claim run stopped\n{}", loner.proc.describe());
     assert!(runs[win].proc.try_wait().is_none(), "the winner's claim run stopped\n{}", runs[win].proc.describe());
 }
 
