@@ -232,7 +232,7 @@ fn a_sigkilled_holder_nodes_claim_goes_to_one_waiter_with_a_greater_token_after_
 /// A follower holds the key through `claim run` and is cut off from the switch: its renewals
 /// fail, so `claim run` kills its child at the local deadline. The majority's leader
 /// expires the lease on its own clock and grants a waiter on another host. Every heartbeat
-/// of the old child must be older than that grant.
+/// of the old child must be older than that grant, and the cut-off node grants nothing.
 #[test]
 fn a_cut_off_holders_child_is_dead_before_the_majority_grants_again() {
     cut_off_holder(false);
@@ -274,9 +274,14 @@ fn cut_off_holder(holder_leads: bool) {
     let last = *run.beats().last().expect("heartbeats");
     assert!(last < grant_ns, "the old child wrote a heartbeat {:.1} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
     eprintln!("old child's last heartbeat {:.0} ms before the new grant", (grant_ns - last) as f64 / 1e6);
+    // The minority grants nothing (its replica may still show the old lease, or none).
+    let out = cli(&rig, &nodes[h], &["claim", "acquire", "svc/cut", "--ttl", "30", "--json"], Duration::from_secs(60));
+    assert!(!out.stdout.contains("\"granted\": true"), "the cut-off node granted the key\n{}", out.describe());
+    assert!(out.stderr.contains("claims unavailable"), "{}", out.describe());
     rig.reconnect(h).expect("plug the holder's host back in");
     wait_until("the cut-off node to list the new holder", FORM, || {
-        let hs = holders(&nodes[h].json(&rig, &["claim", "list", "--json"])?, "svc/cut");
+        let l = nodes[h].json(&rig, &["claim", "list", "--json"])?;
+        let hs = holders(&l, "svc/cut");
         (hs.len() == 1 && hs[0]["holder"]["token"] == token).then_some(())
     });
 }
@@ -762,4 +767,32 @@ fn a_bound_claim_of_a_sigkilled_node_is_handed_on_early_and_only_after_its_child
     let last = *run.beats().last().expect("heartbeats");
     assert!(last < grant_ns, "the old child wrote a heartbeat {:.1} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
     eprintln!("old child's last heartbeat {:.0} ms before the early grant", (grant_ns - last) as f64 / 1e6);
+}
+
+/// A `claim run` on a follower keeps its claim, with the same token, while the leader is
+/// SIGKILLed and another is elected: its renewals fail for a moment and are retried, and
+/// the new leader gives the lease a full TTL on its clock. Its child never stops.
+#[test]
+fn a_claim_run_on_a_follower_keeps_its_claim_through_the_leaders_death() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let l = leader_of(&rig, &nodes, 0);
+    let h = (l + 1) % 3;
+    let mut run = ClaimRun::start(&rig, &nodes[h], "svc/steady", &["--ttl", "6"]);
+    let token = run.token(Duration::from_secs(20));
+    run.wait_for_beats();
+    rig.kill9(nodes[l].pid()).expect("kill -9 the leader");
+    wait_until("a new leader", FORM, || {
+        let v = nodes[h].json(&rig, &["cluster", "--json"])?;
+        (v["leader"]["peer"].as_str()? != nodes[l].peer_id).then_some(())
+    });
+    // Two TTLs on: renewals went through the new leader.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(run.proc.try_wait().is_none(), "claim run stopped\n{}", run.proc.describe());
+    let hs = holders(&list(&rig, &nodes[h]), "svc/steady");
+    assert_eq!(hs.len(), 1, "{hs:#?}");
+    assert_eq!(hs[0]["holder"]["token"], token, "the same grant");
+    let recent = realtime_ns() - 1_000_000_000;
+    assert!(run.beats().last().is_some_and(|b| *b > recent), "the child still runs\n{}", run.proc.describe());
 }
