@@ -333,7 +333,7 @@ fn a_holder_frozen_past_its_ttl_does_not_act_with_its_stale_token_when_thawed() 
     assert_eq!(after[0]["holder"]["token"], token);
 }
 
-/// Waits until every node reports cluster `c`... or any one cluster, with a leader.
+/// Waits until every node reports the same cluster, with a leader; returns its id.
 fn same_cluster(rig: &Rig, nodes: &[&MeshNode], timeout: Duration) -> String {
     let start = Instant::now();
     loop {
