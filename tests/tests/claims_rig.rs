@@ -188,7 +188,7 @@ fn three_servers_form_one_cluster_and_a_contended_acquire_has_exactly_one_winner
         assert_eq!(r["holders"][0]["token"], token, "the refusal names the winner: {r}");
     }
     let list = nodes[2].json(&rig, &["claim", "list", "--json"]).expect("list");
-    let key = list["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["key"] == "svc/one")).cloned().expect("svc/two listed");
+    let key = list["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["key"] == "svc/one")).cloned().expect("svc/one listed");
     assert_eq!(key["holders"][0]["holder"]["token"], token);
 }
 
