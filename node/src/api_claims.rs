@@ -38,6 +38,10 @@ pub struct ClaimRequest {
     pub lock_delay_ms: Option<u64>,
     /// Renew, release: the grant's fencing token.
     pub token: Option<u64>,
+    /// Renew, release: the cluster that granted the token (an acquire's answer says). A
+    /// leader of another cluster answers `not_held` even when it holds the key with the
+    /// same number (tokens are log indices; two clusters that merged may share them).
+    pub cluster: Option<String>,
     pub instance: Option<String>,
     pub config_hash: Option<String>,
     /// What the claim protects stops with this node (see the README): lets the cluster hand
@@ -148,8 +152,8 @@ pub fn to_op(r: &ClaimRequest, node: &str, lock_delay_default_ms: u64) -> Result
             };
             Ok((op, Some(session)))
         }
-        "renew" => Ok((ClientOp::Renew { key: r.key.clone(), token: token()?, ttl_ms: r.ttl_ms }, None)),
-        "release" => Ok((ClientOp::Release { key: r.key.clone(), token: token()? }, None)),
+        "renew" => Ok((ClientOp::Renew { key: r.key.clone(), token: token()?, ttl_ms: r.ttl_ms, cluster: r.cluster.clone() }, None)),
+        "release" => Ok((ClientOp::Release { key: r.key.clone(), token: token()?, cluster: r.cluster.clone() }, None)),
         other => Err(format!("unknown op `{other}`: expected acquire, renew or release")),
     }
 }

@@ -1,11 +1,17 @@
 //! Claims across real hosts: craftmesh nodes in network namespaces on one bridge, driven
 //! through the real CLI. Timings are generous deadlines here; the bench measures them.
+//!
+//! All hosts of a rig share one kernel, so one CLOCK_BOOTTIME (the clock the leader stamps
+//! into every command, `granted_at_ms` and `deadline_ms` of a holder) and one
+//! CLOCK_REALTIME (what the heartbeat children of `claim run` write): times taken on
+//! different hosts are compared directly.
 
 use craftmesh_tests::meshnode::{EMPTY_CONFIG, MeshNode, wait_until};
-use craftmesh_tests::netns::{Rig, netns_available};
-use craftmesh_tests::require;
+use craftmesh_tests::netns::{Rig, Spawned, netns_available};
+use craftmesh_tests::{CmdOutput, require, run_with_timeout};
 use serde_json::Value;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 const FORM: Duration = Duration::from_secs(30);
 
@@ -22,31 +28,156 @@ fn servers(rig: &Rig, n: usize) -> Vec<MeshNode> {
 }
 
 /// Waits until every node reports the same cluster with a leader and `voters` voters.
-fn one_cluster(rig: &Rig, nodes: &[MeshNode], voters: usize) -> String {
-    wait_until("one cluster with a leader", FORM, || {
-        let views: Vec<Value> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect::<Option<_>>()?;
-        let c = views[0]["cluster"].as_str()?.to_string();
-        let ok = views.iter().all(|v| v["cluster"] == c.as_str() && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(voters));
-        ok.then_some(c)
+fn one_cluster(rig: &Rig, nodes: &[&MeshNode], voters: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
+        if let Some(views) = &views
+            && let Some(c) = views[0]["cluster"].as_str()
+            && views.iter().all(|v| v["cluster"] == c && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(voters))
+        {
+            return c.to_string();
+        }
+        assert!(start.elapsed() < FORM, "no one cluster with a leader and {voters} voters within {FORM:?}: {views:#?}\n{}", logs(nodes));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn logs(nodes: &[&MeshNode]) -> String {
+    nodes.iter().map(|n| format!("--- node {} ---\n{}", n.index, n.log())).collect::<Vec<_>>().join("\n")
+}
+
+fn all(nodes: &[MeshNode]) -> Vec<&MeshNode> {
+    nodes.iter().collect()
+}
+
+/// The index (in `nodes`) of the leader, as `asked` reports it.
+fn leader_of(rig: &Rig, nodes: &[MeshNode], asked: usize) -> usize {
+    wait_until("a leader", FORM, || {
+        let v = nodes[asked].json(rig, &["cluster", "--json"])?;
+        let peer = v["leader"]["peer"].as_str()?;
+        nodes.iter().position(|n| n.peer_id == peer)
     })
 }
 
-fn logs(nodes: &[MeshNode]) -> String {
-    nodes.iter().map(|n| format!("--- node {} ---\n{}", n.index, n.log())).collect::<Vec<_>>().join("\n")
+/// `craftmesh <args> --api <node's API>` inside the node's host, killed at `timeout`.
+fn cli(rig: &Rig, n: &MeshNode, args: &[&str], timeout: Duration) -> CmdOutput {
+    let api = n.api();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--api", &api]);
+    run_with_timeout(&mut rig.host(n.index).wrap(&n.cfg.command(&all)), timeout)
+}
+
+/// Parses the JSON a `--json` command printed; panics with the command's output otherwise.
+fn parse(out: &CmdOutput) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", out.describe()))
+}
+
+/// `claim acquire KEY <extra> --json` through `nodes[i]`; the answer (granted or refused).
+/// Panics with every node's log when there is none.
+fn acquire(rig: &Rig, nodes: &[MeshNode], i: usize, key: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["claim", "acquire", key, "--json"];
+    args.extend(extra);
+    let out = cli(rig, &nodes[i], &args, Duration::from_secs(90));
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("no answer to an acquire ({e})\n{}\n{}", out.describe(), logs(&all(nodes))))
+}
+
+/// The token of a granted answer; panics with the answer otherwise.
+fn granted(answer: &Value) -> u64 {
+    assert_eq!(answer["granted"], true, "expected a grant: {answer:#}");
+    answer["token"].as_u64().unwrap_or_else(|| panic!("a grant without a token: {answer:#}"))
+}
+
+/// `claim list --json` through `n`.
+fn list(rig: &Rig, n: &MeshNode) -> Value {
+    let out = cli(rig, n, &["claim", "list", "--json"], Duration::from_secs(30));
+    assert!(out.success(), "claim list failed\n{}", out.describe());
+    parse(&out)
+}
+
+/// The holders (`{holder, expires_in_ms}`) of `key` in a `claim list` answer.
+fn holders(list: &Value, key: &str) -> Vec<Value> {
+    list["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["key"] == key)).and_then(|k| k["holders"].as_array().cloned()).unwrap_or_default()
+}
+
+fn clock_ns(id: nix::time::ClockId) -> i128 {
+    let t = nix::time::clock_gettime(id).expect("clock_gettime");
+    i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())
+}
+
+/// A time on the lease clock (CLOCK_BOOTTIME, ms), as CLOCK_REALTIME nanoseconds.
+fn boot_ms_to_realtime_ns(boot_ms: u64) -> i128 {
+    let offset = clock_ns(nix::time::ClockId::CLOCK_REALTIME) - clock_ns(nix::time::ClockId::CLOCK_BOOTTIME);
+    i128::from(boot_ms) * 1_000_000 + offset
+}
+
+fn realtime_ns() -> i128 {
+    clock_ns(nix::time::ClockId::CLOCK_REALTIME)
+}
+
+/// Sends `sig` to process group `pgid`.
+fn signal_group(pgid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
+}
+
+/// `craftmesh claim run KEY ... -- sh -c HEARTBEAT` in a node's host. The child writes its
+/// pid (its process group: `claim run` gives it a group of its own) and then, every 20 ms,
+/// a CLOCK_REALTIME stamp in nanoseconds: the stamps are what it did while it ran.
+struct ClaimRun {
+    proc: Spawned,
+    dir: PathBuf,
+    key: String,
+}
+
+impl ClaimRun {
+    fn start(rig: &Rig, n: &MeshNode, key: &str, extra: &[&str]) -> ClaimRun {
+        let dir = n.cfg.scratch_dir().join(format!("run-{}", craftmesh_tests::random_suffix()));
+        std::fs::create_dir_all(&dir).expect("heartbeat dir");
+        let script = format!("echo $$ > '{d}/pid'; while :; do date +%s%N >> '{d}/beats'; sleep 0.02; done", d = dir.display());
+        let api = n.api();
+        let mut args = vec!["claim", "run", key, "--api", &api];
+        args.extend(extra);
+        args.extend(["--", "sh", "-c", &script]);
+        let proc = rig.host(n.index).spawn_command(&n.cfg.command(&args)).expect("spawn claim run");
+        ClaimRun { proc, dir, key: key.to_string() }
+    }
+
+    /// Waits until the child runs with the claim; returns its token.
+    fn token(&mut self, timeout: Duration) -> u64 {
+        let needle = format!("holding {} with token ", self.key);
+        assert!(self.proc.wait_for_log(&needle, timeout), "claim run did not get {} within {timeout:?}\n{}", self.key, self.proc.describe());
+        let log = self.proc.log_text();
+        let at = log.find(&needle).map(|i| i + needle.len()).unwrap_or(0);
+        log[at..].split(|c: char| !c.is_ascii_digit()).next().and_then(|t| t.parse().ok()).expect("a token in the log")
+    }
+
+    /// The child's process group (its pid), once it wrote it.
+    fn child_group(&self) -> i32 {
+        wait_until("the child's pid", Duration::from_secs(10), || std::fs::read_to_string(self.dir.join("pid")).ok()?.trim().parse().ok())
+    }
+
+    /// The child's heartbeat stamps so far (CLOCK_REALTIME ns); a torn last line is skipped.
+    fn beats(&self) -> Vec<i128> {
+        std::fs::read_to_string(self.dir.join("beats")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    fn wait_for_beats(&self) {
+        wait_until("the child's first heartbeats", Duration::from_secs(10), || (self.beats().len() >= 3).then_some(()));
+    }
 }
 
 #[test]
 fn three_servers_form_one_cluster_and_a_contended_acquire_has_exactly_one_winner() {
     let Some(rig) = rig(3) else { return };
     let nodes = servers(&rig, 3);
-    one_cluster(&rig, &nodes, 3);
+    one_cluster(&rig, &all(&nodes), 3);
     // All three hosts acquire the same key at once.
     let results: Vec<Value> = std::thread::scope(|s| {
         let hs: Vec<_> = nodes.iter().map(|n| s.spawn(|| n.cli(&rig, &["claim", "acquire", "svc/one", "--ttl", "30", "--json"]))).collect();
         hs.into_iter()
             .map(|h| {
                 let out = h.join().expect("thread");
-                serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.describe(), logs(&nodes)))
+                serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.describe(), logs(&all(&nodes))))
             })
             .collect()
     });
@@ -57,6 +188,611 @@ fn three_servers_form_one_cluster_and_a_contended_acquire_has_exactly_one_winner
         assert_eq!(r["holders"][0]["token"], token, "the refusal names the winner: {r}");
     }
     let list = nodes[2].json(&rig, &["claim", "list", "--json"]).expect("list");
-    let key = list["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["key"] == "svc/one")).cloned().expect("svc/two listed");
+    let key = list["keys"].as_array().and_then(|ks| ks.iter().find(|k| k["key"] == "svc/one")).cloned().expect("svc/one listed");
     assert_eq!(key["holders"][0]["holder"]["token"], token);
+}
+
+/// The holder's node is the leader, so its death also moves the lease to a new leader's
+/// clock (which gives it a full TTL again): the waiter still gets the key, and not before
+/// the lease could have ended.
+#[test]
+fn a_sigkilled_holder_nodes_claim_goes_to_one_waiter_with_a_greater_token_after_its_lease() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let h = leader_of(&rig, &nodes, 0);
+    let (w, other) = ((h + 1) % 3, (h + 2) % 3);
+    let ttl_ms = 3000;
+    let old = granted(&acquire(&rig, &nodes, h, "svc/killed", &["--ttl", "3"]));
+    let before = holders(&list(&rig, &nodes[w]), "svc/killed");
+    assert_eq!(before.len(), 1, "{before:#?}");
+    let old_granted_at = before[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms");
+    std::thread::scope(|s| {
+        // The waiter on another host queues at the leader, which then dies under it.
+        let waiter = s.spawn(|| acquire(&rig, &nodes, w, "svc/killed", &["--ttl", "30", "--wait", "60"]));
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Instant::now();
+        rig.kill9(nodes[h].pid()).expect("kill -9 the holder's node");
+        let answer = waiter.join().expect("waiter thread");
+        let token = granted(&answer);
+        assert!(token > old, "the new token {token} is not greater than the old {old}");
+        // A generous deadline: an election, a full TTL on the new leader's clock, slack.
+        assert!(killed.elapsed() < Duration::from_secs(25), "the waiter got the key only {:?} after the kill", killed.elapsed());
+        let after = holders(&list(&rig, &nodes[other]), "svc/killed");
+        assert_eq!(after.len(), 1, "one holder after the hand-over: {after:#?}");
+        assert_eq!(after[0]["holder"]["token"], token);
+        let new_granted_at = after[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms");
+        assert!(
+            new_granted_at >= old_granted_at + ttl_ms,
+            "granted at {new_granted_at} ms (boot clock), before the old lease (granted at {old_granted_at} ms, ttl {ttl_ms} ms) could have ended"
+        );
+    });
+}
+
+/// A follower holds the key through `claim run` and is cut off from the switch: its renewals
+/// fail, so `claim run` kills its child at the local deadline. The majority's leader
+/// expires the lease on its own clock and grants a waiter on another host. Every heartbeat
+/// of the old child must be older than that grant, and the cut-off node grants nothing.
+#[test]
+fn a_cut_off_holders_child_is_dead_before_the_majority_grants_again() {
+    cut_off_holder(false);
+}
+
+/// As [`a_cut_off_holders_child_is_dead_before_the_majority_grants_again`], with the
+/// holder's node the leader: cut off, it still believes it leads (its writes just never
+/// commit) while the majority elects another leader, whose first entry gives the lease a
+/// full TTL on its clock. Once plugged back in, the old leader steps down and lists the
+/// new holder.
+#[test]
+fn a_cut_off_leader_holders_child_is_dead_before_the_majority_grants_again() {
+    cut_off_holder(true);
+}
+
+fn cut_off_holder(holder_leads: bool) {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let l = leader_of(&rig, &nodes, 0);
+    let h = if holder_leads { l } else { (l + 1) % 3 };
+    let w = if holder_leads { (l + 1) % 3 } else { (l + 2) % 3 };
+    let mut run = ClaimRun::start(&rig, &nodes[h], "svc/cut", &["--ttl", "2"]);
+    let old = run.token(Duration::from_secs(20));
+    run.wait_for_beats();
+    rig.cut_off(h).expect("cut off the holder");
+    let cut = Instant::now();
+    let answer = acquire(&rig, &nodes, w, "svc/cut", &["--ttl", "30", "--wait", "60"]);
+    let token = granted(&answer);
+    assert!(token > old, "the new token {token} is not greater than the old {old}");
+    assert!(cut.elapsed() < Duration::from_secs(20), "the majority granted only {:?} after the cut", cut.elapsed());
+    let after = holders(&list(&rig, &nodes[w]), "svc/cut");
+    assert_eq!(after.len(), 1, "{after:#?}");
+    let grant_ns = boot_ms_to_realtime_ns(after[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms"));
+    // The old holder stopped by itself: `claim run` killed its child and exits with 128+9.
+    let status = run.proc.wait_timeout(Duration::from_secs(10)).unwrap_or_else(|| panic!("claim run still runs after losing\n{}", run.proc.describe()));
+    assert_eq!(status.code(), Some(137), "{}", run.proc.describe());
+    assert!(run.proc.log_text().contains("lost"), "{}", run.proc.describe());
+    let last = *run.beats().last().expect("heartbeats");
+    assert!(last < grant_ns, "the old child wrote a heartbeat {:.1} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
+    eprintln!("old child's last heartbeat {:.0} ms before the new grant", (grant_ns - last) as f64 / 1e6);
+    // The minority grants nothing (its replica may still show the old lease, or none).
+    let out = cli(&rig, &nodes[h], &["claim", "acquire", "svc/cut", "--ttl", "30", "--json"], Duration::from_secs(60));
+    assert!(!out.stdout.contains("\"granted\": true"), "the cut-off node granted the key\n{}", out.describe());
+    assert!(out.stderr.contains("claims unavailable"), "{}", out.describe());
+    rig.reconnect(h).expect("plug the holder's host back in");
+    wait_until("the cut-off node to list the new holder", FORM, || {
+        let l = nodes[h].json(&rig, &["claim", "list", "--json"])?;
+        let hs = holders(&l, "svc/cut");
+        (hs.len() == 1 && hs[0]["holder"]["token"] == token).then_some(())
+    });
+}
+
+/// The holder's whole machine stops, as in a VM pause or a laptop lid closed: `claim run`,
+/// its child's process group and the node (the leader) get SIGSTOP, in that order, so
+/// nothing of the holder can notice. The other two elect a leader, and a waiter there gets
+/// the key once the lease ends on the new leader's clock. Then `claim run` alone is thawed
+/// first: its local deadline (CLOCK_BOOTTIME, which ran on) has passed, so it must kill the
+/// child's group (still stopped) before anything else; then the group and the node are
+/// thawed. The child never writes again, and the stale token is refused (`not_held`) for a
+/// renewal and a release, sent through the thawed node that last led.
+#[test]
+fn a_holder_frozen_past_its_ttl_does_not_act_with_its_stale_token_when_thawed() {
+    use nix::sys::signal::Signal;
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let h = leader_of(&rig, &nodes, 0);
+    let w = (h + 1) % 3;
+    let mut run = ClaimRun::start(&rig, &nodes[h], "svc/frozen", &["--ttl", "2"]);
+    let old = run.token(Duration::from_secs(20));
+    run.wait_for_beats();
+    let group = run.child_group();
+    rig.freeze(run.proc.pid()).expect("SIGSTOP claim run");
+    signal_group(group, Signal::SIGSTOP);
+    rig.freeze(nodes[h].pid()).expect("SIGSTOP the node");
+    let frozen_at = realtime_ns();
+    let token = granted(&acquire(&rig, &nodes, w, "svc/frozen", &["--ttl", "30", "--wait", "60"]));
+    assert!(token > old, "the new token {token} is not greater than the old {old}");
+    rig.thaw(run.proc.pid()).expect("SIGCONT claim run");
+    let status = run.proc.wait_timeout(Duration::from_secs(10)).unwrap_or_else(|| panic!("claim run still runs after its thaw\n{}", run.proc.describe()));
+    signal_group(group, Signal::SIGCONT);
+    rig.thaw(nodes[h].pid()).expect("SIGCONT the node");
+    assert_eq!(status.code(), Some(137), "the child was killed\n{}", run.proc.describe());
+    assert!(run.proc.log_text().contains("local deadline passed"), "{}", run.proc.describe());
+    std::thread::sleep(Duration::from_millis(200));
+    let late: Vec<i128> = run.beats().into_iter().filter(|b| *b >= frozen_at).collect();
+    assert!(late.is_empty(), "the child wrote {} heartbeat(s) after the freeze\n{}", late.len(), run.proc.describe());
+    let old_s = old.to_string();
+    for op in ["renew", "release"] {
+        let out = cli(&rig, &nodes[h], &["claim", op, "svc/frozen", "--fencing-token", &old_s, "--json"], Duration::from_secs(30));
+        let v = parse(&out);
+        assert_eq!(v["reason"], "not_held", "a {op} with the stale token {old}\n{}\n{}", out.describe(), nodes[h].log());
+        assert_eq!(out.code(), Some(1), "{}", out.describe());
+    }
+    let after = holders(&list(&rig, &nodes[h]), "svc/frozen");
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert_eq!(after[0]["holder"]["token"], token);
+}
+
+/// Waits until every node reports the same cluster, with a leader; returns its id.
+fn same_cluster(rig: &Rig, nodes: &[&MeshNode], timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
+        if let Some(views) = &views
+            && let Some(c) = views[0]["cluster"].as_str()
+            && views.iter().all(|v| v["cluster"] == c && v["leader"].is_object())
+        {
+            return c.to_string();
+        }
+        assert!(start.elapsed() < timeout, "the nodes are not in one cluster with a leader within {timeout:?}: {views:#?}\n{}", logs(nodes));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Host 0 is cut off from the switch before any node starts, so it forms a cluster of its
+/// own (one voter) while hosts 1 and 2 form another (one voter and one learner: two servers
+/// get one voter). Each side grants `svc/merge` to a `claim run`. When host 0 is plugged
+/// back in, the merge rule (`winner`: more voters, then the lower id; here a tie on one
+/// voter) makes the losing side's nodes drop their Raft state and join the winner. The
+/// loser's `claim run` finds its claim unknown there and the key held, so it stops; the
+/// winner's keeps running, and every node lists exactly its holder. A key only the losing
+/// side held is taken again in the winner by its `claim run`, which keeps running.
+#[test]
+fn two_separately_formed_clusters_become_one_with_one_holder_per_key() {
+    let Some(rig) = rig(3) else { return };
+    rig.cut_off(0).expect("cut off host 0");
+    let nodes = servers(&rig, 3);
+    let a = one_cluster(&rig, &[&nodes[0]], 1);
+    let b = one_cluster(&rig, &[&nodes[1], &nodes[2]], 1);
+    assert_ne!(a, b, "two clusters formed");
+    // Tokens are log indices, so the two clusters' grants of the key can have the same
+    // token. Make them equal (the worst case): pad the shorter log with grants of other
+    // keys, then acquire on both sides at once.
+    let last_log = |side: &[usize]| side.iter().filter_map(|i| nodes[*i].json(&rig, &["cluster", "--json"])?["last_log"].as_u64()).max().unwrap_or(0);
+    wait_until("cluster b to settle (a voter and a learner)", FORM, || {
+        let v = nodes[1].json(&rig, &["cluster", "--json"])?;
+        (v["learners"].as_array()?.len() == 1).then_some(())
+    });
+    for pad in 0.. {
+        let (la, lb) = (last_log(&[0]), last_log(&[1, 2]));
+        if la == lb {
+            break;
+        }
+        assert!(pad < 20, "the logs do not line up: {la} and {lb}");
+        let shorter = if la < lb { 0 } else { 1 };
+        granted(&acquire(&rig, &nodes, shorter, &format!("pad/{pad}"), &["--ttl", "600"]));
+    }
+    let mut runs = [ClaimRun::start(&rig, &nodes[0], "svc/merge", &["--ttl", "5"]), ClaimRun::start(&rig, &nodes[1], "svc/merge", &["--ttl", "5"])];
+    let tokens = [runs[0].token(Duration::from_secs(20)), runs[1].token(Duration::from_secs(20))];
+    eprintln!("cluster {a} granted token {}, cluster {b} token {}", tokens[0], tokens[1]);
+    // A key only the side about to lose holds: its claim run takes it again in the winner.
+    let loser_host = if a.clone().min(b.clone()) == a { 1 } else { 0 };
+    let mut loner = ClaimRun::start(&rig, &nodes[loser_host], "svc/loner", &["--ttl", "5"]);
+    loner.token(Duration::from_secs(20));
+    rig.reconnect(0).expect("plug host 0 back in");
+    let c = same_cluster(&rig, &all(&nodes), Duration::from_secs(30));
+    assert_eq!(c, a.clone().min(b.clone()), "one voter each: the lower id wins");
+    let (win, lose) = if c == a { (0, 1) } else { (1, 0) };
+    let status = runs[lose]
+        .proc
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the losing side's claim run still runs\n{}", runs[lose].proc.describe()));
+    assert_eq!(status.code(), Some(137), "its child was killed\n{}", runs[lose].proc.describe());
+    assert!(runs[win].proc.try_wait().is_none(), "the winner's claim run stopped\n{}", runs[win].proc.describe());
+    let needle = format!("svc/loner re-acquired in cluster {c} after a merge, token ");
+    assert!(loner.proc.wait_for_log(&needle, Duration::from_secs(30)), "the loner's claim run did not take its key again\n{}", loner.proc.describe());
+    let log = loner.proc.log_text();
+    let loner_token: u64 = log[log.find(&needle).map(|i| i + needle.len()).unwrap_or(0)..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("the new token in the log");
+    one_cluster(&rig, &all(&nodes), 3);
+    for n in &nodes {
+        let hs = holders(&list(&rig, n), "svc/merge");
+        assert_eq!(hs.len(), 1, "node {} lists {hs:#?}", n.index);
+        assert_eq!(hs[0]["holder"]["token"], tokens[win], "node {} lists {hs:#?}\n{}", n.index, runs[win].proc.describe());
+        let hs = holders(&list(&rig, n), "svc/loner");
+        assert_eq!(hs.len(), 1, "node {} lists {hs:#?}", n.index);
+        assert_eq!(hs[0]["holder"]["token"], loner_token, "node {} lists {hs:#?}\n{}", n.index, loner.proc.describe());
+    }
+    assert!(loner.proc.try_wait().is_none(), "the loner's claim run stopped\n{}", loner.proc.describe());
+    assert!(runs[win].proc.try_wait().is_none(), "the winner's claim run stopped\n{}", runs[win].proc.describe());
+}
+
+/// Runs `n` acquires of `key` at once, spread over the hosts, and returns the answers.
+fn acquire_many(rig: &Rig, nodes: &[MeshNode], key: &str, n: usize, extra: &[&str]) -> Vec<Value> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n).map(|i| s.spawn(move || acquire(rig, nodes, i % nodes.len(), key, extra))).collect();
+        hs.into_iter().map(|h| h.join().expect("acquire thread")).collect()
+    })
+}
+
+/// 50 acquires of a key with limit 3 at once from three hosts: exactly three grants, and
+/// every refusal names three holders. Then 50 waiting acquires with short leases: each is
+/// granted in turn as leases end, and no grant ever sees more than three holders (an
+/// answer lists the key's holders right after its grant), nor does any `claim list` taken
+/// meanwhile.
+#[test]
+fn a_counted_key_with_limit_three_never_has_four_holders_under_fifty_concurrent_acquires() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let answers = acquire_many(&rig, &nodes, "pool/three", 50, &["--limit", "3", "--ttl", "60"]);
+    let grants: Vec<&Value> = answers.iter().filter(|a| a["granted"] == true).collect();
+    assert_eq!(grants.len(), 3, "{answers:#?}");
+    let mut tokens: Vec<u64> = grants.iter().map(|g| granted(g)).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 3, "three distinct tokens: {tokens:?}");
+    for a in answers.iter().filter(|a| a["granted"] == false) {
+        assert_eq!(a["reason"], "held", "{a:#}");
+        assert_eq!(a["holders"].as_array().map(Vec::len), Some(3), "{a:#}");
+    }
+    let listed: Vec<u64> = holders(&list(&rig, &nodes[1]), "pool/three").iter().filter_map(|h| h["holder"]["token"].as_u64()).collect();
+    let mut sorted = listed.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, tokens, "claim list shows the three grants");
+    for g in &grants {
+        let t = g["token"].as_u64().unwrap_or(0).to_string();
+        let out = cli(&rig, &nodes[0], &["claim", "release", "pool/three", "--fencing-token", &t, "--json"], Duration::from_secs(30));
+        assert_eq!(parse(&out)["released"], true, "{}", out.describe());
+    }
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answers, most_listed) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(holders(&list(&rig, &nodes[2]), "pool/three").len());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            most
+        });
+        let answers = acquire_many(&rig, &nodes, "pool/three", 50, &["--limit", "3", "--ttl", "0.5", "--wait", "60"]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (answers, watcher.join().expect("watcher"))
+    });
+    let mut tokens: Vec<u64> = answers.iter().map(granted).collect();
+    for a in &answers {
+        let n = a["holders"].as_array().map(Vec::len).unwrap_or(0);
+        assert!((1..=3).contains(&n), "a grant saw {n} holders: {a:#}");
+    }
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), 50, "fifty distinct tokens");
+    assert!(most_listed <= 3, "claim list showed {most_listed} holders");
+}
+
+/// Two workers on every host acquire keys of their own, one after another, while the leader
+/// gets SIGKILL.
+/// Each acquire that answered `granted` must be in `claim list` afterwards with its token
+/// (the answer comes only after the grant was committed by a majority, which survives the
+/// leader). Acquires through the killed node's host fail from then on, and acquires in
+/// flight may fail during the election: neither is counted. Long leases, so that the new
+/// leader's full TTL cannot end any of them during the test.
+#[test]
+fn a_leader_killed_under_load_loses_no_granted_claim() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let l = leader_of(&rig, &nodes, 0);
+    let survivor = (l + 1) % 3;
+    let stop = AtomicBool::new(false);
+    let killed_at: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let granted_keys: Vec<(String, u64, Instant)> = std::thread::scope(|s| {
+        // Two workers per host.
+        let workers: Vec<_> = (0..6)
+            .map(|i| {
+                let (rig, nodes, stop) = (&rig, &nodes, &stop);
+                s.spawn(move || {
+                    let mut got = Vec::new();
+                    for j in 0.. {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let key = format!("load/{i}/{j}");
+                        let out = cli(rig, &nodes[i % 3], &["claim", "acquire", &key, "--ttl", "600", "--json"], Duration::from_secs(30));
+                        match serde_json::from_str::<Value>(&out.stdout) {
+                            Ok(v) if v["granted"] == true => got.push((key, granted(&v), Instant::now())),
+                            Ok(v) => panic!("a fresh key was refused: {v:#}"),
+                            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(3));
+        rig.kill9(nodes[l].pid()).expect("kill -9 the leader");
+        *killed_at.lock().expect("lock") = Some(Instant::now());
+        wait_until("a new leader", FORM, || {
+            let v = nodes[survivor].json(&rig, &["cluster", "--json"])?;
+            let peer = v["leader"]["peer"].as_str()?;
+            (peer != nodes[l].peer_id).then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::SeqCst);
+        workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+    });
+    let killed_at = killed_at.lock().expect("lock").expect("killed");
+    let after = granted_keys.iter().filter(|(_, _, at)| *at > killed_at).count();
+    assert!(after > 0, "no acquire was granted after the leader died: {granted_keys:?}");
+    let listed = list(&rig, &nodes[survivor]);
+    let mut lost = Vec::new();
+    for (key, token, _) in &granted_keys {
+        let hs = holders(&listed, key);
+        if hs.len() != 1 || hs[0]["holder"]["token"] != *token {
+            lost.push(format!("{key} (token {token}): listed {hs:?}"));
+        }
+    }
+    assert!(lost.is_empty(), "granted claims missing after the leader's death:\n{}\n{}", lost.join("\n"), logs(&all(&nodes)));
+    eprintln!("{} grants ({after} after the kill), all listed", granted_keys.len());
+}
+
+/// `(key, token, node, session)` of every holder in a `claim list` answer, sorted.
+fn claims_of(list: &Value) -> Vec<(String, u64, String, String)> {
+    let mut v: Vec<_> = list["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|k| {
+            k["holders"].as_array().into_iter().flatten().map(move |h| {
+                let h = &h["holder"];
+                (
+                    k["key"].as_str().unwrap_or_default().to_string(),
+                    h["token"].as_u64().unwrap_or(0),
+                    h["node"].as_str().unwrap_or_default().to_string(),
+                    h["session"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Claims granted through every host (a counted key with two holders among them) survive
+/// a restart of all nodes (SIGTERM, then `up` on the same data dirs): same cluster, same
+/// keys, tokens, holder nodes and sessions. Leases are long: the new leader gives each a
+/// full TTL again. A grant after the restart has a token above every earlier one.
+#[test]
+fn claims_and_tokens_survive_a_restart_of_every_node() {
+    restart_every_node(false);
+}
+
+/// As [`claims_and_tokens_survive_a_restart_of_every_node`], with SIGKILL instead of
+/// SIGTERM, sent to all three nodes at once while every host acquires keys one after
+/// another: each acquire that answered `granted` was on a majority's disks, so it is
+/// listed after the restart with its token.
+#[test]
+fn claims_and_tokens_survive_a_sigkill_of_every_node_under_load() {
+    restart_every_node(true);
+}
+
+fn restart_every_node(kill: bool) {
+    let Some(rig) = rig(3) else { return };
+    let mut nodes = servers(&rig, 3);
+    let cluster = one_cluster(&rig, &all(&nodes), 3);
+    for (i, key) in ["keep/a", "keep/b", "keep/c"].iter().enumerate() {
+        granted(&acquire(&rig, &nodes, i, key, &["--ttl", "600"]));
+    }
+    for i in [0, 2] {
+        granted(&acquire(&rig, &nodes, i, "keep/pair", &["--ttl", "600", "--limit", "2"]));
+    }
+    let before = claims_of(&list(&rig, &nodes[0]));
+    assert_eq!(before.len(), 5, "{before:#?}");
+    let mut under_load: Vec<(String, u64)> = Vec::new();
+    if kill {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        under_load = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..3)
+                .map(|i| {
+                    let (rig, nodes, stop) = (&rig, &nodes, &stop);
+                    s.spawn(move || {
+                        let mut got = Vec::new();
+                        for j in 0.. {
+                            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                                break;
+                            }
+                            let key = format!("load/{i}/{j}");
+                            let out = cli(rig, &nodes[i], &["claim", "acquire", &key, "--ttl", "600", "--json"], Duration::from_secs(30));
+                            match serde_json::from_str::<Value>(&out.stdout) {
+                                Ok(v) if v["granted"] == true => got.push((key, granted(&v))),
+                                _ => break, // the nodes are gone
+                            }
+                        }
+                        got
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_secs(2));
+            let pids: Vec<u32> = nodes.iter().map(MeshNode::pid).collect();
+            for p in pids {
+                rig.kill9(p).expect("kill -9");
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+        });
+        assert!(!under_load.is_empty(), "no acquire was granted before the kill");
+        for n in nodes.iter_mut() {
+            n.proc.as_mut().and_then(|p| p.wait_timeout(Duration::from_secs(10))).expect("killed");
+        }
+    } else {
+        for n in nodes.iter_mut() {
+            let code = n.terminate(&rig);
+            assert_eq!(code, Some(0), "node {} did not stop cleanly on SIGTERM\n{}", n.index, n.log());
+        }
+    }
+    for n in nodes.iter_mut() {
+        n.restart(&rig);
+    }
+    assert_eq!(one_cluster(&rig, &all(&nodes), 3), cluster, "the same cluster after the restart");
+    let mut most = 0;
+    for n in &nodes {
+        let after = claims_of(&list(&rig, n));
+        // Acquires in flight at the kill may have been granted without an answer: listed
+        // too, and not counted.
+        let kept: Vec<_> = after.iter().filter(|c| !c.0.starts_with("load/")).cloned().collect();
+        assert_eq!(kept, before, "node {} after the restart", n.index);
+        for (key, token) in &under_load {
+            assert!(after.iter().any(|c| c.0 == *key && c.1 == *token), "node {} lost {key} (token {token}) granted before the kill", n.index);
+        }
+        most = most.max(after.iter().map(|c| c.1).max().unwrap_or(0));
+    }
+    let token = granted(&acquire(&rig, &nodes, 1, "keep/new", &["--ttl", "600"]));
+    assert!(token > most, "the new token {token} is not above the earlier ones (up to {most})");
+}
+
+/// Two servers and a node with `--role client` (never in Raft): the client follows the
+/// servers' cluster, and acquires, lists and releases through them like any node; its
+/// grants name it as the holder node.
+#[test]
+fn a_client_role_node_acquires_through_the_servers() {
+    let Some(rig) = rig(3) else { return };
+    let mut nodes = servers(&rig, 2);
+    nodes.push(MeshNode::start(&rig, 2, EMPTY_CONFIG, &["--role", "client"]));
+    let cluster = one_cluster(&rig, &[&nodes[0], &nodes[1]], 1);
+    let view = wait_until("the client to follow the cluster", FORM, || {
+        let v = nodes[2].json(&rig, &["cluster", "--json"])?;
+        (v["cluster"] == cluster.as_str() && v["leader"].is_object()).then_some(v)
+    });
+    assert_eq!(view["role"], "client", "{view:#}");
+    assert_eq!(view["state"], "client", "{view:#}");
+    let answer = acquire(&rig, &nodes, 2, "svc/client", &["--ttl", "30"]);
+    let token = granted(&answer);
+    assert_eq!(answer["cluster"], cluster.as_str());
+    assert_eq!(answer["holder"]["node"], nodes[2].peer_id.as_str(), "the client is the holder node: {answer:#}");
+    let refused = acquire(&rig, &nodes, 0, "svc/client", &["--ttl", "30"]);
+    assert_eq!(refused["granted"], false, "{refused:#}");
+    let hs = holders(&list(&rig, &nodes[2]), "svc/client");
+    assert_eq!(hs.len(), 1, "{hs:#?}");
+    assert_eq!(hs[0]["holder"]["token"], token);
+    let t = token.to_string();
+    let out = cli(&rig, &nodes[2], &["claim", "release", "svc/client", "--fencing-token", &t, "--json"], Duration::from_secs(30));
+    assert_eq!(parse(&out)["released"], true, "{}", out.describe());
+    assert!(holders(&list(&rig, &nodes[0]), "svc/client").is_empty());
+}
+
+/// `claim run` exits with its command's exit code and gives the claim up when the command
+/// ends: the key is free at once, not after its lease.
+#[test]
+fn claim_run_exits_with_its_commands_exit_code_and_releases_the_claim() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let n = &nodes[1];
+    let api = n.api();
+    let script = "test \"$CRAFTMESH_FENCING_TOKEN\" -gt 0 && test \"$(cat \"$CRAFTMESH_FENCING_TOKEN_FILE\")\" = \"$CRAFTMESH_FENCING_TOKEN\" && exit 7";
+    let out = run_with_timeout(
+        &mut rig.host(1).wrap(&n.cfg.command(&["claim", "run", "svc/exit", "--ttl", "60", "--api", &api, "--", "sh", "-c", script])),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code(), Some(7), "{}", out.describe());
+    assert!(holders(&list(&rig, &nodes[2]), "svc/exit").is_empty(), "the claim is released when the command ends");
+    granted(&acquire(&rig, &nodes, 2, "svc/exit", &["--ttl", "60"]));
+}
+
+/// A waiting acquire on another host is granted right after the holder's release, long
+/// before the released lease would have ended.
+#[test]
+fn a_waiting_acquire_is_granted_right_after_a_release() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let old = granted(&acquire(&rig, &nodes, 0, "svc/handoff", &["--ttl", "120"]));
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| acquire(&rig, &nodes, 2, "svc/handoff", &["--ttl", "30", "--wait", "100"]));
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!waiter.is_finished(), "the waiter got an answer while the key was held");
+        let t = old.to_string();
+        let out = cli(&rig, &nodes[1], &["claim", "release", "svc/handoff", "--fencing-token", &t, "--json"], Duration::from_secs(30));
+        assert_eq!(parse(&out)["released"], true, "{}", out.describe());
+        let released = Instant::now();
+        let token = granted(&waiter.join().expect("waiter"));
+        assert!(token > old, "the new token {token} is not greater than the old {old}");
+        assert!(released.elapsed() < Duration::from_secs(10), "the waiter got the key {:?} after the release", released.elapsed());
+    });
+}
+
+/// Early hand-off: `claim run` binds its claim to its node, so when the node is SIGKILLed
+/// (proven crashed: its connections reset and a redial is refused) the leader hands the key
+/// on without waiting for the lease (60 s here), and `claim run` kills its child as soon as
+/// its node stops answering. The child must be dead before the new grant.
+#[test]
+fn a_bound_claim_of_a_sigkilled_node_is_handed_on_early_and_only_after_its_child_died() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let l = leader_of(&rig, &nodes, 0);
+    let (h, w) = ((l + 1) % 3, (l + 2) % 3);
+    let mut run = ClaimRun::start(&rig, &nodes[h], "svc/bound", &["--ttl", "60"]);
+    let old = run.token(Duration::from_secs(20));
+    run.wait_for_beats();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| acquire(&rig, &nodes, w, "svc/bound", &["--ttl", "30", "--wait", "80"]));
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = Instant::now();
+        rig.kill9(nodes[h].pid()).expect("kill -9 the holder's node");
+        let token = granted(&waiter.join().expect("waiter"));
+        assert!(token > old, "the new token {token} is not greater than the old {old}");
+        assert!(killed.elapsed() < Duration::from_secs(30), "no early hand-off: the key came {:?} after the kill", killed.elapsed());
+    });
+    let status = run.proc.wait_timeout(Duration::from_secs(10)).unwrap_or_else(|| panic!("claim run still runs\n{}", run.proc.describe()));
+    assert_eq!(status.code(), Some(137), "{}", run.proc.describe());
+    let after = holders(&list(&rig, &nodes[w]), "svc/bound");
+    assert_eq!(after.len(), 1, "{after:#?}");
+    let grant_ns = boot_ms_to_realtime_ns(after[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms"));
+    let last = *run.beats().last().expect("heartbeats");
+    assert!(last < grant_ns, "the old child wrote a heartbeat {:.1} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
+    eprintln!("old child's last heartbeat {:.0} ms before the early grant", (grant_ns - last) as f64 / 1e6);
+}
+
+/// A `claim run` on a follower keeps its claim, with the same token, while the leader is
+/// SIGKILLed and another is elected: its renewals fail for a moment and are retried, and
+/// the new leader gives the lease a full TTL on its clock. Its child never stops.
+#[test]
+fn a_claim_run_on_a_follower_keeps_its_claim_through_the_leaders_death() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let l = leader_of(&rig, &nodes, 0);
+    let h = (l + 1) % 3;
+    let mut run = ClaimRun::start(&rig, &nodes[h], "svc/steady", &["--ttl", "6"]);
+    let token = run.token(Duration::from_secs(20));
+    run.wait_for_beats();
+    rig.kill9(nodes[l].pid()).expect("kill -9 the leader");
+    wait_until("a new leader", FORM, || {
+        let v = nodes[h].json(&rig, &["cluster", "--json"])?;
+        (v["leader"]["peer"].as_str()? != nodes[l].peer_id).then_some(())
+    });
+    // Two TTLs on: renewals went through the new leader.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(run.proc.try_wait().is_none(), "claim run stopped\n{}", run.proc.describe());
+    let hs = holders(&list(&rig, &nodes[h]), "svc/steady");
+    assert_eq!(hs.len(), 1, "{hs:#?}");
+    assert_eq!(hs[0]["holder"]["token"], token, "the same grant");
+    let recent = realtime_ns() - 1_000_000_000;
+    assert!(run.beats().last().is_some_and(|b| *b > recent), "the child still runs\n{}", run.proc.describe());
 }

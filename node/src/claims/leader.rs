@@ -78,9 +78,21 @@ fn log_op(op: &ClientOp) -> Op {
         ClientOp::Acquire { key, node, session, ttl_ms, limit, lock_delay_ms, meta, .. } => {
             Op::Acquire { key, node, session, ttl_ms, limit, lock_delay_ms, meta }
         }
-        ClientOp::Renew { key, token, ttl_ms } => Op::Renew { key, token, ttl_ms },
-        ClientOp::Release { key, token } => Op::Release { key, token },
+        ClientOp::Renew { key, token, ttl_ms, .. } => Op::Renew { key, token, ttl_ms },
+        ClientOp::Release { key, token, .. } => Op::Release { key, token },
         ClientOp::List => Op::Tick,
+    }
+}
+
+/// A renewal or release of a token granted by another cluster than `mine` (the client
+/// said which): not held here, whatever holds the key with the same number. Tokens are
+/// log indices, so after a merge the winner may hold the key with the loser's token.
+fn foreign_token(op: &ClientOp, mine: &str) -> Option<Outcome> {
+    match op {
+        ClientOp::Renew { key, token, cluster: Some(c), .. } | ClientOp::Release { key, token, cluster: Some(c) } if c != mine => {
+            Some(Outcome::NotHeld { key: key.clone(), token: *token })
+        }
+        _ => None,
     }
 }
 
@@ -130,6 +142,10 @@ impl Actor {
             return;
         }
         let Some(inst) = &self.instance else { return };
+        if let Some(outcome) = foreign_token(&op, &inst.cluster) {
+            let _ = reply.send(self.applied_reply(outcome));
+            return;
+        }
         let raft = inst.raft.clone();
         let state = inst.state.clone();
         let clock = self.clock.clone();
@@ -371,5 +387,20 @@ impl Actor {
         }
         // A peer alive again may crash again later.
         self.gone_sent.retain(|p| self.peers.get(p).is_some_and(|x| !x.live.alive));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_of_another_cluster_is_not_held_here_whatever_its_number() {
+        let renew = |cluster: Option<&str>| ClientOp::Renew { key: "k".into(), token: 4, ttl_ms: None, cluster: cluster.map(str::to_string) };
+        assert_eq!(foreign_token(&renew(Some("b")), "a"), Some(Outcome::NotHeld { key: "k".into(), token: 4 }));
+        assert_eq!(foreign_token(&renew(Some("a")), "a"), None);
+        assert_eq!(foreign_token(&renew(None), "a"), None, "a client that does not say is asked about this cluster");
+        let release = ClientOp::Release { key: "k".into(), token: 4, cluster: Some("b".into()) };
+        assert_eq!(foreign_token(&release, "a"), Some(Outcome::NotHeld { key: "k".into(), token: 4 }));
     }
 }

@@ -140,6 +140,21 @@ pub struct ClaimsHandle {
     pub(super) lock_delay_ms: u64,
 }
 
+/// Returns once `view` changes to name a leader other than `asked` (this node included);
+/// pending forever when the view's sender is gone.
+async fn another_leader(view: &mut watch::Receiver<LeaderView>, asked: &str, me: &str) {
+    loop {
+        if view.changed().await.is_err() {
+            return futures::future::pending().await;
+        }
+        let l = view.borrow_and_update().clone();
+        let now = if l.me { Some(me.to_string()) } else { l.leader.map(|n| n.peer) };
+        if now.is_some_and(|p| p != asked) {
+            return;
+        }
+    }
+}
+
 /// Hops along `NotLeader` answers before a request waits and asks again.
 const MAX_HOPS: usize = 3;
 /// Pause between attempts while there is no leader, or it cannot be reached.
@@ -188,17 +203,32 @@ impl ClaimsHandle {
             let reply = match target {
                 None => None,
                 Some(p) if p == self.me => self.local(op.clone(), left).await,
-                Some(p) => match self.pool.call(&p, &Request::Client(op.clone()), left).await {
-                    Ok(Response::Client(r)) => Some(r),
-                    Ok(other) => {
-                        last = format!("unexpected answer from {p}: {other:?}");
-                        None
+                Some(p) => {
+                    // A leader that stops answering (frozen, cut off with its connection
+                    // still open) would hold the request until its deadline: give up on it
+                    // as soon as another leader is known, and ask that one (an acquire is
+                    // idempotent per session, so asking twice never grants twice).
+                    let mut view = self.leader.clone();
+                    view.borrow_and_update();
+                    let req = Request::Client(op.clone());
+                    tokio::select! {
+                        r = self.pool.call(&p, &req, left) => match r {
+                            Ok(Response::Client(r)) => Some(r),
+                            Ok(other) => {
+                                last = format!("unexpected answer from {p}: {other:?}");
+                                None
+                            }
+                            Err(e @ (CallError::Unreachable { .. } | CallError::Broken { .. } | CallError::Timeout { .. })) => {
+                                last = e.to_string();
+                                None
+                            }
+                        },
+                        () = another_leader(&mut view, &p, &self.me) => {
+                            last = format!("{p} was asked, and another node leads now");
+                            None
+                        }
                     }
-                    Err(e @ (CallError::Unreachable { .. } | CallError::Broken { .. } | CallError::Timeout { .. })) => {
-                        last = e.to_string();
-                        None
-                    }
-                },
+                }
             };
             match reply {
                 Some(ClientReply::NotLeader { leader_peer: Some(p), .. }) if hops < MAX_HOPS => {
@@ -228,5 +258,72 @@ impl ClaimsHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(In::Op { op, reply: tx }).await.ok()?;
         tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::network::{BoxStream, Transport};
+    use futures::future::BoxFuture;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A peer that takes every request and never answers (a frozen process).
+    #[derive(Debug)]
+    struct Silent;
+
+    struct SilentStream;
+
+    impl futures::AsyncRead for SilentStream {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut [u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+
+    impl futures::AsyncWrite for SilentStream {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Transport for Silent {
+        fn open(&self, _: &str) -> BoxFuture<'static, std::io::Result<BoxStream>> {
+            Box::pin(async { Ok(Box::new(SilentStream) as BoxStream) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_held_by_a_silent_leader_goes_to_the_next_leader_at_once() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let old = LeaderView { cluster: Some("c".into()), leader: Some(NodeRef { node: 2, peer: "old-leader".into() }), me: false };
+        let (leader_tx, leader) = watch::channel(old);
+        let handle = ClaimsHandle {
+            tx,
+            pool: Pool::new(std::sync::Arc::new(Silent)),
+            leader,
+            view: watch::channel(ClusterView::default()).1,
+            me: "me".into(),
+            clock: crate::claims::clock::boot_clock(),
+            lock_delay_ms: 0,
+        };
+        // This node's actor answers once it leads.
+        tokio::spawn(async move {
+            while let Some(In::Op { reply, .. }) = rx.recv().await {
+                let _ = reply.send(ClientReply::List { keys: Vec::new(), now_ms: 0, cluster: "c".into(), leader: 1 });
+            }
+        });
+        let asked = tokio::spawn(async move { handle.request(ClientOp::List, Duration::from_secs(60)).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!asked.is_finished(), "the silent leader cannot have answered");
+        leader_tx.send_replace(LeaderView { cluster: Some("c".into()), leader: Some(NodeRef { node: 1, peer: "me".into() }), me: true });
+        let reply = tokio::time::timeout(Duration::from_secs(5), asked).await.expect("answered once another node leads").expect("task");
+        assert!(matches!(reply, ClientReply::List { .. }), "{reply:?}");
     }
 }

@@ -47,10 +47,15 @@ pub enum ClientOp {
         key: String,
         token: u64,
         ttl_ms: Option<u64>,
+        /// The cluster that granted `token`, when the client knows it: tokens are log
+        /// indices, so another cluster (after a merge) may hold the key with the same one.
+        cluster: Option<String>,
     },
     Release {
         key: String,
         token: u64,
+        /// As for [`ClientOp::Renew`].
+        cluster: Option<String>,
     },
     /// Every key with its live holders (linearizable: read after a write of the leader's term).
     List,
@@ -168,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_client_op_round_trips_and_bad_versions_or_trailing_bytes_are_refused() {
-        let op = Request::Client(ClientOp::Release { key: "svc/zen".into(), token: 42 });
+        let op = Request::Client(ClientOp::Release { key: "svc/zen".into(), token: 42, cluster: Some("c".into()) });
         let bytes = encode(&op).expect("encode");
         let back: Request = decode(&bytes).expect("decode");
         assert!(matches!(back, Request::Client(ClientOp::Release { token: 42, .. })));

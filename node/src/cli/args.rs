@@ -183,3 +183,24 @@ pub enum ConfigCommand {
         json: bool,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_renewal_takes_its_fencing_token_apart_from_the_api_token() {
+        let cli = Cli::try_parse_from(["craftmesh", "claim", "renew", "svc/a", "--fencing-token", "7", "--token", "secret"]).expect("parses");
+        assert_eq!(cli.global.token.as_deref(), Some("secret"));
+        let Command::Claim { command: crate::cli::claim::ClaimCommand::Renew { fencing_token, .. } } = cli.command else {
+            panic!("a renewal: {:?}", cli.command)
+        };
+        assert_eq!(fencing_token, 7);
+    }
+}

@@ -10,22 +10,24 @@ use std::time::Duration;
 pub enum ClaimCommand {
     /// Acquire KEY: prints the grant and its fencing token, or the holders (exit 1).
     Acquire(AcquireArgs),
-    /// Extend the lease of the grant with TOKEN.
+    /// Extend the lease of the grant with the fencing token N.
     Renew {
         key: String,
-        #[arg(long)]
-        token: u64,
+        /// The grant's fencing token (`--token` is the API token of every command).
+        #[arg(long, value_name = "N")]
+        fencing_token: u64,
         /// New lease length in seconds (default: the grant's).
         #[arg(long, value_name = "SECS")]
         ttl: Option<f64>,
         #[arg(long)]
         json: bool,
     },
-    /// Give up the grant with TOKEN.
+    /// Give up the grant with the fencing token N.
     Release {
         key: String,
-        #[arg(long)]
-        token: u64,
+        /// The grant's fencing token (`--token` is the API token of every command).
+        #[arg(long, value_name = "N")]
+        fencing_token: u64,
         #[arg(long)]
         json: bool,
     },
@@ -166,8 +168,8 @@ pub async fn run(g: &Global, c: &ClaimCommand) -> anyhow::Result<i32> {
             let session = a.opts.session.clone().unwrap_or_else(crate::api_claims::new_session);
             acquire_body(&a.opts, a.wait, a.bound_to_node, &session)
         }
-        ClaimCommand::Renew { key, token, ttl, .. } => {
-            let mut v = serde_json::json!({"op": "renew", "key": key, "token": token});
+        ClaimCommand::Renew { key, fencing_token, ttl, .. } => {
+            let mut v = serde_json::json!({"op": "renew", "key": key, "token": fencing_token});
             match ttl.map(|t| secs_to_ms("--ttl", t)) {
                 Some(Ok(ms)) => {
                     v["ttl_ms"] = ms.into();
@@ -177,7 +179,7 @@ pub async fn run(g: &Global, c: &ClaimCommand) -> anyhow::Result<i32> {
                 None => Ok(v),
             }
         }
-        ClaimCommand::Release { key, token, .. } => Ok(serde_json::json!({"op": "release", "key": key, "token": token})),
+        ClaimCommand::Release { key, fencing_token, .. } => Ok(serde_json::json!({"op": "release", "key": key, "token": fencing_token})),
         ClaimCommand::List { json } => return list(g, *json).await,
         ClaimCommand::Run(r) => return super::claim_run::run(g, r).await,
     };

@@ -85,7 +85,7 @@ pub async fn run(g: &Global, r: &RunArgs) -> anyhow::Result<i32> {
         Ok(c) => c,
         Err(e) => {
             eprintln!("claim run: cannot start {}: {e}", r.cmd[0]);
-            release(&mut session, &key, token).await;
+            release(&mut session, &key, token, &cluster).await;
             let _ = std::fs::remove_dir_all(&token_dir);
             return Ok(127);
         }
@@ -109,7 +109,7 @@ pub async fn run(g: &Global, r: &RunArgs) -> anyhow::Result<i32> {
             LeaseDecision::Renew if in_flight.is_none() => {
                 if let Some(mut s) = conn.take() {
                     lease.renew_sent(now);
-                    let body = serde_json::json!({"op": "renew", "key": key, "token": token, "ttl_ms": ttl_ms, "timeout_ms": ttl_ms / 4});
+                    let body = serde_json::json!({"op": "renew", "key": key, "token": token, "cluster": cluster, "ttl_ms": ttl_ms, "timeout_ms": ttl_ms / 4});
                     in_flight = Some(Box::pin(async move {
                         let r = match tokio::time::timeout(renew_wait, s.call::<ClaimResponse>(hyper::Method::POST, "/v1/claims", Some(&body))).await {
                             Ok(r) => r,
@@ -205,9 +205,9 @@ pub async fn run(g: &Global, r: &RunArgs) -> anyhow::Result<i32> {
         if in_flight.is_none()
             && let Some(mut s) = conn.take()
         {
-            release(&mut s, &key, token).await;
+            release(&mut s, &key, token, &cluster).await;
         } else if let Ok(mut s) = cl.session().await {
-            release(&mut s, &key, token).await;
+            release(&mut s, &key, token, &cluster).await;
         }
     }
     let _ = std::fs::remove_dir_all(&token_dir);
@@ -255,8 +255,10 @@ async fn reacquire(session: Option<&mut Session>, r: &RunArgs, session_id: &str)
     resp.token.map(|t| (t, sent, resp.cluster))
 }
 
-async fn release(s: &mut Session, key: &str, token: u64) {
-    let body = serde_json::json!({"op": "release", "key": key, "token": token});
+/// Releases `token`, granted by `cluster` (another cluster's holder with the same number
+/// is left alone).
+async fn release(s: &mut Session, key: &str, token: u64, cluster: &str) {
+    let body = serde_json::json!({"op": "release", "key": key, "token": token, "cluster": cluster});
     let _ = tokio::time::timeout(Duration::from_secs(3), s.call::<ClaimResponse>(hyper::Method::POST, "/v1/claims", Some(&body))).await;
 }
 
