@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 /// Waiting acquires in all, and per key.
 const MAX_WAITERS: usize = 10_000;
 const MAX_WAITERS_PER_KEY: usize = 1_000;
+/// How long after a node is proven crashed its bound claims are handed on.
+pub const HANDOFF_GRACE_MS: u64 = 300;
 /// Longest a write may take before the asker hears "unavailable".
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -373,7 +375,16 @@ impl Actor {
             return;
         }
         let Some(state) = self.instance.as_ref().map(|i| i.state.clone()) else { return };
-        let crashed: Vec<String> = self.peers.iter().filter(|(_, p)| !p.live.alive && p.live.crashed).map(|(k, _)| k.clone()).collect();
+        // A grace after the proof: what the claim protects stops when its node's connection
+        // closes (`claim run` kills its child then), which takes a scheduling round on that
+        // host; the proof can arrive here within tens of milliseconds of the crash.
+        let now = self.clock.now_ms();
+        let crashed: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.live.alive && p.live.crashed && now.saturating_sub(p.since_ms) >= HANDOFF_GRACE_MS)
+            .map(|(k, _)| k.clone())
+            .collect();
         for peer in crashed {
             if self.gone_sent.contains(&peer) {
                 continue;

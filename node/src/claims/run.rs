@@ -176,6 +176,7 @@ async fn run(
             _ = ask.tick() => a.ask_statuses(),
             _ = form.tick() => {
                 a.form().await;
+                a.hand_off_crashed();
                 a.publish();
             }
             () = tick => a.write_own(craftmesh_protocol::claims::Op::Tick),

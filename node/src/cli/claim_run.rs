@@ -3,7 +3,8 @@
 //!
 //! The claim is acquired through this machine's node (bound to it: CMD stops with the
 //! node). CMD runs in a process group of its own with `CRAFTMESH_FENCING_TOKEN`,
-//! `CRAFTMESH_FENCING_TOKEN_FILE` (kept up to date), `CRAFTMESH_CLAIM_KEY` and
+//! `CRAFTMESH_FENCING_TOKEN_FILE` (the token, then the cluster id, on two lines, kept up
+//! to date), `CRAFTMESH_CLAIM_CLUSTER`, `CRAFTMESH_CLAIM_KEY` and
 //! `CRAFTMESH_CLAIM_SESSION`. The lease is renewed every TTL/3 on one kept-alive,
 //! authenticated connection to the node. CMD's whole process group gets SIGKILL at once when
 //! - the cluster says the claim is not held any more (and re-acquiring it after a cluster
@@ -70,13 +71,14 @@ pub async fn run(g: &Global, r: &RunArgs) -> anyhow::Result<i32> {
     eprintln!("claim run: holding {key} with token {token} (ttl {ttl_ms} ms, stops {margin} ms early)");
     let token_dir = tempfile_dir()?;
     let token_file = token_dir.join("token");
-    std::fs::write(&token_file, format!("{token}\n"))?;
+    std::fs::write(&token_file, format!("{token}\n{cluster}\n"))?;
 
     let mut cmd = tokio::process::Command::new(&r.cmd[0]);
     cmd.args(&r.cmd[1..])
         .env("CRAFTMESH_FENCING_TOKEN", token.to_string())
         .env("CRAFTMESH_FENCING_TOKEN_FILE", &token_file)
         .env("CRAFTMESH_CLAIM_KEY", &key)
+        .env("CRAFTMESH_CLAIM_CLUSTER", &cluster)
         .env("CRAFTMESH_CLAIM_SESSION", &session_id)
         .process_group(0)
         .kill_on_drop(true);
@@ -161,7 +163,7 @@ pub async fn run(g: &Global, r: &RunArgs) -> anyhow::Result<i32> {
                                 token = t;
                                 cluster = c;
                                 lease.granted(at);
-                                let _ = std::fs::write(&token_file, format!("{token}\n"));
+                                let _ = std::fs::write(&token_file, format!("{token}\n{cluster}\n"));
                                 eprintln!("claim run: {key} re-acquired in cluster {cluster} after a merge, token {token} ({})", token_file.display());
                             }
                             None => stop_reason = Some(format!("after a merge into cluster {}, another holder has it there", resp.cluster)),
