@@ -398,6 +398,22 @@ pub async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
             None => println!("mesh off"),
         }
         println!("discovery: {} rounds, last {:.0} ms", v["stats"]["discovery_rounds"], v["stats"]["last_round_ms"].as_f64().unwrap_or(0.0));
+        let c = &v["cluster"];
+        if c.is_object() {
+            println!(
+                "claims: {} {} in cluster {}, leader {}, term {}, {} voters, {} learners, last applied {}",
+                c["role"].as_str().unwrap_or("?"),
+                c["state"].as_str().unwrap_or("?"),
+                c["cluster"].as_str().or(c["joining"].as_str()).unwrap_or("-"),
+                c["leader"]["peer"].as_str().unwrap_or("none"),
+                c["term"],
+                c["voters"].as_array().map_or(0, Vec::len),
+                c["learners"].as_array().map_or(0, Vec::len),
+                c["last_applied"].as_u64().map_or("-".to_string(), |i| i.to_string())
+            );
+        } else {
+            println!("claims: off");
+        }
         // Only tasks that ever failed are listed; a healthy node prints nothing here.
         for (name, t) in v["tasks"].as_object().into_iter().flatten() {
             let ago = t["last_failure_at_ms"].as_u64().map(|at| crate::discovery::now_ms().saturating_sub(at) / 1000);
