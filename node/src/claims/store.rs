@@ -182,7 +182,15 @@ impl LogStore {
             remove_if_present(&tmp_path(dir, name)).map_err(err(&tmp_path(dir, name)))?;
         }
         let vote = read_framed::<Vote, MAX_SMALL>(&dir.join(VOTE_FILE))?;
-        let committed = read_framed::<Option<LogId>, MAX_SMALL>(&dir.join(COMMITTED_FILE))?.flatten();
+        // The committed id is a hint (openraft re-applies up to it at start); it is written
+        // without fsync, so after a crash it may be old or torn: then it is ignored.
+        let committed = match read_framed::<Option<LogId>, MAX_SMALL>(&dir.join(COMMITTED_FILE)) {
+            Ok(c) => c.flatten(),
+            Err(e) => {
+                tracing::warn!(error = %e, "claims: ignoring an unreadable committed-id file (it is only a hint)");
+                None
+            }
+        };
 
         let path = dir.join(LOG_FILE);
         let image = replay(&path)?;

@@ -121,15 +121,20 @@ impl Writer {
         if result.is_ok() {
             result = self.flush().map_err(|e| self.fail(e));
         }
-        if let (Ok(()), Some(c)) = (&result, committed) {
-            result = self.write_small(COMMITTED_FILE, &c).map_err(|e| self.fail(e));
-        }
         if result.is_ok() {
             // Before the callbacks, so that an acknowledged write is in the log that stays.
             result = self.maybe_compact();
         }
         for done in dones {
             done.complete(&result);
+        }
+        // The committed id only names entries already durable (flushed above), and it is a
+        // hint: written after the callbacks, without fsync, off the commit's critical path.
+        if let (Ok(()), Some(c)) = (&result, committed) {
+            let bytes = frame(&c).map_err(|reason| StoreError::BadFile { path: self.dir.join(COMMITTED_FILE), reason });
+            if let Err(e) = bytes.and_then(|b| super::write_atomic(&self.dir, COMMITTED_FILE, &b, Durability::Buffered)) {
+                tracing::warn!(error = %e, "claims: cannot write the committed-id hint");
+            }
         }
         result
     }

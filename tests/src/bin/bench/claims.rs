@@ -57,6 +57,18 @@ async fn client_main(args: &[String]) -> Value {
         let wait = (start_at - now_ms()).max(0.0);
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
+    if mode == "api" {
+        // The API alone (no Raft): what a request costs before it reaches the claims service.
+        let mut v = Vec::new();
+        for _ in 0..iters {
+            let t0 = Instant::now();
+            if let Err(e) = s.call::<Value>(hyper::Method::GET, "/v1/cluster", None).await {
+                return serde_json::json!({"error": e.to_string()});
+            }
+            v.push(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        return serde_json::json!({"acquire_ms": v, "cycle_ms": [], "granted_at": []});
+    }
     let mut acquire_ms = Vec::new();
     let mut cycle_ms = Vec::new();
     let mut granted_at = Vec::new();
@@ -202,6 +214,8 @@ pub fn run(args: &[String]) {
     let rig = Rig::new(4).expect("rig");
     let start = |i: usize| {
         let mut n = MeshNode::start_exact(&rig, i, EMPTY_CONFIG, &["--mesh-key", craftmesh_tests::meshnode::test_key(), "--role", "server"]);
+        // Started with the test binary to set up its data dir; run the static one instead.
+        n.terminate(&rig);
         n.bin = Some(bin.clone());
         n.restart(&rig);
         n
@@ -294,6 +308,7 @@ pub fn run(args: &[String]) {
         });
         failover.push(granted_at - killed_at);
         drop(run);
+        nodes[holder_i].terminate(&rig);
         nodes[holder_i].restart(&rig);
         let _ = leader_index(&rig, &nodes);
     }
