@@ -34,17 +34,19 @@ pub async fn read_chunked<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize) -
     }
 }
 
-/// Writes one logical message as frames.
+/// Writes one logical message as frames, in one write: every frame of a small message
+/// (the usual case) leaves in one stream frame and, on the wire, one segment.
 pub async fn write_chunked<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     if bytes.len() > MAX_MESSAGE {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "message too large"));
     }
     let parts = wire::chunks(bytes);
+    let mut out = Vec::with_capacity(bytes.len() + 4 * parts.len());
     for (i, p) in parts.iter().enumerate() {
-        io.write_all(&wire::frame_header(p.len(), i + 1 < parts.len())).await?;
-        io.write_all(p).await?;
+        out.extend_from_slice(&wire::frame_header(p.len(), i + 1 < parts.len()));
+        out.extend_from_slice(p);
     }
-    Ok(())
+    io.write_all(&out).await
 }
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Message> {
