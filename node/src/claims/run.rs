@@ -162,6 +162,12 @@ async fn run(
             }
             Some(e) = applied.recv() => a.on_applied(e),
             () = metrics_changed => {
+                // Mark the change seen on the actor's own receiver before reading the
+                // metrics: the next loop clones it, and a clone of a receiver that never
+                // marks anything resolves `changed()` at once, forever (a busy loop).
+                if let Some(m) = a.metrics.as_mut() {
+                    m.mark_unchanged();
+                }
                 a.check_joined();
                 a.on_leadership();
                 a.publish();
@@ -223,5 +229,77 @@ fn initial_status(peer: &str, node: u64, role: craftmesh_protocol::claims::clust
         term: 0,
         voters: Vec::new(),
         learners: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::clock::Clock;
+    use crate::claims::network::Transport;
+    use crate::claims::store::{Durability, Io};
+    use crate::claims::wire::{ClientOp, ClientReply};
+    use craftmesh_protocol::claims::cluster::Role;
+    use craftmesh_protocol::claims::{Meta, Outcome};
+    use futures::future::BoxFuture;
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct Nowhere;
+
+    impl Transport for Nowhere {
+        fn open(&self, _: &str) -> BoxFuture<'static, std::io::Result<BoxStream>> {
+            Box::pin(async { Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "no peers")) })
+        }
+    }
+
+    #[derive(Debug)]
+    struct Virtual(tokio::time::Instant);
+
+    impl Clock for Virtual {
+        fn now_ms(&self) -> u64 {
+            self.0.elapsed().as_millis() as u64
+        }
+    }
+
+    /// tokio's paused clock moves only when every task waits, so this finishes only if the
+    /// actor (whose Raft metrics change all the time) and a request waiting for a leader
+    /// sleep between their rounds instead of spinning.
+    #[test]
+    fn a_lone_server_leads_and_grants_on_a_paused_clock_so_nothing_spins() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let result = rt.block_on(async {
+                let mut opts = ClaimsOptions::new(dir.path(), Role::Server);
+                opts.durability = Durability::Buffered;
+                opts.io = Io::Inline;
+                let me = libp2p_identity::Keypair::generate_ed25519().public().to_peer_id().to_base58();
+                let (_in_tx, incoming) = mpsc::channel(1);
+                let (_members_tx, members) = watch::channel(Members::default());
+                let clock = Arc::new(Virtual(tokio::time::Instant::now()));
+                let w = Wiring { opts, me: me.clone(), clock, transport: Arc::new(Nowhere), incoming, members, events: Arc::new(|_| {}) };
+                let (h, _task) = start(w, futures::future::pending()).await.expect("start");
+                // Asked before there is a leader: the request waits for one.
+                let op = ClientOp::Acquire {
+                    key: "k".into(),
+                    node: me,
+                    session: "s".into(),
+                    ttl_ms: 1000,
+                    limit: 1,
+                    lock_delay_ms: 0,
+                    meta: Meta::default(),
+                    wait_ms: 0,
+                };
+                let reply = h.request(op, Duration::from_secs(30)).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                (reply, h.view().state)
+            });
+            let _ = tx.send(result);
+        });
+        let (reply, state) = rx.recv_timeout(std::time::Duration::from_secs(120)).expect("the paused clock moved on: nothing spins");
+        assert!(matches!(reply, ClientReply::Applied { outcome: Outcome::Granted { .. }, .. }), "{reply:?}");
+        assert_eq!(state, "leader");
     }
 }

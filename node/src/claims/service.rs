@@ -173,6 +173,9 @@ impl ClaimsHandle {
         let mut last = String::from("no leader is known yet");
         let mut hint: Option<String> = None;
         let mut hops = 0;
+        // Our own receiver, marked as it is read: `changed()` then wakes only on a change
+        // since (the handle's receiver is never marked, so its clones would wake at once).
+        let mut leader = self.leader.clone();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
@@ -181,7 +184,7 @@ impl ClaimsHandle {
             let target = match hint.take() {
                 Some(p) => Some(p),
                 None => {
-                    let l = self.leader.borrow().clone();
+                    let l = leader.borrow_and_update().clone();
                     if l.me { Some(self.me.clone()) } else { l.leader.map(|n| n.peer) }
                 }
             };
@@ -218,7 +221,6 @@ impl ClaimsHandle {
                 continue;
             }
             // Wake early when the leader changes.
-            let mut leader = self.leader.clone();
             let _ = tokio::time::timeout(pause, leader.changed()).await;
         }
     }
@@ -228,5 +230,53 @@ impl ClaimsHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(In::Op { op, reply: tx }).await.ok()?;
         tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::network::{BoxStream, Transport};
+    use futures::future::BoxFuture;
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct Nowhere;
+
+    impl Transport for Nowhere {
+        fn open(&self, _: &str) -> BoxFuture<'static, std::io::Result<BoxStream>> {
+            Box::pin(async { Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "no peers")) })
+        }
+    }
+
+    /// On tokio's paused clock, which moves only when every task waits, a request that
+    /// finds no leader must sleep between attempts, also after the leader view changed
+    /// once (a watch receiver that is never marked makes `changed()` resolve at once).
+    #[test]
+    fn a_request_without_a_leader_waits_between_attempts_after_the_leader_view_changed() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("runtime");
+            let reply = rt.block_on(async {
+                let (tx, _rx) = mpsc::channel(1);
+                let (leader_tx, leader) = watch::channel(LeaderView::default());
+                let (_view_tx, view) = watch::channel(ClusterView::default());
+                let h = ClaimsHandle {
+                    tx,
+                    pool: Pool::new(Arc::new(Nowhere)),
+                    leader,
+                    view,
+                    me: "me".into(),
+                    clock: crate::claims::clock::boot_clock(),
+                    lock_delay_ms: 0,
+                };
+                // A cluster was seen, its leader lost.
+                leader_tx.send_replace(LeaderView { cluster: Some("c".into()), leader: None, me: false });
+                h.request(ClientOp::List, Duration::from_secs(2)).await
+            });
+            let _ = done_tx.send(reply);
+        });
+        let reply = done_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the paused clock moved on: the request did not spin");
+        assert!(matches!(reply, ClientReply::Unavailable { .. }), "{reply:?}");
     }
 }
