@@ -51,9 +51,12 @@ impl Waiters {
         self.len = 0;
     }
 
-    /// The earliest deadline of a waiter.
+    /// The earliest deadline of a waiter whose wait can end now. One with an attempt in
+    /// flight is answered when the attempt finishes (its deadline counts again after), so
+    /// it is left out: a passed deadline that `expire_waiters` cannot act on would wake the
+    /// actor at once, again and again, until the attempt is done (up to the write timeout).
     pub fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        self.queues.values().flat_map(|q| q.iter().map(|w| w.deadline)).min()
+        self.queues.values().flat_map(|q| q.iter().filter(|w| !w.in_flight).map(|w| w.deadline)).min()
     }
 
     pub fn len(&self) -> usize {
@@ -371,5 +374,28 @@ impl Actor {
         }
         // A peer alive again may crash again later.
         self.gone_sent.retain(|p| self.peers.get(p).is_some_and(|x| !x.live.alive));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(id: u64, deadline: tokio::time::Instant, in_flight: bool) -> (Waiter, oneshot::Receiver<ClientReply>) {
+        let (reply, rx) = oneshot::channel();
+        let op = ClientOp::Release { key: "k".into(), token: 1 };
+        (Waiter { id, op, reply, deadline, in_flight, last: Outcome::Done }, rx)
+    }
+
+    #[test]
+    fn a_waiter_whose_attempt_is_in_flight_sets_no_deadline_until_the_attempt_is_done() {
+        let now = tokio::time::Instant::now();
+        let (past, _a) = waiter(1, now - Duration::from_secs(1), true);
+        let (later, _b) = waiter(2, now + Duration::from_secs(5), false);
+        let mut w = Waiters::default();
+        w.queues.entry("k".into()).or_default().extend([past, later]);
+        assert_eq!(w.next_deadline(), Some(now + Duration::from_secs(5)), "the passed deadline of the attempt in flight does not count");
+        w.queues.get_mut("k").and_then(|q| q.front_mut()).expect("first").in_flight = false;
+        assert_eq!(w.next_deadline(), Some(now - Duration::from_secs(1)), "once the attempt is done it does");
     }
 }
