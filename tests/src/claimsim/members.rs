@@ -1,0 +1,102 @@
+//! What each node's mesh tells its claims service about the others (`Members`), driven by
+//! the simulation's ground truth with the mesh's detection delays: a crashed process is
+//! seen dead and `crashed` after 30–80 ms (its connection resets and a redial is refused),
+//! a host cut off or paused is seen dead after 1.1–1.4 s of failed probes (not `crashed`:
+//! a partition looks the same), and a peer reachable again is alive after 100–400 ms.
+//! A truth that changes back before its delay ran out is never shown.
+
+use super::Rng;
+use super::net::{Net, Proc};
+use craftmesh::claims::Liveness;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The members watch of every node, and what each currently shows.
+#[derive(Debug)]
+pub struct MembersSim {
+    ids: Vec<String>,
+    txs: Vec<watch::Sender<craftmesh::claims::Members>>,
+    /// `[observer][peer]`: (shown, target, generation of the target).
+    views: Mutex<Vec<Vec<(Liveness, Liveness, u64)>>>,
+    rng: Mutex<Rng>,
+}
+
+const ALIVE: Liveness = Liveness { alive: true, crashed: false };
+
+impl MembersSim {
+    /// Everyone sees everyone alive (the mesh found them before the run).
+    pub fn new(ids: Vec<String>, seed: u64) -> Arc<MembersSim> {
+        let n = ids.len();
+        let txs = (0..n)
+            .map(|i| {
+                let map: BTreeMap<String, Liveness> = ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, id)| (id.clone(), ALIVE)).collect();
+                watch::channel(Arc::new(map)).0
+            })
+            .collect();
+        Arc::new(MembersSim { ids, txs, views: Mutex::new(vec![vec![(ALIVE, ALIVE, 0); n]; n]), rng: Mutex::new(Rng::new(seed ^ 0x6d65_6d62)) })
+    }
+
+    /// The watch a new incarnation of node `i` takes.
+    pub fn subscribe(&self, i: usize) -> watch::Receiver<craftmesh::claims::Members> {
+        self.txs[i].subscribe()
+    }
+
+    /// What observer `i` should come to see about `j` now.
+    fn truth(net: &Net, i: usize, j: usize) -> Liveness {
+        let reachable = net.dir_up(i, j) && net.dir_up(j, i);
+        match net.proc(j) {
+            Proc::Crashed if reachable => Liveness { alive: false, crashed: true },
+            Proc::Running(_) if reachable => ALIVE,
+            _ => Liveness { alive: false, crashed: false },
+        }
+    }
+
+    /// Re-reads the ground truth after a change and schedules what observers will see.
+    pub fn update(self: &Arc<Self>, net: &Net) {
+        let n = self.ids.len();
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..n {
+            for j in (0..n).filter(|j| *j != i) {
+                let truth = Self::truth(net, i, j);
+                let v = &mut views[i][j];
+                if v.1 == truth {
+                    continue;
+                }
+                v.1 = truth;
+                v.2 += 1;
+                if v.0 == truth {
+                    continue;
+                }
+                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                let delay = match (truth.alive, truth.crashed) {
+                    (true, _) => 100 + rng.below(301),
+                    (false, true) => 30 + rng.below(51),
+                    (false, false) => 1100 + rng.below(301),
+                };
+                let (me, generation) = (self.clone(), v.2);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    me.show(i, j, generation);
+                });
+            }
+        }
+    }
+
+    fn show(&self, i: usize, j: usize, generation: u64) {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        let v = &mut views[i][j];
+        if v.2 != generation || v.0 == v.1 {
+            return;
+        }
+        v.0 = v.1;
+        let map: BTreeMap<String, Liveness> = (0..self.ids.len()).filter(|k| *k != i).map(|k| (self.ids[k].clone(), views[i][k].0)).collect();
+        self.txs[i].send_replace(Arc::new(map));
+    }
+
+    /// What observer `i` shows about `j` now.
+    pub fn shown(&self, i: usize, j: usize) -> Liveness {
+        self.views.lock().unwrap_or_else(|p| p.into_inner())[i][j].0
+    }
+}

@@ -1,0 +1,148 @@
+//! Deterministic simulation of the claims service: the real code (openraft, the claims
+//! state machine and its Raft adapter, the log store, the network adapter, the claims
+//! actor with its leader duties and cluster formation, and the holders' `LocalLease`) on
+//! several nodes in one process, on virtual time, under a seeded schedule of partitions,
+//! one-way cuts, asymmetric loss, pauses, crash-restarts with storage kept, clock drift
+//! and leader changes. A history checker ([`check`]) then asserts what the claims promise.
+//!
+//! # How a run is determined by its seed
+//!
+//! Everything runs on one current-thread tokio runtime with a paused clock (time jumps to
+//! the next timer when every task waits) and `rng_seed` from the seed, so `select!` picks
+//! branches in a seeded order; openraft's randomness (election timeouts) and the cluster
+//! id come from `craftmesh::claims::types::seed_thread_rng(seed)`; the log store and the
+//! snapshots write inline (`Io::Inline`, `Durability::Buffered`); the network, the
+//! members view, the schedule and the holders draw from SplitMix64 streams of the seed.
+//! [`Report::digest`] hashes the whole history; `the_same_seed_replays_the_same_history`
+//! (tests/tests/claims_sim.rs) runs seeds twice and compares.
+//!
+//! # What the model leaves out
+//!
+//! - tokio's own timers are undrifted virtual time: Raft heartbeats and elections, the
+//!   service's intervals and request deadlines all run at the true rate; only the lease
+//!   clock ([`node::SimClock`]) drifts (up to ±0.5% by default, which the default lease
+//!   margin max(100 ms, ttl/20) covers).
+//! - A pause (SIGSTOP) cuts the host off and freezes its holders, but the node's own tasks
+//!   (its Raft timers among them) keep running: a paused leader keeps stamping and
+//!   proposing into a log nobody receives; what a real stopped process would do (nothing,
+//!   then act on stale state when it resumes) is only covered for the holders.
+//! - The mesh is not simulated: each node's members view follows the ground truth with the
+//!   mesh's detection delays ([`members`]). Processes start with the mesh already formed.
+//! - File I/O is real (a temp dir per run), so a disk that fails is not modelled.
+
+pub mod check;
+mod driver;
+pub mod history;
+pub mod holder;
+pub mod members;
+pub mod net;
+pub mod node;
+pub mod plan;
+
+pub use crate::sim::Rng;
+pub use driver::World;
+
+use std::time::Duration;
+
+/// The shape of the runs.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Servers (all may vote).
+    pub nodes: usize,
+    pub holders_per_node: usize,
+    /// How long faults are injected, after the cluster formed (virtual ms).
+    pub fault_ms: u64,
+    /// After healing everything: how long to let it settle before the holders stop.
+    pub settle_ms: u64,
+    /// Largest clock rate error of a node, parts per million.
+    pub max_drift_ppm: i64,
+    /// Lease lengths the holders pick from.
+    pub ttl_choices: Vec<u64>,
+}
+
+impl SimConfig {
+    /// What CI runs hundreds of: three servers, 20 s of faults.
+    pub fn ci() -> SimConfig {
+        SimConfig { nodes: 3, holders_per_node: 2, fault_ms: 20_000, settle_ms: 4_000, max_drift_ppm: 5_000, ttl_choices: vec![1000, 2000, 3000] }
+    }
+
+    /// The slow runs: five servers, a minute of faults, more holders.
+    pub fn long() -> SimConfig {
+        SimConfig { nodes: 5, holders_per_node: 3, fault_ms: 60_000, settle_ms: 6_000, ..SimConfig::ci() }
+    }
+}
+
+/// Counts that say how much a run exercised.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// When the cluster had formed (virtual ms), if it did before the faults began.
+    pub formed_ms: Option<u64>,
+    pub virtual_ms: u64,
+    pub faults: usize,
+    pub crashes: usize,
+    pub grants: usize,
+    pub beliefs: usize,
+    pub expiries: usize,
+    pub not_held: usize,
+    pub leaders: usize,
+    pub events: usize,
+    pub chunks: u64,
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub config: SimConfig,
+    /// A hash of the whole history: equal for two runs of one seed.
+    pub digest: u64,
+    pub violations: Vec<String>,
+    /// The last events, for a failure message.
+    pub trace: String,
+    pub stats: Stats,
+    pub wall: Duration,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// Panics with the seed, what was violated and the trace.
+    pub fn assert_ok(&self) {
+        if !self.ok() {
+            panic!(
+                "claims simulation seed {} violated the claims' promises (replay: CRAFTMESH_SIM_SEED={} cargo test -p craftmesh-tests --test claims_sim):\n{}\n--- last events ---\n{}",
+                self.seed,
+                self.seed,
+                self.violations.join("\n"),
+                self.trace
+            );
+        }
+    }
+}
+
+/// Runs the schedule of `seed` on a fresh runtime (see the module docs).
+pub fn run(seed: u64, cfg: &SimConfig) -> Report {
+    let started = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
+        .build()
+        .expect("a current-thread runtime");
+    craftmesh::claims::types::seed_thread_rng(seed);
+    let tmp = data_dir();
+    let mut report = rt.block_on(driver::simulate(seed, cfg.clone(), tmp.path().to_path_buf()));
+    drop(rt);
+    report.wall = started.elapsed();
+    report
+}
+
+/// A temp dir for the nodes' files: in memory (`/dev/shm`) where there is one, since a
+/// disk's writeback on every atomic rename would make the runs I/O-bound.
+fn data_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let b = tempfile::Builder::new().prefix("craftmesh-claimsim-").tempdir_in(shm);
+    b.or_else(|_| tempfile::Builder::new().prefix("craftmesh-claimsim-").tempdir()).expect("a temp dir for the nodes' data")
+}
