@@ -80,8 +80,8 @@ impl std::fmt::Debug for Instance {
     }
 }
 
-/// openraft's configuration for a cluster.
-pub fn raft_config(cluster: &str, t: RaftTimings) -> Result<openraft::Config, String> {
+/// openraft's configuration for a cluster; a snapshot every `snapshot_logs` entries.
+pub fn raft_config(cluster: &str, t: RaftTimings, snapshot_logs: u64) -> Result<openraft::Config, String> {
     let c = openraft::Config {
         cluster_name: cluster.to_string(),
         heartbeat_interval: t.heartbeat_ms,
@@ -89,8 +89,8 @@ pub fn raft_config(cluster: &str, t: RaftTimings) -> Result<openraft::Config, St
         election_timeout_max: t.election_max_ms,
         // Snapshot often enough that the log (and a restart's replay) stays short: claims
         // state is small, renewals are many.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 200,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs.max(1)),
+        max_in_snapshot_log_to_keep: snapshot_logs / 5,
         snapshot_max_chunk_size: super::wire::SNAPSHOT_CHUNK,
         install_snapshot_timeout: 2000,
         ..Default::default()
@@ -107,7 +107,7 @@ pub async fn start(
     transport: SharedTransport,
     applied: mpsc::UnboundedSender<AppliedEntry>,
 ) -> Result<Instance, String> {
-    let config = Arc::new(raft_config(cluster, opts.raft)?);
+    let config = Arc::new(raft_config(cluster, opts.raft, opts.snapshot_logs)?);
     let log = LogStore::open(&opts.dir, opts.durability, opts.io).map_err(|e| e.to_string())?;
     let (sm, state) = StateMachine::open(&opts.dir, opts.durability, opts.io, applied).map_err(|e| e.to_string())?;
     let network = Network { transport, cluster: cluster.to_string(), me };

@@ -48,6 +48,10 @@ pub struct ClaimsOptions {
     pub status_every_ms: u64,
     /// Grants resume this long after a holder vanished, unless an acquire says otherwise.
     pub lock_delay_ms: u64,
+    /// A snapshot is taken every this many log entries, and a fifth of that is kept behind
+    /// it for slow followers (1000 and 200). The simulation lowers it so that snapshots are
+    /// built, sent and installed within a short run.
+    pub snapshot_logs: u64,
 }
 
 impl ClaimsOptions {
@@ -62,6 +66,7 @@ impl ClaimsOptions {
             formation: cluster::Config::default(),
             status_every_ms: 1000,
             lock_delay_ms: 0,
+            snapshot_logs: 1000,
         }
     }
 }
