@@ -9,6 +9,8 @@ use super::node::{SimClock, SimNode};
 use super::plan::{Fault, Plan, Target};
 use super::{Report, SimConfig, Stats};
 use craftmesh::claims::wire::{ClientOp, ClientReply};
+use craftmesh_protocol::claims::ChangeKind;
+use craftmesh_protocol::claims::cluster::{Role, target_voters};
 use libp2p_identity::Keypair;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,25 +51,32 @@ enum Undo {
     Restart(usize),
 }
 
-pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf) -> Report {
-    let hist = History::new();
-    let n = cfg.nodes;
+pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf, hist: History) -> Report {
+    let n = cfg.nodes();
     let ids: Vec<String> = (0..n).map(|i| host_key(seed, i).public().to_peer_id().to_base58()).collect();
     let net = Net::new(ids.clone(), seed);
     let members = MembersSim::new(ids.clone(), seed);
-    let plan = Plan::generate(seed, n, cfg.fault_ms, cfg.max_drift_ppm);
+    let plan = Plan::generate(seed, n, cfg.servers, cfg.fault_ms, cfg.max_drift_ppm, cfg.max_down_ms);
     let w = World { seed, cfg: cfg.clone(), net, members, hist: hist.clone() };
     let mut nodes: Vec<SimNode> = (0..n)
         .map(|i| {
             let clock = Arc::new(SimClock::new(hist.start(), plan.offsets_ms[i], plan.drift_ppm[i]));
-            SimNode::new(i, ids[i].clone(), clock, &root)
+            let role = if i < cfg.servers { Role::Server } else { Role::Client };
+            SimNode::new(i, ids[i].clone(), role, clock, plan.snapshot_logs, &root)
         })
         .collect();
-    hist.sched(format!("seed {seed}: {n} servers, drift {:?} ppm, {} faults planned", plan.drift_ppm, plan.steps.len()));
+    hist.sched(format!(
+        "seed {seed}: {} servers, {} clients, drift {:?} ppm, snapshot every {} entries, {} faults planned",
+        cfg.servers,
+        cfg.clients,
+        plan.drift_ppm,
+        plan.snapshot_logs,
+        plan.steps.len()
+    ));
     for node in nodes.iter_mut() {
         node.boot(&w).await;
     }
-    let formed_ms = formed(&nodes, n).await.then(|| hist.now_us() / 1000);
+    let formed_ms = formed(&nodes, cfg.servers).await.then(|| hist.now_us() / 1000);
     hist.sched(match formed_ms {
         Some(ms) => format!("cluster formed at {ms} ms"),
         None => "no single cluster with a leader after the formation timeout; faults start anyway".to_string(),
@@ -86,7 +95,7 @@ pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf) -> Report
     }
     agenda.sort();
     let mut undo: Vec<Undo> = vec![Undo::Nothing; plan.steps.len()];
-    let mut stats = Stats { formed_ms, faults: plan.steps.len(), ..Stats::default() };
+    let mut stats = Stats { formed_ms, faults: plan.steps.len(), snapshot_logs: plan.snapshot_logs, ..Stats::default() };
     for (at, _, i, start) in agenda {
         sleep_until(t0 + Duration::from_millis(at)).await;
         if start {
@@ -126,6 +135,15 @@ pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf) -> Report
         stats.expiries = rec.beliefs.iter().filter(|b| b.why == "local deadline passed").count();
         stats.not_held = rec.beliefs.iter().filter(|b| b.why == "the cluster said not held").count();
         stats.events = rec.events.len();
+        let gone: std::collections::BTreeSet<u64> = rec
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Ev::Claim { change: ChangeKind::NodeGone, token, .. } => Some(*token),
+                _ => None,
+            })
+            .collect();
+        stats.node_gone = gone.len();
         stats.leaders = rec.events.iter().filter(|(_, e)| matches!(e, Ev::Cluster { change, .. } if change == "leader")).count();
     }
     stats.virtual_ms = end_us / 1000;
@@ -133,13 +151,18 @@ pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf) -> Report
     Report { seed, config: cfg, digest: hist.digest(), violations, trace: hist.tail(TRACE), stats, wall: Duration::ZERO }
 }
 
-/// Waits until every node reports one cluster, a leader and every node a voter.
-async fn formed(nodes: &[SimNode], n: usize) -> bool {
+/// Waits until every node reports one cluster with a leader, the servers with the voters
+/// and learners the formation rules give them.
+async fn formed(nodes: &[SimNode], servers: usize) -> bool {
     let deadline = Instant::now() + FORM_TIMEOUT;
+    let voters = target_voters(servers, 5);
     while Instant::now() < deadline {
-        let views: Vec<_> = nodes.iter().filter_map(|x| x.handle().map(|h| h.view())).collect();
-        let one = views.first().and_then(|v| v.cluster.clone());
-        if views.len() == n && one.is_some() && views.iter().all(|v| v.cluster == one && v.leader.is_some() && v.voters.len() == n) {
+        let views: Vec<_> = nodes.iter().filter_map(|x| x.handle().map(|h| (x.role, h.view()))).collect();
+        let one = views.first().and_then(|v| v.1.cluster.clone());
+        let ok = views.iter().all(|(role, v)| {
+            v.cluster == one && v.leader.is_some() && (*role == Role::Client || (v.voters.len() == voters && v.learners.len() == servers - voters))
+        });
+        if views.len() == nodes.len() && one.is_some() && ok {
             return true;
         }
         sleep(Duration::from_millis(100)).await;
@@ -151,7 +174,7 @@ async fn formed(nodes: &[SimNode], n: usize) -> bool {
 fn leader(nodes: &[SimNode]) -> Option<usize> {
     nodes
         .iter()
-        .filter(|x| !x.is_paused())
+        .filter(|x| !x.is_paused() && x.role == Role::Server)
         .filter_map(|x| x.handle().map(|h| (x.idx, h.view())))
         .filter(|(_, v)| v.state == "leader")
         .max_by_key(|(i, v)| (v.term, *i))

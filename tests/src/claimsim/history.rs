@@ -138,6 +138,11 @@ impl History {
         }
     }
 
+    /// When the last event was recorded (readable from outside the runtime).
+    pub fn last_us(&self) -> u64 {
+        self.lock().events.last().map_or(0, |e| e.0)
+    }
+
     pub fn is_open(&self, id: usize) -> bool {
         self.lock().beliefs.get(id).is_some_and(|b| b.end_us.is_none())
     }

@@ -47,8 +47,10 @@ use std::time::Duration;
 /// The shape of the runs.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// Servers (all may vote).
-    pub nodes: usize,
+    /// Servers (the first `target_voters(servers, 5)` to form vote, the rest learn).
+    pub servers: usize,
+    /// Client nodes (never in Raft: they forward to the leader); they come after the servers.
+    pub clients: usize,
     pub holders_per_node: usize,
     /// How long faults are injected, after the cluster formed (virtual ms).
     pub fault_ms: u64,
@@ -56,25 +58,56 @@ pub struct SimConfig {
     pub settle_ms: u64,
     /// Largest clock rate error of a node, parts per million.
     pub max_drift_ppm: i64,
+    /// Longest a crashed node stays down (past `promote_after`, 30 s, a learner replaces
+    /// a dead voter).
+    pub max_down_ms: u64,
     /// Lease lengths the holders pick from.
     pub ttl_choices: Vec<u64>,
+    /// The checker's own test: holders ignore their local deadline (believe until they
+    /// release), which the checker must catch.
+    pub broken_holders: bool,
 }
 
 impl SimConfig {
     /// What CI runs hundreds of: three servers, 20 s of faults.
     pub fn ci() -> SimConfig {
-        SimConfig { nodes: 3, holders_per_node: 2, fault_ms: 20_000, settle_ms: 4_000, max_drift_ppm: 5_000, ttl_choices: vec![1000, 2000, 3000] }
+        SimConfig {
+            servers: 3,
+            clients: 0,
+            holders_per_node: 2,
+            fault_ms: 20_000,
+            settle_ms: 4_000,
+            max_drift_ppm: 5_000,
+            max_down_ms: 5_000,
+            ttl_choices: vec![1000, 2000, 3000],
+            broken_holders: false,
+        }
     }
 
-    /// The slow runs: five servers, a minute of faults, more holders.
+    /// The slow runs: five servers and a client, a minute of faults, nodes down for up to
+    /// 40 s, more holders.
     pub fn long() -> SimConfig {
-        SimConfig { nodes: 5, holders_per_node: 3, fault_ms: 60_000, settle_ms: 6_000, ..SimConfig::ci() }
+        SimConfig { servers: 5, clients: 1, holders_per_node: 3, fault_ms: 60_000, settle_ms: 6_000, max_down_ms: 40_000, ..SimConfig::ci() }
+    }
+
+    /// The long shape with 3, 4 or 5 servers (4: a learner that replaces a voter down too
+    /// long) and 0 or 1 client, by seed.
+    pub fn long_for(seed: u64) -> SimConfig {
+        SimConfig { servers: 3 + (seed % 3) as usize, clients: ((seed / 3) % 2) as usize, ..SimConfig::long() }
+    }
+
+    /// Every node: servers, then clients.
+    pub fn nodes(&self) -> usize {
+        self.servers + self.clients
     }
 }
 
 /// Counts that say how much a run exercised.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
+    /// Raft log entries between snapshots in this run (`ClaimsOptions::snapshot_logs`).
+    pub snapshot_logs: u64,
+    pub node_gone: usize,
     /// When the cluster had formed (virtual ms), if it did before the faults began.
     pub formed_ms: Option<u64>,
     pub virtual_ms: u64,
@@ -133,10 +166,51 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Report {
         .expect("a current-thread runtime");
     craftmesh::claims::types::seed_thread_rng(seed);
     let tmp = data_dir();
-    let mut report = rt.block_on(driver::simulate(seed, cfg.clone(), tmp.path().to_path_buf()));
+    let hist = {
+        let _in_runtime = rt.enter();
+        history::History::new()
+    };
+    let watchdog = Watchdog::start(seed, hist.clone());
+    let mut report = rt.block_on(driver::simulate(seed, cfg.clone(), tmp.path().to_path_buf(), hist));
+    drop(watchdog);
     drop(rt);
     report.wall = started.elapsed();
     report
+}
+
+/// Aborts the process, with the seed and the last events, when a run takes longer than
+/// `CRAFTMESH_SIM_WATCHDOG_SECS` (120) of wall time: on the paused clock a task that
+/// never waits (a busy loop in the code under test) stops virtual time, so the run would
+/// otherwise hang without a word.
+#[derive(Debug)]
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(seed: u64, hist: history::History) -> Watchdog {
+        let secs = std::env::var("CRAFTMESH_SIM_WATCHDOG_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
+                eprintln!(
+                    "claims simulation seed {seed}: no end after {secs} s of wall time; virtual time stopped at {} ms (a task that never waits?). Last events:\n{}",
+                    hist.last_us() / 1000,
+                    hist.tail(80)
+                );
+                std::process::abort();
+            }
+        });
+        Watchdog { done: Some(tx) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// A temp dir for the nodes' files: in memory (`/dev/shm`) where there is one, since a

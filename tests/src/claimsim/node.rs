@@ -80,7 +80,10 @@ struct Live {
 pub struct SimNode {
     pub idx: usize,
     pub peer: String,
+    pub role: Role,
     pub clock: Arc<SimClock>,
+    /// Raft entries between snapshots.
+    pub snapshot_logs: u64,
     /// Incarnation: restarts so far.
     pub inc: u32,
     dir: PathBuf,
@@ -89,8 +92,8 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    pub fn new(idx: usize, peer: String, clock: Arc<SimClock>, root: &Path) -> SimNode {
-        SimNode { idx, peer, clock, inc: 0, dir: root.join(format!("node{idx}.0")), paused: watch::channel(false).0, live: None }
+    pub fn new(idx: usize, peer: String, role: Role, clock: Arc<SimClock>, snapshot_logs: u64, root: &Path) -> SimNode {
+        SimNode { idx, peer, role, clock, snapshot_logs, inc: 0, dir: root.join(format!("node{idx}.0")), paused: watch::channel(false).0, live: None }
     }
 
     pub fn handle(&self) -> Option<&ClaimsHandle> {
@@ -108,9 +111,10 @@ impl SimNode {
     /// Starts the current incarnation on its data dir.
     pub async fn boot(&mut self, w: &World) {
         let (inc, idx) = (self.inc, self.idx);
-        let mut opts = ClaimsOptions::new(&self.dir, Role::Server);
+        let mut opts = ClaimsOptions::new(&self.dir, self.role);
         opts.durability = Durability::Buffered;
         opts.io = Io::Inline;
+        opts.snapshot_logs = self.snapshot_logs;
         let (in_tx, in_rx) = tokio::sync::mpsc::channel(64);
         w.net.start(idx, inc, in_tx);
         let alive = Arc::new(AtomicBool::new(true));
@@ -153,6 +157,7 @@ impl SimNode {
                 stop: stop.clone(),
                 seed: w.seed ^ ((self.idx as u64) << 40) ^ ((self.inc as u64) << 20) ^ slot as u64,
                 ttl_choices: w.cfg.ttl_choices.clone(),
+                broken: w.cfg.broken_holders,
             };
             live.holders.push(tokio::spawn(holder::run(cfg)));
         }

@@ -44,24 +44,33 @@ pub struct Plan {
     pub offsets_ms: Vec<u64>,
     /// Rate error, parts per million.
     pub drift_ppm: Vec<i64>,
+    /// Raft entries between snapshots: the default (1000) in half the runs, 10–80 in the
+    /// others, so that snapshots are built, sent and installed.
+    pub snapshot_logs: u64,
     pub steps: Vec<Step>,
 }
 
 impl Plan {
-    /// The plan of `seed` for `n` nodes, faults spread over `fault_ms`.
-    pub fn generate(seed: u64, n: usize, fault_ms: u64, max_drift_ppm: i64) -> Plan {
+    /// The plan of `seed` for `n` nodes (the first `servers` of them servers), faults
+    /// spread over `fault_ms`; a crashed node stays down up to `max_down_ms`.
+    pub fn generate(seed: u64, n: usize, servers: usize, fault_ms: u64, max_drift_ppm: i64, max_down_ms: u64) -> Plan {
         let mut rng = Rng::new(seed ^ 0x706c_616e);
         let offsets_ms = (0..n).map(|_| 10_000 + rng.below(100_000_000)).collect();
         let span = 2 * max_drift_ppm.max(0) as u64 + 1;
         let drift_ppm = (0..n).map(|_| rng.below(span) as i64 - max_drift_ppm.max(0)).collect();
+        let snapshot_logs = if rng.unit() < 0.5 { 1000 } else { between(&mut rng, 10, 80) };
         let mut steps = Vec::new();
         let mut t = rng.below(1000);
         while t < fault_ms {
-            let (fault, dur_ms) = fault(&mut rng, n);
+            let (fault, mut dur_ms) = fault(&mut rng, n, servers);
+            if matches!(fault, Fault::Crash(_)) && rng.unit() < 0.2 {
+                // Now and then down long: past `promote_after` when the config allows.
+                dur_ms = between(&mut rng, 100, max_down_ms.max(100));
+            }
             steps.push(Step { at_ms: t, dur_ms: dur_ms.min(fault_ms - t + 2000), fault });
             t += 200 + rng.below(4000);
         }
-        Plan { offsets_ms, drift_ppm, steps }
+        Plan { offsets_ms, drift_ppm, snapshot_logs, steps }
     }
 }
 
@@ -69,11 +78,19 @@ fn between(rng: &mut Rng, lo: u64, hi: u64) -> u64 {
     lo + rng.below(hi - lo + 1)
 }
 
-fn node_or_leader(rng: &mut Rng, n: usize, leader_p: f64) -> Target {
-    if rng.unit() < leader_p { Target::Leader } else { Target::Node(rng.below(n as u64) as usize) }
+fn node_or_leader(rng: &mut Rng, n: usize, servers: usize, leader_p: f64) -> Target {
+    if rng.unit() < leader_p {
+        Target::Leader
+    } else if rng.unit() < 0.8 {
+        Target::Node(rng.below(servers as u64) as usize)
+    } else {
+        Target::Node(rng.below(n as u64) as usize)
+    }
 }
 
-fn fault(rng: &mut Rng, n: usize) -> (Fault, u64) {
+/// One fault. Partitions and cuts are among every node; pauses and crashes hit servers
+/// more often than clients (Raft lives on servers).
+fn fault(rng: &mut Rng, n: usize, servers: usize) -> (Fault, u64) {
     let roll = rng.below(100);
     match roll {
         0..25 => {
@@ -84,7 +101,7 @@ fn fault(rng: &mut Rng, n: usize) -> (Fault, u64) {
             }
             (Fault::Partition { side }, between(rng, 1000, 8000))
         }
-        25..40 => (Fault::Isolate(node_or_leader(rng, n, 0.7)), between(rng, 1000, 6000)),
+        25..40 => (Fault::Isolate(node_or_leader(rng, n, servers, 0.7)), between(rng, 1000, 6000)),
         40..50 => {
             let from = rng.below(n as u64) as usize;
             let to = (from + 1 + rng.below(n as u64 - 1) as usize) % n;
@@ -96,8 +113,8 @@ fn fault(rng: &mut Rng, n: usize) -> (Fault, u64) {
             let p = 0.05 + rng.unit() * 0.45;
             (Fault::Loss { from, to, p }, between(rng, 2000, 10_000))
         }
-        65..80 => (Fault::Pause(node_or_leader(rng, n, 0.5)), between(rng, 500, 6000)),
-        _ => (Fault::Crash(node_or_leader(rng, n, 0.4)), between(rng, 100, 5000)),
+        65..80 => (Fault::Pause(node_or_leader(rng, n, servers, 0.5)), between(rng, 500, 6000)),
+        _ => (Fault::Crash(node_or_leader(rng, n, servers, 0.4)), between(rng, 100, 5000)),
     }
 }
 
@@ -107,14 +124,14 @@ mod tests {
 
     #[test]
     fn a_plan_is_a_function_of_its_seed() {
-        assert_eq!(Plan::generate(7, 3, 20_000, 5000), Plan::generate(7, 3, 20_000, 5000));
-        assert_ne!(Plan::generate(7, 3, 20_000, 5000), Plan::generate(8, 3, 20_000, 5000));
+        assert_eq!(Plan::generate(7, 3, 3, 20_000, 5000, 5000), Plan::generate(7, 3, 3, 20_000, 5000, 5000));
+        assert_ne!(Plan::generate(7, 3, 3, 20_000, 5000, 5000), Plan::generate(8, 3, 3, 20_000, 5000, 5000));
     }
 
     #[test]
     fn drift_stays_within_its_bound_and_faults_within_the_phase() {
         for seed in 0..50 {
-            let p = Plan::generate(seed, 5, 30_000, 5000);
+            let p = Plan::generate(seed, 5, 4, 30_000, 5000, 40_000);
             assert!(p.drift_ppm.iter().all(|d| d.abs() <= 5000));
             assert!(p.steps.iter().all(|s| s.at_ms < 30_000 && s.dur_ms > 0));
             for s in &p.steps {

@@ -1,6 +1,7 @@
 //! Benchmarks with the targets beside each figure.
 //!
 //!     cargo run --release -p craftmesh-tests --bin bench -- discover [--runs N] [--rss-wait SECS]
+//!     cargo run --release -p craftmesh-tests --bin bench -- claims-sim [--runs N] [--threads T] [--long]
 //!
 //! Measures whole commands as a user runs them (process start to exit), on the shipped
 //! configuration, with the release binary.
@@ -27,6 +28,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+mod claims;
 mod mesh;
 
 pub(crate) fn release_bin() -> PathBuf {
@@ -90,9 +92,10 @@ fn main() {
         "discover" => {}
         "mesh" => return mesh::run(&args),
         "sim" => return mesh::sim(),
+        "claims-sim" => return claims::run(&args),
         _ => {
             eprintln!(
-                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim"
+                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim\n       bench claims-sim [--runs N] [--threads T] [--long]"
             );
             std::process::exit(2);
         }

@@ -1,0 +1,57 @@
+//! `bench claims-sim`: how many simulated claims schedules (tests/src/claimsim) run per
+//! second, the figure that says how many CI can afford.
+//!
+//!     cargo run --release -p craftmesh-tests --bin bench -- claims-sim [--runs N] [--threads T] [--long]
+
+use super::{Row, percentile, print_table};
+use craftmesh_tests::claimsim::{self, Report, SimConfig};
+use std::time::Instant;
+
+pub fn run(args: &[String]) {
+    let arg =
+        |name: &str, default: u64| -> u64 { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default) };
+    let runs = arg("--runs", 200);
+    let threads = arg("--threads", 1).max(1);
+    let long = args.iter().any(|a| a == "--long");
+    let (cfg, shape) = if long { (SimConfig::long(), "5 servers, 60 s of faults") } else { (SimConfig::ci(), "3 servers, 20 s of faults, as CI") };
+    eprintln!("running {runs} claims schedules ({shape}) on {threads} thread(s)…");
+    let started = Instant::now();
+    let reports: Vec<Report> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let cfg = cfg.clone();
+                s.spawn(move || (1..=runs).filter(|seed| seed % threads == t).map(|seed| claimsim::run(seed, &cfg)).collect::<Vec<_>>())
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a bench thread")).collect()
+    });
+    let total = started.elapsed().as_secs_f64();
+    let mut wall: Vec<f64> = reports.iter().map(|r| r.wall.as_secs_f64() * 1000.0).collect();
+    wall.sort_by(f64::total_cmp);
+    let per_sec = reports.len() as f64 / total;
+    let virtual_s: f64 = reports.iter().map(|r| r.stats.virtual_ms as f64 / 1000.0).sum::<f64>() / reports.len().max(1) as f64;
+    let failed: Vec<u64> = reports.iter().filter(|r| !r.ok()).map(|r| r.seed).collect();
+    let grants: usize = reports.iter().map(|r| r.stats.grants).sum();
+    let mut rows = vec![Row {
+        figure: format!(
+            "claims simulation: {per_sec:.1} schedules/s on {threads} thread(s) ({shape}, {virtual_s:.0} s virtual each); columns: wall per schedule"
+        ),
+        n: reports.len(),
+        median: format!("{:.0} ms", percentile(&wall, 50.0)),
+        p99: format!("{:.0} ms", percentile(&wall, 99.0)),
+        target: "≥ 20 schedules/s".into(),
+        verdict: if per_sec >= 20.0 { "met" } else { "MISSED" },
+    }];
+    rows.push(Row {
+        figure: format!(
+            "schedules whose history broke a promise ({grants} grants checked){}",
+            if failed.is_empty() { String::new() } else { format!(": seeds {failed:?}") }
+        ),
+        n: reports.len(),
+        median: failed.len().to_string(),
+        p99: "-".into(),
+        target: "0".into(),
+        verdict: if failed.is_empty() { "met" } else { "MISSED" },
+    });
+    print_table(&rows);
+}
