@@ -72,13 +72,14 @@ fn run_all(name: &str, first: u64, count: u64, cfg: impl Fn(u64) -> SimConfig + 
     let unformed = reports.iter().filter(|r| r.stats.formed_ms.is_none()).count();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "{name}: {} schedules in {secs:.1} s on {threads} thread(s) ({:.1}/s): {} grants, {} beliefs ended by the local deadline, {} by a `not held`, {} crashes, {} early hand-offs, {unformed} without a formed cluster before the faults",
+        "{name}: {} schedules in {secs:.1} s on {threads} thread(s) ({:.1}/s): {} grants, {} beliefs ended by the local deadline, {} by a `not held`, {} crashes, {} leader changes, {} early hand-offs, {unformed} without a formed cluster before the faults",
         reports.len(),
         reports.len() as f64 / secs,
         sum(|r| r.stats.grants),
         sum(|r| r.stats.expiries),
         sum(|r| r.stats.not_held),
         sum(|r| r.stats.crashes),
+        sum(|r| r.stats.leaders),
         sum(|r| r.stats.node_gone),
     );
     reports

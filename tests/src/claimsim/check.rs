@@ -10,11 +10,17 @@
 //!     two different (key, session): the nodes applied one history.
 //! (d) Every grant came from one cluster: the schedule never lets two form, so a merge
 //!     would be a surprise worth a look (tokens of two logs are not comparable).
+//! (e) The cluster never answers `not held` to a renewal while the holder's local lease
+//!     still runs: the state machine must not end a lease before the holder's deadline
+//!     (what (a) rests on; this catches it even when nobody else was waiting for the key).
 
 use super::history::{Belief, Ev, Record};
 use craftmesh_protocol::claims::ChangeKind;
 use craftmesh_protocol::claims::state::KeyView;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Why a belief ended when a renewal was answered `not held`.
+pub const NOT_HELD: &str = "the cluster said not held";
 
 /// The checker's findings; empty means the run was fine.
 pub fn check(rec: &Record, final_keys: Option<&[KeyView]>, end_us: u64) -> Vec<String> {
@@ -22,6 +28,9 @@ pub fn check(rec: &Record, final_keys: Option<&[KeyView]>, end_us: u64) -> Vec<S
     overlaps(&rec.beliefs, end_us, &mut v);
     tokens(&rec.beliefs, &mut v);
     in_log(rec, final_keys, &mut v);
+    for b in rec.beliefs.iter().filter(|b| b.why == NOT_HELD) {
+        v.push(format!("(e) the cluster dropped a holder whose local lease still ran: {}", show(b, end_us)));
+    }
     let clusters: BTreeSet<&str> = rec.grants.iter().map(|g| g.cluster.as_str()).collect();
     if clusters.len() > 1 {
         v.push(format!("(d) grants came from {} clusters: {clusters:?}", clusters.len()));

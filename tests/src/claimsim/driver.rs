@@ -30,8 +30,10 @@ pub struct World {
 
 /// Longest wait for the cluster to form before the faults start anyway.
 const FORM_TIMEOUT: Duration = Duration::from_secs(20);
-/// Events kept in a failure's trace.
-const TRACE: usize = 400;
+/// Events kept in a failure's trace (`CRAFTMESH_SIM_TRACE` overrides).
+fn trace_len() -> usize {
+    std::env::var("CRAFTMESH_SIM_TRACE").ok().and_then(|s| s.parse().ok()).unwrap_or(400)
+}
 
 fn host_key(seed: u64, i: usize) -> Keypair {
     let mut b = [0u8; 32];
@@ -133,7 +135,7 @@ pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf, hist: His
         stats.grants = rec.grants.len();
         stats.beliefs = rec.beliefs.len();
         stats.expiries = rec.beliefs.iter().filter(|b| b.why == "local deadline passed").count();
-        stats.not_held = rec.beliefs.iter().filter(|b| b.why == "the cluster said not held").count();
+        stats.not_held = rec.beliefs.iter().filter(|b| b.why == check::NOT_HELD).count();
         stats.events = rec.events.len();
         let gone: std::collections::BTreeSet<u64> = rec
             .events
@@ -144,11 +146,20 @@ pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf, hist: His
             })
             .collect();
         stats.node_gone = gone.len();
-        stats.leaders = rec.events.iter().filter(|(_, e)| matches!(e, Ev::Cluster { change, .. } if change == "leader")).count();
+        // Terms whose leader differs from the previous term's (with a leader).
+        let by_term: std::collections::BTreeMap<u64, u64> = rec
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Ev::Cluster { change, term, leader: Some(l), .. } if change == "leader" => Some((*term, *l)),
+                _ => None,
+            })
+            .collect();
+        stats.leaders = by_term.values().zip(by_term.values().skip(1)).filter(|(a, b)| a != b).count();
     }
     stats.virtual_ms = end_us / 1000;
     stats.chunks = w.net.chunks();
-    Report { seed, config: cfg, digest: hist.digest(), violations, trace: hist.tail(TRACE), stats, wall: Duration::ZERO }
+    Report { seed, config: cfg, digest: hist.digest(), violations, trace: hist.tail(trace_len()), stats, wall: Duration::ZERO }
 }
 
 /// Waits until every node reports one cluster with a leader, the servers with the voters

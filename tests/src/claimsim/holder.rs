@@ -158,7 +158,7 @@ async fn hold(c: &mut HolderCfg, rng: &mut Rng, spec: KeySpec, ttl: u64, g: Gran
             match reply {
                 ClientReply::Applied { outcome: Outcome::Renewed { .. }, .. } => lease.renewed(at, ttl),
                 ClientReply::Applied { outcome: Outcome::NotHeld { .. }, .. } => {
-                    end(c, belief, "the cluster said not held");
+                    end(c, belief, super::check::NOT_HELD);
                     lease.lost();
                     return;
                 }

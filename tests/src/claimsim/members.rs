@@ -2,7 +2,9 @@
 //! the simulation's ground truth with the mesh's detection delays: a crashed process is
 //! seen dead and `crashed` after 30–80 ms (its connection resets and a redial is refused),
 //! a host cut off or paused is seen dead after 1.1–1.4 s of failed probes (not `crashed`:
-//! a partition looks the same), and a peer reachable again is alive after 100–400 ms.
+//! a partition looks the same), and a peer reachable again is alive after 20–100 ms (the
+//! mesh marks a member alive when its connection is up, which is also when claims traffic
+//! can flow again).
 //! A truth that changes back before its delay ran out is never shown.
 
 use super::Rng;
@@ -71,7 +73,7 @@ impl MembersSim {
                 }
                 let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
                 let delay = match (truth.alive, truth.crashed) {
-                    (true, _) => 100 + rng.below(301),
+                    (true, _) => 20 + rng.below(81),
                     (false, true) => 30 + rng.below(51),
                     (false, false) => 1100 + rng.below(301),
                 };
