@@ -19,6 +19,9 @@ use craftmesh_protocol::claims::ChangeKind;
 use craftmesh_protocol::claims::state::KeyView;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// (key, session) -> the first node that reported it.
+type Reporters<'a> = BTreeMap<(&'a str, &'a str), usize>;
+
 /// Why a belief ended when a renewal was answered `not held`.
 pub const NOT_HELD: &str = "the cluster said not held";
 
@@ -111,7 +114,7 @@ fn tokens(beliefs: &[Belief], v: &mut Vec<String>) {
 
 fn in_log(rec: &Record, final_keys: Option<&[KeyView]>, v: &mut Vec<String>) {
     // (cluster, token) -> every (key, session) any node reported for it, with the reporter.
-    let mut reported: BTreeMap<(&str, u64), BTreeMap<(&str, &str), usize>> = BTreeMap::new();
+    let mut reported: BTreeMap<(&str, u64), Reporters> = BTreeMap::new();
     let mut granted: BTreeSet<(&str, u64, &str, &str)> = BTreeSet::new();
     for (_, e) in &rec.events {
         if let Ev::Claim { node, change, key, token, session, cluster, .. } = e {
@@ -164,21 +167,19 @@ mod tests {
 
     #[test]
     fn overlapping_beliefs_beyond_the_limit_are_found_and_touching_ones_are_not() {
-        let mut rec = Record::default();
-        rec.beliefs = vec![belief("k", 1, 5, "a", 0, 100), belief("k", 1, 7, "b", 100, 200)];
+        let mut rec = Record { beliefs: vec![belief("k", 1, 5, "a", 0, 100), belief("k", 1, 7, "b", 100, 200)], ..Record::default() };
         assert!(check(&rec, None, 300).is_empty());
         rec.beliefs.push(belief("k", 1, 9, "c", 150, 250));
         let v = check(&rec, None, 300);
         assert!(v.len() == 1 && v[0].starts_with("(a) k: 2 holders"), "{v:?}");
-        let mut rec = Record::default();
-        rec.beliefs = (0..3).map(|i| belief("s", 3, 10 + i, &format!("s{i}"), 0, 100)).collect();
+        let rec = Record { beliefs: (0..3).map(|i| belief("s", 3, 10 + i, &format!("s{i}"), 0, 100)).collect(), ..Record::default() };
         assert!(check(&rec, None, 300).is_empty(), "three slots of three");
     }
 
     #[test]
     fn a_token_that_goes_back_is_found_but_a_frozen_grant_keeps_its_token() {
-        let mut rec = Record::default();
-        rec.beliefs = vec![belief("k", 1, 5, "a", 0, 100), belief("k", 1, 5, "a", 150, 160), belief("k", 1, 4, "b", 200, 300)];
+        let rec =
+            Record { beliefs: vec![belief("k", 1, 5, "a", 0, 100), belief("k", 1, 5, "a", 150, 160), belief("k", 1, 4, "b", 200, 300)], ..Record::default() };
         let v = check(&rec, None, 300);
         assert!(v.len() == 1 && v[0].starts_with("(b) k: token 4"), "{v:?}");
     }

@@ -111,11 +111,11 @@ pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf, hist: His
 
     // Heal everything, restart whoever is down, let it settle.
     w.net.heal();
-    for i in 0..n {
-        nodes[i].pause(&w, false);
-        if !nodes[i].is_running() {
-            nodes[i].boot(&w).await;
-            nodes[i].spawn_holders(&w, cfg.holders_per_node, &stop_rx);
+    for node in nodes.iter_mut() {
+        node.pause(&w, false);
+        if !node.is_running() {
+            node.boot(&w).await;
+            node.spawn_holders(&w, cfg.holders_per_node, &stop_rx);
         }
     }
     w.members.update(&w.net);

@@ -94,7 +94,7 @@ impl SimConfig {
     /// long), 0 or 1 client, and in one run of four clocks drifting up to ±2% (the default
     /// margin of a 3 s lease, 150 ms, covers rates up to ±2.56% apart), by seed.
     pub fn long_for(seed: u64) -> SimConfig {
-        let max_drift_ppm = if (seed / 6) % 4 == 0 { 20_000 } else { 5_000 };
+        let max_drift_ppm = if (seed / 6).is_multiple_of(4) { 20_000 } else { 5_000 };
         SimConfig { servers: 3 + (seed % 3) as usize, clients: ((seed / 3) % 2) as usize, max_drift_ppm, ..SimConfig::long() }
     }
 

@@ -1,7 +1,9 @@
 //! `bench claims-sim`: how many simulated claims schedules (tests/src/claimsim) run per
 //! second, the figure that says how many CI can afford.
 //!
-//!     cargo run --release -p craftmesh-tests --bin bench -- claims-sim [--runs N] [--threads T] [--long]
+//!     cargo run --release -p craftmesh-tests --bin bench -- claims-sim [--runs N] [--first SEED] [--threads T] [--long]
+//!
+//! `--long` plays the shapes of the slow test (3–5 servers, 0–1 client, a minute of faults).
 
 use super::{Row, percentile, print_table};
 use craftmesh_tests::claimsim::{self, Report, SimConfig};
@@ -12,16 +14,18 @@ pub fn run(args: &[String]) {
         |name: &str, default: u64| -> u64 { args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default) };
     let runs = arg("--runs", 200);
     let threads = arg("--threads", 1).max(1);
+    let first = arg("--first", 1);
     let long = args.iter().any(|a| a == "--long");
-    let (cfg, shape) = if long { (SimConfig::long(), "5 servers, 60 s of faults") } else { (SimConfig::ci(), "3 servers, 20 s of faults, as CI") };
+    let (cfg, shape): (fn(u64) -> SimConfig, &str) = if long {
+        (SimConfig::long_for, "3–5 servers and 0–1 client, 60 s of faults, as the slow test")
+    } else {
+        (|_| SimConfig::ci(), "3 servers, 20 s of faults, as CI")
+    };
     eprintln!("running {runs} claims schedules ({shape}) on {threads} thread(s)…");
     let started = Instant::now();
     let reports: Vec<Report> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let cfg = cfg.clone();
-                s.spawn(move || (1..=runs).filter(|seed| seed % threads == t).map(|seed| claimsim::run(seed, &cfg)).collect::<Vec<_>>())
-            })
+            .map(|t| s.spawn(move || (first..first + runs).filter(|seed| seed % threads == t).map(|seed| claimsim::run(seed, &cfg(seed))).collect::<Vec<_>>()))
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("a bench thread")).collect()
     });

@@ -95,7 +95,7 @@ fn main() {
         "claims-sim" => return claims::run(&args),
         _ => {
             eprintln!(
-                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim\n       bench claims-sim [--runs N] [--threads T] [--long]"
+                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim\n       bench claims-sim [--runs N] [--first SEED] [--threads T] [--long]"
             );
             std::process::exit(2);
         }
