@@ -97,7 +97,13 @@ fn the_same_seed_replays_the_same_history() {
     let cfg = SimConfig::ci();
     for seed in replay().map(|s| vec![s]).unwrap_or_else(|| vec![3, 17, 4242]) {
         let a = claimsim::run(seed, &cfg);
-        let b = claimsim::run(seed, &cfg);
+        // Again on another thread: nothing carries over from the first run or the thread.
+        let b = std::thread::spawn({
+            let cfg = cfg.clone();
+            move || claimsim::run(seed, &cfg)
+        })
+        .join()
+        .expect("the second run");
         assert_eq!(a.digest, b.digest, "seed {seed}: two runs differ\n--- first ---\n{}\n--- second ---\n{}", a.trace, b.trace);
         assert!(a.stats.events > 0 && a.stats.grants > 0, "seed {seed}: the run did nothing: {:?}", a.stats);
     }
