@@ -58,6 +58,14 @@ pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf, hist: His
     let ids: Vec<String> = (0..n).map(|i| host_key(seed, i).public().to_peer_id().to_base58()).collect();
     let net = Net::new(ids.clone(), seed);
     let members = MembersSim::new(ids.clone(), seed);
+    {
+        let (m, weak) = (members.clone(), Arc::downgrade(&net));
+        net.set_on_connect(Arc::new(move |a, b| {
+            if let Some(net) = weak.upgrade() {
+                m.connected(&net, a, b);
+            }
+        }));
+    }
     let plan = Plan::generate(seed, n, cfg.servers, cfg.fault_ms, cfg.max_drift_ppm, cfg.max_down_ms);
     let w = World { seed, cfg: cfg.clone(), net, members, hist: hist.clone() };
     let mut nodes: Vec<SimNode> = (0..n)

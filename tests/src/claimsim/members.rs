@@ -4,7 +4,10 @@
 //! a host cut off or paused is seen dead after 1.1–1.4 s of failed probes (not `crashed`:
 //! a partition looks the same), and a peer reachable again is alive after 20–100 ms (the
 //! mesh marks a member alive when its connection is up, which is also when claims traffic
-//! can flow again).
+//! can flow again). A restarted process is seen alive when the mesh connects to it again
+//! (a few ms after [`super::net`] says so, as the mesh's `handle_connected` does): an
+//! observer whose connection comes late (a lost mDNS announcement) still sees the old
+//! process `crashed` meanwhile, while others already talk to the new one.
 //! A truth that changes back before its delay ran out is never shown.
 
 use super::Rng;
@@ -71,6 +74,10 @@ impl MembersSim {
                 if v.0 == truth {
                     continue;
                 }
+                if truth.alive && !net.connected(i, j) {
+                    // Shown when the mesh connects (`connected`).
+                    continue;
+                }
                 let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
                 let delay = match (truth.alive, truth.crashed) {
                     (true, _) => 20 + rng.below(81),
@@ -83,6 +90,27 @@ impl MembersSim {
                     me.show(i, j, generation);
                 });
             }
+        }
+    }
+
+    /// The mesh connected `a` and `b`: each sees the other alive within a few
+    /// milliseconds (the driver passing the news on) when it is reachable.
+    pub fn connected(self: &Arc<Self>, net: &Net, a: usize, b: usize) {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, j) in [(a, b), (b, a)] {
+            let truth = Self::truth(net, i, j);
+            let v = &mut views[i][j];
+            if !truth.alive || v.0 == truth {
+                continue;
+            }
+            v.1 = truth;
+            v.2 += 1;
+            let delay = 1 + self.rng.lock().unwrap_or_else(|p| p.into_inner()).below(5);
+            let (me, generation) = (self.clone(), v.2);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                me.show(i, j, generation);
+            });
         }
     }
 

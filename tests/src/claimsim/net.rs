@@ -11,6 +11,12 @@
 //! - a chunk that could not be delivered for 10 s gives the connection up: both ends see
 //!   it close.
 //!
+//! Streams ride on the mesh's connections: a restarted process has none until the mesh
+//! finds its peers again, peer by peer, 20–100 ms after the start, or 1–3 s for a peer
+//! whose first mDNS announcement was lost (one in five); until then opening a stream to
+//! that peer fails (not connected), and its members view has not seen the process alive.
+//! (A connection is otherwise kept: a partition only holds its bytes.)
+//!
 //! Opening a stream sends a SYN the same way (a partitioned host: no answer, so the open
 //! gives up after [`CONNECT_TIMEOUT`]); a host whose process crashed answers with a reset
 //! (refused at once); otherwise the new stream reaches the peer's inbound channel and the
@@ -48,11 +54,20 @@ pub enum Proc {
     Crashed,
 }
 
+/// Told of every stream opened between two nodes (their connection is up).
+pub type OnConnect = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
 /// The ground truth of the simulated LAN.
-#[derive(Debug)]
 pub struct Net {
     state: Mutex<State>,
     seed: u64,
+    on_connect: Mutex<Option<OnConnect>>,
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net").field("state", &self.state).field("seed", &self.seed).finish()
+    }
 }
 
 #[derive(Debug)]
@@ -65,6 +80,8 @@ struct State {
     paused: Vec<bool>,
     procs: Vec<Proc>,
     incoming: Vec<Option<mpsc::Sender<(String, BoxStream)>>>,
+    /// `connected[a][b]`: the mesh has a connection between a and b (symmetric).
+    connected: Vec<Vec<bool>>,
     conns: BTreeMap<u64, ConnCtl>,
     next_conn: u64,
     opens: u64,
@@ -100,13 +117,20 @@ impl Net {
                 paused: vec![false; n],
                 procs: vec![Proc::Crashed; n],
                 incoming: (0..n).map(|_| None).collect(),
+                connected: vec![vec![true; n]; n],
                 conns: BTreeMap::new(),
                 next_conn: 0,
                 opens: 0,
                 chunks: 0,
             }),
             seed,
+            on_connect: Mutex::new(None),
         })
+    }
+
+    /// Sets what is told of every stream opened.
+    pub fn set_on_connect(&self, f: OnConnect) {
+        *self.on_connect.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -156,10 +180,57 @@ impl Net {
     }
 
     /// Node `i` runs incarnation `inc`, taking inbound streams on `incoming`.
-    pub fn start(&self, i: usize, inc: u32, incoming: mpsc::Sender<(String, BoxStream)>) {
-        let mut s = self.lock();
-        s.procs[i] = Proc::Running(inc);
-        s.incoming[i] = Some(incoming);
+    pub fn start(self: &Arc<Self>, i: usize, inc: u32, incoming: mpsc::Sender<(String, BoxStream)>) {
+        let n = {
+            let mut s = self.lock();
+            s.procs[i] = Proc::Running(inc);
+            s.incoming[i] = Some(incoming);
+            s.ids.len()
+        };
+        if inc == 0 {
+            return;
+        }
+        // A restart: the mesh connects to each peer again.
+        let mut rng = self.rng(3, i as u64, u64::from(inc));
+        for j in (0..n).filter(|j| *j != i) {
+            let ms = if rng.unit() < 0.2 { 1000 + rng.below(2001) } else { 20 + rng.below(81) };
+            let net = self.clone();
+            tokio::spawn(async move {
+                sleep(Duration::from_millis(ms)).await;
+                net.reconnect(i, inc, j);
+            });
+        }
+    }
+
+    /// The mesh of `i` (incarnation `inc`) connects to `j`, if both still run; through a
+    /// partition or to a paused host the dial fails and is tried again 1–2 s later.
+    fn reconnect(self: &Arc<Self>, i: usize, inc: u32, j: usize) {
+        if self.proc(i) != Proc::Running(inc) || !matches!(self.proc(j), Proc::Running(_)) || self.connected(i, j) {
+            return;
+        }
+        if !(self.dir_up(i, j) && self.dir_up(j, i)) {
+            let ms = 1000 + self.rng(4, i as u64 * 1000 + j as u64, self.chunks()).below(1001);
+            let net = self.clone();
+            tokio::spawn(async move {
+                sleep(Duration::from_millis(ms)).await;
+                net.reconnect(i, inc, j);
+            });
+            return;
+        }
+        {
+            let mut s = self.lock();
+            s.connected[i][j] = true;
+            s.connected[j][i] = true;
+        }
+        let hook = self.on_connect.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(f) = hook {
+            f(i, j);
+        }
+    }
+
+    /// Whether the mesh has a connection between `a` and `b`.
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        self.lock().connected[a][b]
     }
 
     /// Node `i`'s process dies: every connection of it is reset.
@@ -167,6 +238,10 @@ impl Net {
         let mut s = self.lock();
         s.procs[i] = Proc::Crashed;
         s.incoming[i] = None;
+        for j in 0..s.ids.len() {
+            s.connected[i][j] = false;
+            s.connected[j][i] = false;
+        }
         s.conns.retain(|_, c| !c.tx.is_closed());
         for c in s.conns.values() {
             for (side, end) in c.ends.iter().enumerate() {
@@ -266,6 +341,9 @@ impl Transport for SimTransport {
             let current = |net: &Net| net.proc(me) == Proc::Running(inc);
             if !current(&net) {
                 return Err(io::Error::new(io::ErrorKind::NotConnected, "this process is gone"));
+            }
+            if !net.connected(me, to) {
+                return Err(io::Error::new(io::ErrorKind::NotConnected, "no connection to the peer yet"));
             }
             if net.transmit(me, to, &mut rng, CONNECT_TIMEOUT).await.is_err() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the host"));
