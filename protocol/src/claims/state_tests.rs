@@ -52,7 +52,7 @@ fn release(key: &str, token: u64) -> Op {
 }
 
 fn gone(node: &str) -> Op {
-    Op::NodeGone { node: node.into() }
+    Op::NodeGone { node: node.into(), upto: u64::MAX }
 }
 
 fn run(s: &mut ClaimsState, index: u64, term: u64, at_ms: u64, op: Op) -> Applied {
@@ -295,6 +295,20 @@ fn node_gone_releases_only_the_bound_holders_of_that_node() {
     assert_eq!(s.holders_of_node("n1").iter().map(|(k, h)| (k.as_str(), h.token)).collect::<Vec<_>>(), vec![("b", 2)], "left to its lease");
     assert_eq!(s.holders_of_node("n2").iter().map(|(k, h)| (k.as_str(), h.token)).collect::<Vec<_>>(), vec![("c", 3), ("d", 5)]);
     assert_eq!(run(&mut s, 7, 1, 20, gone("n9")).changes, vec![]);
+}
+
+#[test]
+fn node_gone_leaves_grants_after_the_crash_was_seen_to_their_lease() {
+    // n1 crashed and restarted; the leader saw the crash when entry 2 was its last, and its
+    // view still shows n1 crashed after the new run was granted entry 3.
+    let mut s = ClaimsState::default();
+    run(&mut s, 1, 1, 0, acq("a", "n1", "old").bound().op());
+    run(&mut s, 2, 1, 0, acq("b", "n2", "s").op());
+    run(&mut s, 3, 1, 0, acq("c", "n1", "new").bound().op());
+    let a = run(&mut s, 4, 1, 10, Op::NodeGone { node: "n1".into(), upto: 2 });
+    let released: Vec<(&str, u64)> = a.changes.iter().map(|c| (c.key.as_str(), c.holder.token)).collect();
+    assert_eq!(released, vec![("a", 1)], "the old run's claim goes, the new run's stays");
+    assert_eq!(s.holders_of_node("n1").iter().map(|(k, h)| (k.as_str(), h.token)).collect::<Vec<_>>(), vec![("c", 3)]);
 }
 
 #[test]
