@@ -117,6 +117,18 @@ fn the_checker_catches_holders_that_ignore_their_deadline() {
     eprintln!("seed {} caught, as it should be:\n{}", r.seed, r.violations.join("\n"));
 }
 
+/// With members views that may show a restarted node crashed after it talks to others,
+/// these seeds had a new leader hand on a restarted node's new bound claim (its `NodeGone`
+/// released every bound claim of the node) while its holder believed it; `NodeGone` now
+/// releases only grants from before the crash was seen.
+#[test]
+fn a_leader_that_still_sees_a_restarted_node_crashed_leaves_its_new_claims_alone() {
+    let cfg = SimConfig { stale_crash_views: true, ..SimConfig::ci() };
+    for seed in replay().map(|s| vec![s]).unwrap_or_else(|| vec![300083, 300648, 301287, 301962, 302017, 302210, 302211]) {
+        claimsim::run(seed, &cfg).assert_ok();
+    }
+}
+
 #[test]
 #[ignore = "slow: a thousand minute-long schedules on three to five servers and a client"]
 fn long_schedules_on_up_to_five_servers_and_a_client_keep_every_promise() {

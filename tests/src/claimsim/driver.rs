@@ -56,8 +56,8 @@ enum Undo {
 pub(super) async fn simulate(seed: u64, cfg: SimConfig, root: PathBuf, hist: History) -> Report {
     let n = cfg.nodes();
     let ids: Vec<String> = (0..n).map(|i| host_key(seed, i).public().to_peer_id().to_base58()).collect();
-    let net = Net::new(ids.clone(), seed);
-    let members = MembersSim::new(ids.clone(), seed);
+    let net = Net::new(ids.clone(), seed, cfg.lost_announcement, cfg.stale_crash_views);
+    let members = MembersSim::new(ids.clone(), seed, cfg.stale_crash_views);
     {
         let (m, weak) = (members.clone(), Arc::downgrade(&net));
         net.set_on_connect(Arc::new(move |a, b| {

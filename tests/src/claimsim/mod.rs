@@ -81,6 +81,14 @@ pub struct SimConfig {
     /// Longest a crashed node stays down (past `promote_after`, 30 s, a learner replaces
     /// a dead voter).
     pub max_down_ms: u64,
+    /// How often a restarted node's first announcement is lost for a peer (that peer then
+    /// connects to it 1–3 s late, and sees the old process crashed meanwhile).
+    pub lost_announcement: f64,
+    /// A harsher members view than the mesh's: a restarted node may still be shown
+    /// `crashed` for 1–3 s by a peer that already exchanges claims with it (the mesh lists
+    /// a connected peer alive at once). It reaches the early hand-off's race with a
+    /// restarted node's new claims, which a new leader's stale view reaches in rare cases.
+    pub stale_crash_views: bool,
     /// Lease lengths the holders pick from.
     pub ttl_choices: Vec<u64>,
     /// The checker's own test: holders ignore their local deadline (believe until they
@@ -99,6 +107,8 @@ impl SimConfig {
             settle_ms: 4_000,
             max_drift_ppm: 5_000,
             max_down_ms: 5_000,
+            lost_announcement: 0.2,
+            stale_crash_views: false,
             ttl_choices: vec![1000, 2000, 3000, 6000, 10_000],
             broken_holders: false,
         }

@@ -13,7 +13,7 @@
 //!
 //! Streams ride on the mesh's connections: a restarted process has none until the mesh
 //! finds its peers again, peer by peer, 20–100 ms after the start, or 1–3 s for a peer
-//! whose first mDNS announcement was lost (one in five); until then opening a stream to
+//! whose first mDNS announcement was lost (`SimConfig::lost_announcement`, one in five); until then opening a stream to
 //! that peer fails (not connected), and its members view has not seen the process alive.
 //! (A connection is otherwise kept: a partition only holds its bytes.)
 //!
@@ -61,6 +61,9 @@ pub type OnConnect = Arc<dyn Fn(usize, usize) + Send + Sync>;
 pub struct Net {
     state: Mutex<State>,
     seed: u64,
+    lost_announcement: f64,
+    /// Streams open without a mesh connection (`SimConfig::stale_crash_views`).
+    ungated: bool,
     on_connect: Mutex<Option<OnConnect>>,
 }
 
@@ -105,7 +108,7 @@ struct ConnCtl {
 
 impl Net {
     /// A LAN of hosts with these peer ids, every link up, every process down.
-    pub fn new(ids: Vec<String>, seed: u64) -> Arc<Net> {
+    pub fn new(ids: Vec<String>, seed: u64, lost_announcement: f64, ungated: bool) -> Arc<Net> {
         let n = ids.len();
         let index = ids.iter().enumerate().map(|(i, s)| (s.clone(), i)).collect();
         Arc::new(Net {
@@ -124,6 +127,8 @@ impl Net {
                 chunks: 0,
             }),
             seed,
+            lost_announcement,
+            ungated,
             on_connect: Mutex::new(None),
         })
     }
@@ -193,7 +198,7 @@ impl Net {
         // A restart: the mesh connects to each peer again.
         let mut rng = self.rng(3, i as u64, u64::from(inc));
         for j in (0..n).filter(|j| *j != i) {
-            let ms = if rng.unit() < 0.2 { 1000 + rng.below(2001) } else { 20 + rng.below(81) };
+            let ms = if rng.unit() < self.lost_announcement { 1000 + rng.below(2001) } else { 20 + rng.below(81) };
             let net = self.clone();
             tokio::spawn(async move {
                 sleep(Duration::from_millis(ms)).await;
@@ -342,7 +347,7 @@ impl Transport for SimTransport {
             if !current(&net) {
                 return Err(io::Error::new(io::ErrorKind::NotConnected, "this process is gone"));
             }
-            if !net.connected(me, to) {
+            if !net.ungated && !net.connected(me, to) {
                 return Err(io::Error::new(io::ErrorKind::NotConnected, "no connection to the peer yet"));
             }
             if net.transmit(me, to, &mut rng, CONNECT_TIMEOUT).await.is_err() {

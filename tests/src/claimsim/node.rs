@@ -117,6 +117,9 @@ impl SimNode {
         opts.snapshot_logs = self.snapshot_logs;
         let (in_tx, in_rx) = tokio::sync::mpsc::channel(64);
         w.net.start(idx, inc, in_tx);
+        if inc > 0 {
+            w.members.restarted(idx, &w.net);
+        }
         let alive = Arc::new(AtomicBool::new(true));
         let (hist, flag) = (w.hist.clone(), alive.clone());
         let wiring = craftmesh::claims::Wiring {

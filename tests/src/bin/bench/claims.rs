@@ -2,6 +2,7 @@
 //! second, the figure that says how many CI can afford.
 //!
 //!     cargo run --release -p craftmesh-tests --bin bench -- claims-sim [--runs N] [--first SEED] [--threads T] [--long]
+//!         [--servers S] [--lost PERCENT] [--stale-crash-views]
 //!
 //! `--long` plays the shapes of the slow test (3–5 servers, 0–1 client, a minute of faults).
 
@@ -15,17 +16,35 @@ pub fn run(args: &[String]) {
     let runs = arg("--runs", 200);
     let threads = arg("--threads", 1).max(1);
     let first = arg("--first", 1);
+    // Percent of restarted nodes' first announcements lost, per peer (default 20).
+    let lost = arg("--lost", 20) as f64 / 100.0;
+    let servers = arg("--servers", 0) as usize;
+    let stale = args.iter().any(|a| a == "--stale-crash-views");
     let long = args.iter().any(|a| a == "--long");
     let (cfg, shape): (fn(u64) -> SimConfig, &str) = if long {
         (SimConfig::long_for, "3–5 servers and 0–1 client, 60 s of faults, as the slow test")
     } else {
         (|_| SimConfig::ci(), "3 servers, 20 s of faults, as CI")
     };
+    let shape = format!(
+        "{shape}{}{}{}",
+        if servers > 0 { format!("; {servers} servers") } else { String::new() },
+        if lost != 0.2 { format!("; {:.0}% of announcements lost", lost * 100.0) } else { String::new() },
+        if stale { "; stale crash views" } else { "" }
+    );
     eprintln!("running {runs} claims schedules ({shape}) on {threads} thread(s)…");
     let started = Instant::now();
     let reports: Vec<Report> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|t| s.spawn(move || (first..first + runs).filter(|seed| seed % threads == t).map(|seed| claimsim::run(seed, &cfg(seed))).collect::<Vec<_>>()))
+            .map(|t| {
+                s.spawn(move || {
+                    let shape = |seed| {
+                        let c = cfg(seed);
+                        SimConfig { lost_announcement: lost, stale_crash_views: stale, servers: if servers > 0 { servers } else { c.servers }, ..c }
+                    };
+                    (first..first + runs).filter(|seed| seed % threads == t).map(|seed| claimsim::run(seed, &shape(seed))).collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("a bench thread")).collect()
     });
