@@ -2,7 +2,8 @@
 //! (`ClaimsHandle::request`, as the API does for `claim acquire` and `claim run`), keep the
 //! real `LocalLease` on the node's drifting boot clock, renew when it says so, and stop
 //! believing at once when it says `Expired` or the cluster answers `NotHeld`; they release
-//! after a random hold.
+//! after a random hold. An acquire without an answer is sometimes asked again with the
+//! same session (a grant whose answer was lost then comes back with its token).
 //!
 //! A waiting acquire can be granted after the acquire's send time + TTL − margin (the wait
 //! in the leader's queue counts against the lease, since the holder cannot know when the
@@ -106,12 +107,23 @@ pub async fn run(mut c: HolderCfg) {
             meta: Meta { bound_to_node: rng.unit() < 0.5, ..Meta::default() },
             wait_ms,
         };
-        let sent = c.clock.now_ms();
-        let reply = tokio::select! {
-            r = c.handle.request(op, Duration::from_millis(3000 + wait_ms)) => r,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        c.thaw().await;
+        // An acquire that got no answer is asked again with the same session half the
+        // time (idempotent: a grant whose answer was lost comes back with its token).
+        let (mut sent, mut reply);
+        let mut tries = 0;
+        loop {
+            sent = c.clock.now_ms();
+            reply = tokio::select! {
+                r = c.handle.request(op.clone(), Duration::from_millis(3000 + wait_ms)) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            c.thaw().await;
+            tries += 1;
+            if !matches!(reply, ClientReply::Unavailable { .. }) || tries > 2 || rng.unit() < 0.5 || c.stopped() {
+                break;
+            }
+            c.note(format!("acquire {} again with session {session}: {}", spec.name, brief(&reply)));
+        }
         match reply {
             ClientReply::Applied { outcome: Outcome::Granted { holder, .. }, cluster, .. } => {
                 let g = Grant { key: spec.name.to_string(), token: holder.token, session, cluster, at_us: c.hist.now_us() };
