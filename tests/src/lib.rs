@@ -13,6 +13,7 @@
 //! Every wait here has a deadline, and every spawned process or thread is stopped on drop.
 
 pub mod api;
+pub mod claimsim;
 pub mod meshnode;
 pub mod netns;
 pub mod sim;

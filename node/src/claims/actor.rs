@@ -69,6 +69,9 @@ pub(super) struct Peer {
     pub since_ms: u64,
     pub status: Option<Status>,
     pub asking: bool,
+    /// While the mesh shows it crashed: the last entry this node had applied when it first
+    /// did. Grants after it may be the peer's next run's ([`super::leader`]'s hand-off).
+    pub crashed_upto: Option<u64>,
 }
 
 /// The actor's state.
@@ -257,15 +260,21 @@ impl Actor {
     /// Takes in the mesh's member list.
     pub fn on_members(&mut self, members: &BTreeMap<String, Liveness>) {
         let now = self.clock.now_ms();
+        let applied = self.instance.as_ref().and_then(|i| i.state.lock().ok().map(|s| s.last_index())).unwrap_or(0);
         for (peer, live) in members {
             if *peer == self.me {
                 continue;
             }
-            let p = self.peers.entry(peer.clone()).or_insert(Peer { live: *live, since_ms: now, status: None, asking: false });
+            let p = self.peers.entry(peer.clone()).or_insert(Peer { live: *live, since_ms: now, status: None, asking: false, crashed_upto: None });
             if p.live.alive != live.alive {
                 p.since_ms = now;
             }
             p.live = *live;
+            p.crashed_upto = match (live.crashed && !live.alive, p.crashed_upto) {
+                (true, Some(upto)) => Some(upto),
+                (true, None) => Some(applied),
+                (false, _) => None,
+            };
         }
         self.peers.retain(|k, _| members.contains_key(k));
         self.pool.retain(|p| members.contains_key(p));

@@ -371,8 +371,11 @@ impl Actor {
         }
     }
 
-    /// Early hand-off: for every peer proven crashed that holds claims bound to it, write
-    /// `NodeGone` (once per term). Peers merely unreachable wait for their leases.
+    /// Early hand-off: for every peer proven crashed that holds claims bound to it, granted
+    /// before this node saw the crash, write `NodeGone` (once per term). Peers merely
+    /// unreachable wait for their leases, and so do grants after the crash was seen: this
+    /// node's view may be stale (a new leader not yet reconnected to the restarted peer),
+    /// and they may belong to the peer's next run.
     pub fn hand_off_crashed(&mut self) {
         if !self.is_leader() {
             return;
@@ -382,21 +385,21 @@ impl Actor {
         // closes (`claim run` kills its child then), which takes a scheduling round on that
         // host; the proof can arrive here within tens of milliseconds of the crash.
         let now = self.clock.now_ms();
-        let crashed: Vec<String> = self
+        let crashed: Vec<(String, u64)> = self
             .peers
             .iter()
             .filter(|(_, p)| !p.live.alive && p.live.crashed && now.saturating_sub(p.since_ms) >= HANDOFF_GRACE_MS)
-            .map(|(k, _)| k.clone())
+            .filter_map(|(k, p)| p.crashed_upto.map(|u| (k.clone(), u)))
             .collect();
-        for peer in crashed {
+        for (peer, upto) in crashed {
             if self.gone_sent.contains(&peer) {
                 continue;
             }
-            let bound = state.lock().map(|s| s.holders_of_node(&peer).iter().any(|(_, h)| h.meta.bound_to_node)).unwrap_or(false);
+            let bound = state.lock().map(|s| s.holders_of_node(&peer).iter().any(|(_, h)| h.meta.bound_to_node && h.token <= upto)).unwrap_or(false);
             if bound {
-                tracing::info!(%peer, "claims: holder node proven crashed; handing its bound claims on");
+                tracing::info!(%peer, upto, "claims: holder node proven crashed; handing its bound claims on");
                 self.gone_sent.insert(peer.clone());
-                self.write_own(Op::NodeGone { node: peer });
+                self.write_own(Op::NodeGone { node: peer, upto });
             }
         }
         // A peer alive again may crash again later.

@@ -13,7 +13,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn entry(term: u64, index: u64) -> Entry {
     let payload = match index % 3 {
         0 => EntryPayload::Blank,
-        1 => EntryPayload::Normal(Command { at_ms: index * 10, op: Op::NodeGone { node: format!("node-{index}") } }),
+        1 => EntryPayload::Normal(Command { at_ms: index * 10, op: Op::NodeGone { node: format!("node-{index}"), upto: index } }),
         _ => EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2, 3])], None)),
     };
     Entry { log_id: log_id(term, index), payload }
@@ -301,7 +301,7 @@ fn reading_odd_ranges_never_panics() {
 fn large_appends_are_split_into_records_under_the_limit() {
     let big = "x".repeat(1000);
     let many: Vec<Entry> = (1..=20_000)
-        .map(|i| Entry { log_id: log_id(1, i), payload: EntryPayload::Normal(Command { at_ms: i, op: Op::NodeGone { node: big.clone() } }) })
+        .map(|i| Entry { log_id: log_id(1, i), payload: EntryPayload::Normal(Command { at_ms: i, op: Op::NodeGone { node: big.clone(), upto: i } }) })
         .collect();
     let mut out = Vec::new();
     let mut sizes = Sizes::default();

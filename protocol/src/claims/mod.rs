@@ -87,8 +87,11 @@ pub enum Op {
     /// Expire what is due. A new leader proposes one first, which re-bases the leases.
     Tick,
     /// `node` was proven crashed (connection reset, then a refused redial): release its
-    /// holders whose [`Meta::bound_to_node`] is set.
-    NodeGone { node: String },
+    /// holders whose [`Meta::bound_to_node`] is set and whose token is at most `upto`, the
+    /// last entry the proposer had applied when it saw the crash. A later grant may belong
+    /// to the node's next run, restarted meanwhile without the proposer's view showing it
+    /// yet (a leader elected before it reconnected to the node): it is left to its lease.
+    NodeGone { node: String, upto: u64 },
 }
 
 /// A log entry's payload: an op and the leader's clock when it proposed it.

@@ -283,8 +283,8 @@ impl ClaimsState {
                 None => Outcome::NotHeld { key: key.clone(), token: *token },
             },
             Op::Tick => Outcome::Done,
-            Op::NodeGone { node } => {
-                self.node_gone(node, changes);
+            Op::NodeGone { node, upto } => {
+                self.node_gone(node, *upto, changes);
                 Outcome::Done
             }
         }
@@ -361,12 +361,14 @@ impl ClaimsState {
     }
 
     /// Early hand-off: what a bound holder protected stopped with its node, so its slot
-    /// frees now (after the key's lock-delay) instead of at the end of its lease.
-    fn node_gone(&mut self, node: &str, changes: &mut Vec<Change>) {
+    /// frees now (after the key's lock-delay) instead of at the end of its lease. Only
+    /// grants up to `upto` (known when the crash was seen) go: a later one may be the
+    /// node's next run's.
+    fn node_gone(&mut self, node: &str, upto: u64, changes: &mut Vec<Change>) {
         let gone: Vec<(String, u64)> = self
             .keys
             .iter()
-            .flat_map(|(k, s)| s.holders.iter().filter(|h| h.node == node && h.meta.bound_to_node).map(move |h| (k.clone(), h.token)))
+            .flat_map(|(k, s)| s.holders.iter().filter(|h| h.node == node && h.meta.bound_to_node && h.token <= upto).map(move |h| (k.clone(), h.token)))
             .collect();
         for (key, token) in gone {
             let Some(holder) = self.take_holder(&key, token) else { continue };
@@ -442,7 +444,7 @@ fn validate(op: &Op) -> Result<(), String> {
         }
         Op::Release { key, .. } => check_key(key),
         Op::Tick => Ok(()),
-        Op::NodeGone { node } => check_id("node", node),
+        Op::NodeGone { node, .. } => check_id("node", node),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Benchmarks with the targets beside each figure.
 //!
 //!     cargo run --release -p craftmesh-tests --bin bench -- discover [--runs N] [--rss-wait SECS]
+//!     cargo run --release -p craftmesh-tests --bin bench -- claims-sim [--runs N] [--threads T] [--long]
 //!
 //! Measures whole commands as a user runs them (process start to exit), on the shipped
 //! configuration, with the release binary.
@@ -28,6 +29,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 mod claims;
+mod claims_sim;
 mod mesh;
 
 pub(crate) fn release_bin() -> PathBuf {
@@ -93,9 +95,10 @@ fn main() {
         "sim" => return mesh::sim(),
         "claims" => return claims::run(&args),
         "claims-client" => return claims::client(&args),
+        "claims-sim" => return claims_sim::run(&args),
         _ => {
             eprintln!(
-                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim\n       bench claims [--iters N] [--contended N] [--reps N] [--ttl SECS] [--rss-wait SECS] [--no-etcd]"
+                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim\n       bench claims [--iters N] [--contended N] [--reps N] [--ttl SECS] [--rss-wait SECS] [--no-etcd]\n       bench claims-sim [--runs N] [--first SEED] [--threads T] [--long] [--servers S] [--lost PCT] [--stale-crash-views]"
             );
             std::process::exit(2);
         }
