@@ -704,7 +704,7 @@ fn claim_run_exits_with_its_commands_exit_code_and_releases_the_claim() {
     one_cluster(&rig, &all(&nodes), 3);
     let n = &nodes[1];
     let api = n.api();
-    let script = "test \"$CRAFTMESH_FENCING_TOKEN\" -gt 0 && test \"$(cat \"$CRAFTMESH_FENCING_TOKEN_FILE\")\" = \"$CRAFTMESH_FENCING_TOKEN\" && exit 7";
+    let script = "test \"$CRAFTMESH_FENCING_TOKEN\" -gt 0 && test \"$(head -n1 \"$CRAFTMESH_FENCING_TOKEN_FILE\")\" = \"$CRAFTMESH_FENCING_TOKEN\" && test \"$(tail -n1 \"$CRAFTMESH_FENCING_TOKEN_FILE\")\" = \"$CRAFTMESH_CLAIM_CLUSTER\" && exit 7";
     let out = run_with_timeout(
         &mut rig.host(1).wrap(&n.cfg.command(&["claim", "run", "svc/exit", "--ttl", "60", "--api", &api, "--", "sh", "-c", script])),
         Duration::from_secs(60),
@@ -712,6 +712,29 @@ fn claim_run_exits_with_its_commands_exit_code_and_releases_the_claim() {
     assert_eq!(out.code(), Some(7), "{}", out.describe());
     assert!(holders(&list(&rig, &nodes[2]), "svc/exit").is_empty(), "the claim is released when the command ends");
     granted(&acquire(&rig, &nodes, 2, "svc/exit", &["--ttl", "60"]));
+}
+
+/// `claim run` that waited longer than its TTL for the claim still runs its command: the
+/// lease is counted from a renewal sent after the grant, not from the waiting request.
+#[test]
+fn a_claim_run_that_waited_longer_than_its_ttl_runs_its_command_to_the_end() {
+    let Some(rig) = rig(3) else { return };
+    let nodes = servers(&rig, 3);
+    one_cluster(&rig, &all(&nodes), 3);
+    let first = granted(&acquire(&rig, &nodes, 0, "svc/late", &["--ttl", "60"]));
+    let n = &nodes[1];
+    let api = n.api();
+    let mut run = rig
+        .host(1)
+        .spawn_command(&n.cfg.command(&["claim", "run", "svc/late", "--ttl", "2", "--wait", "60", "--api", &api, "--", "sh", "-c", "sleep 3; exit 5"]))
+        .expect("spawn claim run");
+    assert!(run.wait_for_log("waiting up to", Duration::from_secs(20)), "{}", run.describe());
+    // Held by the first grant for longer than the waiter's TTL.
+    std::thread::sleep(Duration::from_secs(4));
+    let out = nodes[0].cli(&rig, &["claim", "release", "svc/late", "--fencing-token", &first.to_string()]);
+    assert!(out.success(), "{}", out.describe());
+    let status = run.wait_timeout(Duration::from_secs(30)).unwrap_or_else(|| panic!("claim run did not end\n{}", run.describe()));
+    assert_eq!(status.code(), Some(5), "the command ran to its end\n{}", run.describe());
 }
 
 /// A waiting acquire on another host is granted right after the holder's release, long

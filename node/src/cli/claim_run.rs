@@ -54,13 +54,27 @@ pub async fn run(g: &Global, r: &RunArgs) -> anyhow::Result<i32> {
         let wait = r.wait.unwrap_or(86_400.0);
         let holders = grant.holders.iter().map(|h| format!("{} (token {})", h.node, h.token)).collect::<Vec<_>>().join(", ");
         eprintln!("claim run: {key} is held by {holders}; waiting up to {wait:.0} s");
-        (grant, sent_at) = match acquire(&mut session, r, &session_id, Some(wait)).await {
+        (grant, _) = match acquire(&mut session, r, &session_id, Some(wait)).await {
             Ok(x) => x,
             Err(code) => return Ok(code),
         };
         if grant.granted != Some(true) {
             eprintln!("claim run: {key} was not granted within {wait:.0} s (reason: {})", grant.reason.as_deref().unwrap_or("held"));
             return Ok(exit::NOT_FOUND);
+        }
+        // The grant came while the request waited: its send time says nothing about when
+        // the lease began. Renew at once, and count the lease from that renewal's sending.
+        let body = serde_json::json!({"op": "renew", "key": key, "token": grant.token, "cluster": grant.cluster, "ttl_ms": ttl_ms});
+        sent_at = boottime_ms();
+        match tokio::time::timeout(Duration::from_secs(15), session.call::<ClaimResponse>(hyper::Method::POST, "/v1/claims", Some(&body))).await {
+            Ok(Ok(r)) if r.renewed == Some(true) => {}
+            other => {
+                eprintln!("claim run: {key} was granted but could not be confirmed ({other:?}); not starting the command");
+                if let Some(t) = grant.token {
+                    release(&mut session, &key, t, &grant.cluster).await;
+                }
+                return Ok(exit::NOT_FOUND);
+            }
         }
     }
     let mut token = grant.token.unwrap_or(0);
