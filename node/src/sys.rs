@@ -1,4 +1,5 @@
-//! The one place with `unsafe`: making a child process die with the process that started it.
+//! The one place with `unsafe`: making a child process die with the process that started it,
+//! and keeping the node's resident memory small (malloc arenas, start-up code pages).
 
 /// Makes the child of `cmd` receive SIGKILL when the thread that spawned it exits (Linux
 /// `PR_SET_PDEATHSIG`), so a `claim run` that is itself killed never leaves its command
@@ -23,6 +24,17 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = cmd;
+}
+
+/// Makes glibc's malloc use one arena for every thread (`M_ARENA_MAX` = 1) instead of one
+/// per thread that allocates. Call before any thread starts. A no-op elsewhere.
+#[allow(unsafe_code)]
+pub fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt(3) only changes a malloc tunable; called before other threads exist.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
 }
 
 /// Keeps the resident set to the code that runs. After start-up, for the executable's own
