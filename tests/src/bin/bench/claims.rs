@@ -163,13 +163,19 @@ fn run_etcd(ttl_s: u64) -> Option<Etcd> {
         eprintln!("no etcd anchor at {}: etcd column left empty", script.display());
         return None;
     }
-    eprintln!("running the etcd anchor ({}; about a minute)…", script.display());
-    let out = std::process::Command::new("bash").arg(&script).env("TTL", ttl_s.to_string()).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if !out.status.success() {
-        eprintln!("etcd anchor failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
-        return None;
+    // One retry: the anchor has been seen to fail once and pass when run again at once.
+    let mut text = None;
+    for attempt in 1..=2 {
+        eprintln!("running the etcd anchor ({}; about a minute; attempt {attempt} of 2)…", script.display());
+        let out = std::process::Command::new("bash").arg(&script).env("TTL", ttl_s.to_string()).output().ok()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() {
+            text = Some(stdout);
+            break;
+        }
+        eprintln!("etcd anchor failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
+    let text = text?;
     let mut e = Etcd::default();
     let (mut fl, mut nf) = ((0.0, 0.0), 0.0);
     // Section (a) holds the per-endpoint acquire figures; (b) repeats the endpoint names.
@@ -266,8 +272,11 @@ pub fn run(args: &[String]) {
         a.sort_by(f64::total_cmp);
         let (p50, p99) = (percentile(&a, 50.0), percentile(&a, 99.0));
         let (e50, e99) = etcd_fig.unwrap_or((f64::NAN, f64::NAN));
-        let ratio_ok = !e50.is_finite() || p50 / e50 < 1.0;
-        let target = if target_p50.is_finite() { "≤ 1 ms / ≤ 5 ms; ratio to etcd < 1".to_string() } else { "ratio to etcd < 1".to_string() };
+        // No etcd figure from this run: the ratio is unknown, so the target is not met.
+        let ratio_ok = e50.is_finite() && p50 / e50 < 1.0;
+        let unmeasured = if e50.is_finite() { "" } else { " (etcd not measured in this run)" };
+        let target =
+            if target_p50.is_finite() { format!("≤ 1 ms / ≤ 5 ms; ratio to etcd < 1{unmeasured}") } else { format!("ratio to etcd < 1{unmeasured}") };
         let ok = p50 <= target_p50 && p99 <= target_p99 && ratio_ok;
         let mut r = row(&format!("uncontended acquire {label}, API on a kept-alive connection{}", vs(p50, e50)), &mut a, &target, ok, "ms");
         if e99.is_finite() {
