@@ -14,6 +14,7 @@ pub mod membership;
 pub mod mesh;
 pub mod report;
 pub mod select;
+pub mod share;
 pub mod state;
 pub mod supervise;
 pub mod wire;
