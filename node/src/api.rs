@@ -28,6 +28,20 @@ struct AppState {
     events: broadcast::Sender<ApiEvent>,
     auth: Arc<ApiAuth>,
     claims: Option<crate::claims::ClaimsHandle>,
+    deploy: Option<Arc<crate::deploy::manager::Deployer>>,
+    mcp: Option<Arc<crate::share::http::McpHttp>>,
+}
+
+impl FromRef<AppState> for Option<Arc<crate::deploy::manager::Deployer>> {
+    fn from_ref(s: &AppState) -> Self {
+        s.deploy.clone()
+    }
+}
+
+impl FromRef<AppState> for Option<Arc<crate::share::http::McpHttp>> {
+    fn from_ref(s: &AppState) -> Self {
+        s.mcp.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<ApiAuth> {
@@ -142,6 +156,8 @@ pub fn router(
     events: broadcast::Sender<ApiEvent>,
     auth: Arc<ApiAuth>,
     claims: Option<crate::claims::ClaimsHandle>,
+    deploy: Option<Arc<crate::deploy::manager::Deployer>>,
+    mcp: Option<Arc<crate::share::http::McpHttp>>,
 ) -> Router {
     Router::new()
         .route(apiauth::HELLO_PATH, get(apiauth::hello))
@@ -152,9 +168,13 @@ pub fn router(
         .route("/v1/resolve/{name}", get(resolve))
         .route("/v1/claims", get(crate::api_claims::list).post(crate::api_claims::post))
         .route("/v1/cluster", get(crate::api_claims::cluster))
+        .route("/v1/deployments", get(crate::api_deploy::list))
+        .route("/v1/deployments/{name}/ensure", axum::routing::post(crate::api_deploy::ensure))
+        .route("/v1/deployments/{name}/stop", axum::routing::post(crate::api_deploy::stop))
+        .route("/mcp/{name}", axum::routing::any(crate::share::http::handle))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such API route", None) })
         .layer(axum::middleware::from_fn_with_state(auth.clone(), apiauth::guard))
-        .with_state(AppState { driver, discoverer, events, auth, claims })
+        .with_state(AppState { driver, discoverer, events, auth, claims, deploy, mcp })
 }
 
 async fn members(State(s): State<AppState>) -> Response {

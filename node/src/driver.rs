@@ -86,6 +86,8 @@ pub enum ApiEvent {
     Service(ServiceEvent),
     /// `claim` and `cluster` events of the claims service.
     Claims(crate::claims::ClaimsEvent),
+    /// A shared server was deployed, restarted, lost or stopped on this node.
+    Deploy(crate::deploy::manager::DeployEvent),
 }
 
 /// A local server became resolvable, stopped being so, or moved.
@@ -103,6 +105,7 @@ impl ApiEvent {
     pub fn kind(&self) -> String {
         match self {
             ApiEvent::Service(_) => "service".to_string(),
+            ApiEvent::Deploy(_) => "deploy".to_string(),
             ApiEvent::Claims(crate::claims::ClaimsEvent::Claim(_)) => "claim".to_string(),
             ApiEvent::Claims(crate::claims::ClaimsEvent::Cluster(_)) => "cluster".to_string(),
             ApiEvent::Mesh(m) => {

@@ -3,11 +3,13 @@
 
 pub mod api;
 pub mod api_claims;
+pub mod api_deploy;
 pub mod apiauth;
 pub mod apiclient;
 pub mod claims;
 pub mod cli;
 pub mod config_files;
+pub mod deploy;
 pub mod datadir;
 pub mod discovery;
 pub mod driver;
@@ -16,6 +18,7 @@ pub mod identity;
 pub mod invite;
 pub mod mesh;
 pub mod node;
+pub mod share;
 pub mod supervise;
 pub mod sys;
 pub mod tls;

@@ -105,6 +105,23 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
         Some((h, t)) => (Some(h), Some(t)),
         None => (None, None),
     };
+    // Shared servers: claim-then-deploy, sessions over the mesh, `/mcp/NAME`.
+    let (deployer, mcp) = match (&mesh, &claims) {
+        (Some(m), Some(h)) => {
+            let control = m.stream_control();
+            let d = crate::deploy::manager::Deployer::new(setup.config.clone(), setup.base_dir.clone(), h.clone(), control.clone(), events_tx.clone());
+            let lookup_d = d.clone();
+            let lookup: crate::share::mesh::Lookup = Arc::new(move |name: String| {
+                let d = lookup_d.clone();
+                Box::pin(async move { d.local_for_member(&name, std::time::Duration::from_secs(50)).await })
+            });
+            crate::share::mesh::serve(&control, lookup).map_err(NodeError::ClaimsProtocol)?;
+            let canon_d = d.clone();
+            let mcp = crate::share::http::McpHttp::new(Arc::new(crate::deploy::manager::ArcDeployer(d.clone())), Arc::new(move |n: &str| canon_d.canonical(n)));
+            (Some(d), Some(mcp))
+        }
+        _ => (None, None),
+    };
     let driver_task =
         tokio::spawn(driver::run(rx, handle.clone(), discoverer.clone(), info, mesh, events_tx.clone(), health.clone(), members_tx, stopped(stop_rx.clone())));
     tracing::info!(api = %addr, %peer_id, servers = setup.config.servers.len(), "craftmesh node up");
@@ -119,11 +136,15 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     }
     let auth =
         Arc::new(crate::apiauth::ApiAuth { token: setup.api_token.clone(), allow_remote: setup.api_allow_remote, bound: addr, keypair: setup.keypair.clone() });
-    let app = api::router(handle, discoverer, events_tx, auth, claims);
+    let app = api::router(handle, discoverer, events_tx, auth, claims, deployer.clone(), mcp);
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>()).with_graceful_shutdown(stopped(stop_rx));
     let server_task = tokio::spawn(async move { server.await });
     shutdown.await;
     tracing::info!("shutting down");
+    // Instances stop with the node (their claims are released while claims still run).
+    if let Some(d) = &deployer {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), d.shutdown()).await;
+    }
     let _ = stop_tx.send(true);
     let api_result = match tokio::time::timeout(std::time::Duration::from_secs(5), server_task).await {
         Ok(Ok(r)) => r,

@@ -141,6 +141,20 @@ pub enum Command {
         name: String,
         #[arg(long)]
         json: bool,
+        /// For a shared server: make sure it runs on the LAN (deploy it here by claim when no
+        /// node does) and print this node's `/mcp/NAME` URL for it.
+        #[arg(long)]
+        ensure: bool,
+    },
+    /// Shared servers: what runs where (`status`), `stop NAME`.
+    Deploy {
+        #[command(subcommand)]
+        command: crate::cli::deploy::DeployCommand,
+    },
+    /// Serve shared server NAME as MCP over stdio (for `.mcp.json`: `{"command": "craftmesh",
+    /// "args": ["mcp-proxy", "zen"]}`); the first client on the LAN starts it.
+    McpProxy {
+        name: String,
     },
     /// Print the API token of the data dir (created if missing) and its `Authorization` header, for API and MCP clients.
     ApiToken {

@@ -17,6 +17,7 @@ use std::time::Duration;
 mod args;
 pub mod claim;
 mod claim_run;
+pub mod deploy;
 mod print;
 
 pub use args::*;
@@ -535,7 +536,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Members { json } => members(&cli.global, *json).await,
         Command::Status { json } => status(&cli.global, *json).await,
         Command::Services { json } => services(&cli.global, *json).await,
-        Command::Resolve { name, json } => resolve(&cli.global, name, *json).await,
+        Command::Resolve { name, json, ensure: false } => resolve(&cli.global, name, *json).await,
+        Command::Resolve { name, json, ensure: true } => deploy::resolve_ensure(&cli.global, name, *json).await,
+        Command::Deploy { command } => deploy::run(&cli.global, command).await,
+        Command::McpProxy { name } => deploy::mcp_proxy(&cli.global, name).await,
         Command::ApiToken { json } => api_token(&cli.global, *json),
         Command::Discover { once, json, servers } => discover(&cli.global, *once, *json, servers).await,
         Command::Config { command: ConfigCommand::Check { json } } => config_check(&cli.global, *json),

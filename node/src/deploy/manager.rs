@@ -1,0 +1,522 @@
+//! Claim-then-deploy: one instance of each shared server on the whole LAN.
+//!
+//! A session (or `resolve --ensure`) asks for a server. If a node holds the claim
+//! `svc/NAME`, the instance is there and the session connects to it over the mesh. If
+//! nobody holds it, this node acquires it (so no other node can deploy at the same time),
+//! deploys through the server's `priority_order` (user installation, then NPX), checks the
+//! instance (MCP `initialize` + `tools/list`) and keeps renewing. The instance never
+//! outlives the claim: when a renewal does not come back before the local deadline (TTL
+//! minus a margin, on CLOCK_BOOTTIME) the child's whole process group is killed at once.
+//! The claim is `bound_to_node` (the child dies with the node), so when this node is seen
+//! crashed the claim is handed on at once.
+
+// MCP's logging, resource subscriptions and `ClientInfo` are marked deprecated by rmcp for the
+// 2026-07-28 protocol; every client in use today speaks the versions that have them.
+#![allow(deprecated)]
+
+use super::holder::{self, Held};
+use crate::claims::ClaimsHandle;
+use crate::claims::wire::{ClientOp, ClientReply};
+use crate::share::child::{Child, Command};
+use crate::share::link::{Link, lock};
+use crate::share::mesh;
+use crate::share::session::Connector;
+use craftmesh_protocol::claims::Meta;
+use craftmesh_protocol::config::Config;
+use craftmesh_protocol::config::catalog::ServerSpec;
+use craftmesh_protocol::config::mcp::{Strategy, Tier};
+use futures::future::BoxFuture;
+use rmcp::model::ClientInfo;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Requests through a shared server time out after this unless its launch entry says.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a child may take to start and answer `initialize` + `tools/list`.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A deploy or stop, for `/v1/events` (`kind: "deploy"`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename = "deploy")]
+pub struct DeployEvent {
+    pub server: String,
+    /// `deploying`, `deployed`, `failed`, `crashed`, `restarted`, `lost`, `stopped`.
+    pub change: String,
+    pub node: String,
+    pub token: u64,
+    pub detail: String,
+}
+
+/// One instance this node runs.
+#[derive(Debug)]
+struct Running {
+    child: Arc<Child>,
+    held: Arc<Held>,
+    via: String,
+    command: String,
+    since_ms: u64,
+    restarts: u32,
+}
+
+/// What `deploy status` shows for one shared server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentView {
+    pub server: String,
+    /// Peer id of the node running it (the claim's holder); `None`: not running anywhere.
+    pub node: Option<String>,
+    pub local: bool,
+    pub token: Option<u64>,
+    pub expires_in_ms: Option<u64>,
+    /// How it was deployed (`user_installation`, `npx_cloud`), when local.
+    pub via: Option<String>,
+    pub command: Option<String>,
+    pub pid: Option<u32>,
+    pub since_ms: Option<u64>,
+    pub restarts: u32,
+    /// Client sessions of this node on it.
+    pub sessions: i64,
+}
+
+/// Where `ensure` found or put a server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ensured {
+    pub server: String,
+    pub node: String,
+    pub local: bool,
+    pub token: u64,
+    /// True when this call deployed it.
+    pub deployed: bool,
+}
+
+/// The deploy manager of one node.
+pub struct Deployer {
+    config: Arc<Config>,
+    claims: ClaimsHandle,
+    control: libp2p_stream::Control,
+    me: String,
+    ttl_ms: u64,
+    events: broadcast::Sender<crate::driver::ApiEvent>,
+    running: Mutex<BTreeMap<String, Running>>,
+    deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    sessions: Mutex<HashMap<String, i64>>,
+    /// Bumped whenever a local instance appears or goes.
+    changed: watch::Sender<u64>,
+    base_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Deployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployer").field("me", &self.me).finish()
+    }
+}
+
+/// Lease of a `svc/NAME` claim unless `CRAFTMESH_SERVICE_TTL_MS` says otherwise.
+pub const DEFAULT_SERVICE_TTL_MS: u64 = 5000;
+
+impl Deployer {
+    pub fn new(
+        config: Arc<Config>,
+        base_dir: PathBuf,
+        claims: ClaimsHandle,
+        control: libp2p_stream::Control,
+        events: broadcast::Sender<crate::driver::ApiEvent>,
+    ) -> Arc<Deployer> {
+        let ttl_ms = std::env::var("CRAFTMESH_SERVICE_TTL_MS").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1000).unwrap_or(DEFAULT_SERVICE_TTL_MS);
+        Arc::new(Deployer {
+            config,
+            me: claims.me().to_string(),
+            claims,
+            control,
+            ttl_ms,
+            events,
+            running: Mutex::new(BTreeMap::new()),
+            deploying: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            changed: watch::channel(0).0,
+            base_dir,
+        })
+    }
+
+    /// The canonical name of a shared server (`None`: no such server or it cannot be run).
+    pub fn canonical(&self, name: &str) -> Option<String> {
+        self.config.server(name).filter(|s| s.launch.as_ref().is_some_and(|l| l.command.is_some()) || npx_package(s).is_some()).map(|s| s.name.clone())
+    }
+
+    fn spec(&self, name: &str) -> Result<ServerSpec, String> {
+        let s = self.config.server(name).ok_or_else(|| format!("no server named `{name}` is configured"))?;
+        if !s.enabled {
+            return Err(format!("server `{}` is disabled", s.name));
+        }
+        if !s.missing_env.is_empty() {
+            return Err(format!("server `{}` needs {} set", s.name, s.missing_env.join(", ")));
+        }
+        Ok(s.clone())
+    }
+
+    fn emit(&self, server: &str, change: &str, token: u64, detail: String) {
+        tracing::info!(server, change, token, %detail, "deploy");
+        let e = DeployEvent { server: server.to_string(), change: change.to_string(), node: self.me.clone(), token, detail };
+        let _ = self.events.send(crate::driver::ApiEvent::Deploy(e));
+    }
+
+    fn local_link(&self, name: &str) -> Option<Arc<Link>> {
+        lock(&self.running).get(name).filter(|r| !r.child.link.is_closed() && !r.held.is_lost()).map(|r| r.child.link.clone())
+    }
+
+    /// The live holder of `svc/NAME`: (node, token, expires_in_ms).
+    async fn holder(&self, key: &str) -> Result<Option<(String, u64, u64)>, String> {
+        match self.claims.request(ClientOp::List, Duration::from_secs(3)).await {
+            ClientReply::List { keys, .. } => Ok(keys.into_iter().find(|k| k.key == key).and_then(|k| k.holders.into_iter().next()).map(|h| (h.holder.node, h.holder.token, h.expires_in_ms))),
+            ClientReply::Unavailable { reason } => Err(format!("claims unavailable: {reason}")),
+            other => Err(format!("unexpected claims answer: {other:?}")),
+        }
+    }
+
+    /// Makes sure `name` runs somewhere on the LAN; deploys it here when nobody runs it.
+    pub async fn ensure(self: &Arc<Self>, name: &str, timeout: Duration) -> Result<Ensured, String> {
+        let spec = self.spec(name)?;
+        let key = svc_key(&spec.name);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut deployed = false;
+        let mut last = String::new();
+        loop {
+            if let Some(r) = lock(&self.running).get(&spec.name).filter(|r| !r.held.is_lost()) {
+                return Ok(Ensured { server: spec.name.clone(), node: self.me.clone(), local: true, token: r.held.token, deployed });
+            }
+            match self.holder(&key).await {
+                Ok(Some((node, token, _))) if node != self.me => {
+                    return Ok(Ensured { server: spec.name.clone(), node, local: false, token, deployed });
+                }
+                Ok(Some(_)) => self.wait_change(Duration::from_millis(200)).await,
+                Ok(None) => match self.deploy(&spec).await {
+                    Ok(()) => deployed = true,
+                    Err(DeployError::Taken) => {}
+                    Err(DeployError::Failed(e)) => return Err(e),
+                },
+                Err(e) => {
+                    last = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{} is not running anywhere after {} s{}", spec.name, timeout.as_secs(), if last.is_empty() { String::new() } else { format!(": {last}") }));
+            }
+        }
+    }
+
+    async fn wait_change(&self, max: Duration) {
+        let mut rx = self.changed.subscribe();
+        let _ = tokio::time::timeout(max, rx.changed()).await;
+    }
+
+    /// A link to the instance of `name` for a session: local, or over the mesh to the holder.
+    pub async fn link_for(self: &Arc<Self>, name: &str, client: ClientInfo) -> Result<Arc<Link>, String> {
+        let spec = self.spec(name)?;
+        let timeout = request_timeout(&spec);
+        let deadline = tokio::time::Instant::now() + crate::share::session::CONNECT_TIMEOUT - Duration::from_secs(2);
+        loop {
+            if let Some(l) = self.local_link(&spec.name) {
+                return Ok(l);
+            }
+            let e = self.ensure(&spec.name, deadline.saturating_duration_since(tokio::time::Instant::now())).await?;
+            if !e.local {
+                match mesh::open(&self.control, &e.node, &spec.name, client.clone(), timeout).await {
+                    Ok(l) => return Ok(l),
+                    Err(err) => {
+                        tracing::debug!(server = %spec.name, holder = %e.node, error = %err, "cannot reach the holder's instance yet");
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                    }
+                }
+            } else {
+                self.wait_change(Duration::from_millis(100)).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("no reachable instance of {}", spec.name));
+            }
+        }
+    }
+
+    /// The local instance for a member's session, waiting while this node deploys it.
+    pub async fn local_for_member(self: &Arc<Self>, name: &str, wait: Duration) -> Result<Arc<Link>, String> {
+        let canonical = self.canonical(name).ok_or_else(|| format!("no shared server `{name}` here"))?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(l) = self.local_link(&canonical) {
+                return Ok(l);
+            }
+            let busy = lock(&self.deploying).get(&canonical).is_some_and(|m| m.try_lock().is_err());
+            if !busy && tokio::time::Instant::now() + Duration::from_millis(500) > deadline {
+                return Err(format!("{canonical} does not run on this node"));
+            }
+            if !busy {
+                // Not deploying: only the holder of the claim serves it.
+                match self.holder(&svc_key(&canonical)).await {
+                    Ok(Some((n, _, _))) if n == self.me => {}
+                    _ => return Err(format!("{canonical} does not run on this node")),
+                }
+            }
+            self.wait_change(Duration::from_millis(200)).await;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{canonical} did not become ready here in {} s", wait.as_secs()));
+            }
+        }
+    }
+
+    /// Acquires `svc/NAME` and deploys through the fallback chain.
+    async fn deploy(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
+        let m = lock(&self.deploying).entry(spec.name.clone()).or_default().clone();
+        let _one = m.lock().await;
+        if self.local_link(&spec.name).is_some() {
+            return Ok(());
+        }
+        let key = svc_key(&spec.name);
+        let meta = Meta { instance: Some(format!("craftmesh://{}/{}", self.me, spec.name)), config_hash: Some(config_hash(spec)), bound_to_node: true };
+        let held = match holder::acquire(&self.claims, &key, self.ttl_ms, meta, &format!("svc-{}", spec.name)).await {
+            Ok(h) => Arc::new(h),
+            Err(holder::AcquireError::Taken) => return Err(DeployError::Taken),
+            Err(holder::AcquireError::Failed(e)) => return Err(DeployError::Failed(e)),
+        };
+        self.emit(&spec.name, "deploying", held.token, format!("claim {key} granted with token {}", held.token));
+        holder::keep(self.claims.clone(), held.clone());
+        let attempts = self.config.settings.max_deployment_retries.max(1);
+        let mut errors = Vec::new();
+        'outer: for attempt in 1..=attempts {
+            for (tier, cmd) in chain(spec, &self.base_dir) {
+                if held.is_lost() {
+                    errors.push("the claim was lost while deploying".to_string());
+                    break 'outer;
+                }
+                log_attempt(&spec.name, tier, &cmd, attempt);
+                match Child::start(&spec.name, &cmd, START_TIMEOUT, request_timeout(spec)).await {
+                    Ok(child) => {
+                        let child = Arc::new(child);
+                        if held.is_lost() {
+                            child.kill_now();
+                            errors.push("the claim was lost while deploying".to_string());
+                            break 'outer;
+                        }
+                        self.adopt(spec.clone(), child, held.clone(), tier, cmd.to_string(), 0);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(server = %spec.name, tier = tier.as_str(), attempt, error = %e, "deploy attempt failed");
+                        errors.push(format!("{}: {e}", tier.as_str()));
+                    }
+                }
+            }
+        }
+        held.give_up();
+        holder::release(&self.claims, &held).await;
+        let detail = if errors.is_empty() { "no deployable tier (no launch command, no npx package)".to_string() } else { errors.join("; ") };
+        self.emit(&spec.name, "failed", held.token, detail.clone());
+        Err(DeployError::Failed(format!("could not deploy {}: {detail}", spec.name)))
+    }
+
+    /// Records a started instance and watches it: claim lost → kill at once; child exit →
+    /// restart under the same claim (`auto_restart`) or give the claim up.
+    fn adopt(self: &Arc<Self>, spec: ServerSpec, child: Arc<Child>, held: Arc<Held>, tier: Tier, command: String, restarts: u32) {
+        let name = spec.name.clone();
+        self.emit(&name, if restarts == 0 { "deployed" } else { "restarted" }, held.token, format!("pid {} via {}: {command}", child.pid, tier.as_str()));
+        lock(&self.running).insert(
+            name.clone(),
+            Running { child: child.clone(), held: held.clone(), via: tier.as_str().to_string(), command: command.clone(), since_ms: crate::discovery::now_ms(), restarts },
+        );
+        self.changed.send_modify(|v| *v += 1);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut exited = child.exited.clone();
+            let lost = tokio::select! {
+                () = held.lost() => true,
+                _ = exited.wait_for(|e| e.is_some()) => false,
+            };
+            if lost {
+                child.kill_now();
+                me.forget(&name, &child);
+                me.emit(&name, if held.stopped() { "stopped" } else { "lost" }, held.token, held.why());
+                if held.stopped() {
+                    holder::release(&me.claims, &held).await;
+                }
+                return;
+            }
+            let why = child.has_exited().unwrap_or_default();
+            me.forget(&name, &child);
+            me.emit(&name, "crashed", held.token, format!("pid {} exited: {why}", child.pid));
+            let auto = spec.deployment.as_ref().and_then(|d| d.auto_restart).unwrap_or(false);
+            if auto && !held.is_lost() {
+                me.restart(spec, held, restarts + 1).await;
+            } else {
+                held.give_up();
+                holder::release(&me.claims, &held).await;
+            }
+        });
+    }
+
+    async fn restart(self: &Arc<Self>, spec: ServerSpec, held: Arc<Held>, restarts: u32) {
+        let backoff = Duration::from_millis((500u64 << restarts.min(6)).min(30_000));
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = held.lost() => return,
+        }
+        for (tier, cmd) in chain(&spec, &self.base_dir) {
+            if let Ok(child) = Child::start(&spec.name, &cmd, START_TIMEOUT, request_timeout(&spec)).await {
+                if held.is_lost() {
+                    child.kill_now();
+                    return;
+                }
+                self.adopt(spec, Arc::new(child), held, tier, cmd.to_string(), restarts);
+                return;
+            }
+        }
+        let me = self.clone();
+        Box::pin(me.restart(spec, held, restarts + 1)).await;
+    }
+
+    fn forget(&self, name: &str, child: &Arc<Child>) {
+        let mut r = lock(&self.running);
+        if r.get(name).is_some_and(|x| Arc::ptr_eq(&x.child, child)) {
+            r.remove(name);
+        }
+        drop(r);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Stops the local instance of `name` and releases its claim.
+    pub async fn stop(&self, name: &str) -> Result<u64, String> {
+        let canonical = self.config.server(name).map(|s| s.name.clone()).unwrap_or_else(|| name.to_string());
+        let r = lock(&self.running).get(&canonical).map(|r| (r.child.clone(), r.held.clone()));
+        let Some((child, held)) = r else { return Err(format!("{canonical} does not run on this node")) };
+        held.stop("stopped by `deploy stop`");
+        child.stop().await;
+        Ok(held.token)
+    }
+
+    /// What runs where: every `svc/` claim of the cluster, with local details.
+    pub async fn status(&self) -> Result<Vec<DeploymentView>, String> {
+        let keys = match self.claims.request(ClientOp::List, Duration::from_secs(3)).await {
+            ClientReply::List { keys, .. } => keys,
+            ClientReply::Unavailable { reason } => return Err(format!("claims unavailable: {reason}")),
+            other => return Err(format!("unexpected claims answer: {other:?}")),
+        };
+        let running = lock(&self.running);
+        let sessions = lock(&self.sessions).clone();
+        let mut out: BTreeMap<String, DeploymentView> = BTreeMap::new();
+        for k in keys {
+            let Some(server) = k.key.strip_prefix("svc/") else { continue };
+            let h = k.holders.first();
+            out.insert(server.to_string(), view(server, h.map(|h| (h.holder.node.clone(), h.holder.token, h.expires_in_ms)), &self.me, running.get(server), &sessions));
+        }
+        for (name, r) in running.iter() {
+            out.entry(name.clone()).or_insert_with(|| view(name, Some((self.me.clone(), r.held.token, 0)), &self.me, Some(r), &sessions));
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Stops every local instance (the node is stopping); their claims are released.
+    pub async fn shutdown(&self) {
+        let all: Vec<(Arc<Child>, Arc<Held>)> = lock(&self.running).values().map(|r| (r.child.clone(), r.held.clone())).collect();
+        for (c, h) in all {
+            h.stop("the node is stopping");
+            c.stop().await;
+            holder::release(&self.claims, &h).await;
+        }
+    }
+}
+
+fn view(server: &str, holder: Option<(String, u64, u64)>, me: &str, r: Option<&Running>, sessions: &HashMap<String, i64>) -> DeploymentView {
+    DeploymentView {
+        server: server.to_string(),
+        local: holder.as_ref().is_some_and(|(n, _, _)| n == me),
+        node: holder.as_ref().map(|(n, _, _)| n.clone()),
+        token: holder.as_ref().map(|(_, t, _)| *t),
+        expires_in_ms: holder.as_ref().map(|(_, _, e)| *e),
+        via: r.map(|r| r.via.clone()),
+        command: r.map(|r| r.command.clone()),
+        pid: r.map(|r| r.child.pid),
+        since_ms: r.map(|r| r.since_ms),
+        restarts: r.map(|r| r.restarts).unwrap_or(0),
+        sessions: sessions.get(server).copied().unwrap_or(0),
+    }
+}
+
+#[derive(Debug)]
+enum DeployError {
+    /// Another node holds the claim (it deploys).
+    Taken,
+    Failed(String),
+}
+
+fn svc_key(name: &str) -> String {
+    format!("svc/{name}")
+}
+
+fn request_timeout(spec: &ServerSpec) -> Duration {
+    spec.launch.as_ref().and_then(|l| l.timeout).map(|s| Duration::from_secs(s.max(1))).unwrap_or(DEFAULT_REQUEST_TIMEOUT).max(DEFAULT_REQUEST_TIMEOUT)
+}
+
+fn npx_package(spec: &ServerSpec) -> Option<String> {
+    spec.strategies.iter().find_map(|(_, s)| match s {
+        Strategy::NpxAvailable { package } if !package.is_empty() => Some(package.clone()),
+        _ => None,
+    })
+}
+
+/// The commands to try, in the server's priority order.
+fn chain(spec: &ServerSpec, base: &std::path::Path) -> Vec<(Tier, Command)> {
+    let mut out = Vec::new();
+    for tier in &spec.priority_order {
+        match tier {
+            Tier::UserInstallation => {
+                if let Some(l) = &spec.launch
+                    && let Some(program) = &l.command
+                {
+                    let cwd = l.cwd.as_ref().map(|c| {
+                        let p = crate::config_files::expand_home(c);
+                        if p.is_relative() { base.join(p) } else { p }
+                    });
+                    let env = l.env.iter().map(|(k, v)| (k.clone(), expand(v))).collect();
+                    out.push((*tier, Command { program: program.clone(), args: l.args.iter().map(|a| expand(a)).collect(), cwd, env }));
+                }
+            }
+            Tier::NpxCloud => {
+                if let Some(p) = npx_package(spec) {
+                    out.push((*tier, Command { program: "npx".into(), args: vec!["-y".into(), p], cwd: None, env: BTreeMap::new() }));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn expand(v: &str) -> String {
+    craftmesh_protocol::config::source::expand_env(v, &|k| std::env::var(k).ok()).unwrap_or_else(|_| v.to_string())
+}
+
+fn config_hash(spec: &ServerSpec) -> String {
+    use sha2::Digest as _;
+    let text = serde_json::to_string(&spec.launch).unwrap_or_default();
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+}
+
+fn log_attempt(name: &str, tier: Tier, cmd: &Command, attempt: u32) {
+    tracing::info!(server = name, tier = tier.as_str(), attempt, command = %cmd, "starting the instance");
+}
+
+/// The manager as the sessions' [`Connector`].
+#[derive(Debug, Clone)]
+pub struct ArcDeployer(pub Arc<Deployer>);
+
+impl Connector for ArcDeployer {
+    fn connect(&self, server: String, client: ClientInfo) -> BoxFuture<'static, Result<Arc<Link>, String>> {
+        let d = self.0.clone();
+        Box::pin(async move { d.link_for(&server, client).await })
+    }
+
+    fn count(&self, server: &str, delta: i64) {
+        *lock(&self.0.sessions).entry(server.to_string()).or_default() += delta;
+    }
+}

@@ -1,0 +1,156 @@
+//! MCP between nodes: one libp2p stream (`/craftmesh/mcp/1`) per client session, on the
+//! mesh's keyed, encrypted connections (never an open port on the LAN).
+//!
+//! The opener writes one header line `{"server": NAME}`; the holder answers
+//! `{"ok": true}` or `{"ok": false, "error": ...}` and then both sides speak MCP as
+//! newline-delimited JSON-RPC (rmcp's framing, lines bounded by [`MAX_MESSAGE`]). The
+//! holder serves the stream as a [`Session`] bound to its instance: when the instance
+//! goes, the stream closes and the opener's session follows the server elsewhere.
+
+// MCP's logging, resource subscriptions and `ClientInfo` are marked deprecated by rmcp for the
+// 2026-07-28 protocol; every client in use today speaks the versions that have them.
+#![allow(deprecated)]
+
+use super::child::MAX_MESSAGE;
+use super::link::{self, Link, Router};
+use super::session::Session;
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use libp2p::StreamProtocol;
+use rmcp::model::ClientInfo;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader};
+use tokio_util::compat::FuturesAsyncReadCompatExt as _;
+use tokio_util::sync::CancellationToken;
+
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/craftmesh/mcp/1");
+/// Longest header line.
+const MAX_HEADER: usize = 4096;
+/// How long the header exchange may take (the holder may be finishing a deploy).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Hello {
+    server: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Answer {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// Reads one line of at most `max` bytes.
+async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>, max: usize) -> Result<String, String> {
+    let mut buf = Vec::new();
+    loop {
+        let chunk = r.fill_buf().await.map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
+            return Err("the stream closed".into());
+        }
+        if let Some(i) = chunk.iter().position(|b| *b == b'\n') {
+            buf.extend_from_slice(&chunk[..i]);
+            r.consume(i + 1);
+            break;
+        }
+        let n = chunk.len();
+        buf.extend_from_slice(chunk);
+        r.consume(n);
+        if buf.len() > max {
+            return Err(format!("header longer than {max} bytes"));
+        }
+    }
+    if buf.len() > max {
+        return Err(format!("header longer than {max} bytes"));
+    }
+    String::from_utf8(buf).map_err(|_| "header is not UTF-8".to_string())
+}
+
+async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, v: &T) -> Result<(), String> {
+    let mut line = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    w.write_all(&line).await.map_err(|e| e.to_string())?;
+    w.flush().await.map_err(|e| e.to_string())
+}
+
+/// Opens a session of `server` on `peer` for a client that introduced itself as `client`.
+pub async fn open(control: &libp2p_stream::Control, peer: &str, server: &str, client: ClientInfo, request_timeout: Duration) -> Result<Arc<Link>, String> {
+    let pid: libp2p::PeerId = peer.parse().map_err(|e| format!("`{peer}` is not a peer id: {e}"))?;
+    let mut control = control.clone();
+    let stream = tokio::time::timeout(Duration::from_secs(5), control.open_stream(pid, PROTOCOL))
+        .await
+        .map_err(|_| format!("no stream to {peer} within 5 s"))?
+        .map_err(|e| format!("cannot open a stream to {peer}: {e}"))?;
+    let (r, mut w) = tokio::io::split(stream.compat());
+    let mut r = BufReader::new(r);
+    let answer = tokio::time::timeout(HEADER_TIMEOUT, async {
+        write_json(&mut w, &Hello { server: server.to_string() }).await?;
+        let line = read_line(&mut r, MAX_HEADER).await?;
+        serde_json::from_str::<Answer>(&line).map_err(|e| format!("bad answer from {peer}: {e}"))
+    })
+    .await
+    .map_err(|_| format!("{peer} did not answer for {server} within {} s", HEADER_TIMEOUT.as_secs()))??;
+    if !answer.ok {
+        return Err(format!("{peer}: {}", answer.error.unwrap_or_else(|| "refused".into())));
+    }
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(r, w).with_max_line_length(MAX_MESSAGE);
+    let router = Router::new(format!("{server} on {peer}"), false);
+    link::connect(router, client, transport, Duration::from_secs(30), request_timeout).await
+}
+
+/// Where a holder finds its instance of a server (waiting while it deploys).
+pub type Lookup = Arc<dyn Fn(String) -> BoxFuture<'static, Result<Arc<Link>, String>> + Send + Sync>;
+
+/// Serves inbound MCP streams until the node stops. Fails only when the protocol is
+/// registered twice.
+pub fn serve(control: &libp2p_stream::Control, lookup: Lookup) -> Result<(), String> {
+    let mut control = control.clone();
+    let mut incoming = control.accept(PROTOCOL).map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let lookup = lookup.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_one(peer.to_base58(), stream, lookup).await {
+                    tracing::debug!(%peer, error = %e, "MCP stream from a member ended");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn serve_one(peer: String, stream: libp2p::Stream, lookup: Lookup) -> Result<(), String> {
+    let (r, mut w) = tokio::io::split(stream.compat());
+    let mut r = BufReader::new(r);
+    let hello: Hello = tokio::time::timeout(Duration::from_secs(5), read_line(&mut r, MAX_HEADER))
+        .await
+        .map_err(|_| "no header within 5 s".to_string())?
+        .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad header: {e}")))?;
+    let found = tokio::time::timeout(HEADER_TIMEOUT - Duration::from_secs(5), lookup(hello.server.clone())).await;
+    let link = match found {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
+            let _ = write_json(&mut w, &Answer { ok: false, error: Some(e.clone()) }).await;
+            return Err(e);
+        }
+        Err(_) => {
+            let e = format!("{} is not ready here", hello.server);
+            let _ = write_json(&mut w, &Answer { ok: false, error: Some(e.clone()) }).await;
+            return Err(e);
+        }
+    };
+    write_json(&mut w, &Answer { ok: true, error: None }).await?;
+    tracing::debug!(%peer, server = %hello.server, "serving an MCP session to a member");
+    let end = CancellationToken::new();
+    let session = Session::fixed(hello.server.clone(), link, end.clone());
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(r, w).with_max_line_length(MAX_MESSAGE);
+    let running = tokio::time::timeout(Duration::from_secs(30), rmcp::service::serve_server_with_ct(session, transport, end.clone()))
+        .await
+        .map_err(|_| "no initialize within 30 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = running.waiting().await;
+    Ok(())
+}
