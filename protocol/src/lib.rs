@@ -7,6 +7,7 @@
 
 pub mod claims;
 pub mod config;
+pub mod deploy;
 pub mod interfaces;
 pub mod joincode;
 pub mod lockfile;

@@ -496,6 +496,10 @@ pub struct DeploymentConfig {
     pub on_demand: Option<bool>,
     /// Accepted here too, as the PromptCraft files place it.
     pub requires_api_key: Option<String>,
+    /// Members to deploy on when the resource check places the server, best first: a peer
+    /// id or a node name (see [`crate::deploy`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred_hosts: Vec<String>,
 }
 
 /// How a server is deployed when craftmesh has to start it.
