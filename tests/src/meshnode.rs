@@ -54,7 +54,20 @@ impl MeshNode {
     /// Starts `craftmesh up` with exactly `extra` (no mesh key added): a node as a user
     /// starts it, which makes or loads the key of its own data dir.
     pub fn start_exact(rig: &Rig, i: usize, yaml: &str, extra: &[&str]) -> MeshNode {
-        let cfg = ConfigDir::new(yaml);
+        MeshNode::start_in(rig, i, ConfigDir::new(yaml), extra)
+    }
+
+    /// Starts `craftmesh up` in host `i` on a prepared configuration (with launch entries in
+    /// `.mcp/servers/`, say), with the test mesh key unless `extra` names one.
+    pub fn start_cfg(rig: &Rig, i: usize, cfg: ConfigDir, extra: &[&str]) -> MeshNode {
+        let mut args: Vec<&str> = extra.to_vec();
+        if !extra.iter().any(|a| *a == "--mesh-key" || *a == "--open") {
+            args.extend(["--mesh-key", test_key()]);
+        }
+        MeshNode::start_in(rig, i, cfg, &args)
+    }
+
+    fn start_in(rig: &Rig, i: usize, cfg: ConfigDir, extra: &[&str]) -> MeshNode {
         let mut n = MeshNode { index: i, cfg, proc: None, peer_id: String::new(), bin: None, args: extra.iter().map(|s| s.to_string()).collect() };
         n.restart(rig);
         n

@@ -1,0 +1,257 @@
+//! One instance per LAN, across real hosts: craftmesh nodes in network namespaces deploy a
+//! real stdio MCP server (the official Python SDK, `tests/fixtures/mcp_stdio_server.py`)
+//! by claim and serve it to clients on every host through `craftmesh mcp-proxy` and
+//! `/mcp/NAME`; the clients are the official SDK's (`tests/fixtures/mcp_client.py`).
+//! Timings here are generous deadlines; the bench measures them.
+
+use craftmesh_tests::meshnode::{MeshNode, wait_until};
+use craftmesh_tests::netns::{Rig, netns_available};
+use craftmesh_tests::{CmdOutput, ConfigDir, craftmesh_bin, fixture, python, python_has_mcp, require, run_with_timeout};
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const FORM: Duration = Duration::from_secs(30);
+
+fn rig(n: usize) -> Option<Rig> {
+    if !require("network namespaces (root, iproute2)", netns_available()) {
+        return None;
+    }
+    if !require("python with the MCP SDK (tests/scripts/run-tests.sh makes .venv)", python_has_mcp()) {
+        return None;
+    }
+    Some(Rig::new(n).expect("build the rig"))
+}
+
+/// A configuration with one shared stdio server, `echo`, whose processes carry `tag` on
+/// their command line (tests run in parallel and share the process table).
+fn echo_config(tag: &str) -> ConfigDir {
+    let yaml = "settings:\n  discovery_interval: 30\nservers:\n  echo:\n    priority_order: [user_installation]\n    deployment_config:\n      prevent_duplicate: true\n";
+    let json = serde_json::json!({"mcpServers": {"echo": {
+        "command": python().to_string_lossy(),
+        "args": [fixture("mcp_stdio_server.py").to_string_lossy(), "--name", tag],
+    }}});
+    ConfigDir::new(yaml).with_servers_json("core", &json.to_string())
+}
+
+fn start(rig: &Rig, n: usize, tag: &str) -> Vec<MeshNode> {
+    let nodes: Vec<MeshNode> = (0..n).map(|i| MeshNode::start_cfg(rig, i, echo_config(tag), &["--role", "server"])).collect();
+    wait_until("one claims cluster with a leader", FORM, || {
+        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
+        let views = views?;
+        let c = views[0]["cluster"].as_str()?;
+        views.iter().all(|v| v["cluster"] == c && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(n)).then_some(())
+    });
+    nodes
+}
+
+fn logs(nodes: &[MeshNode]) -> String {
+    nodes.iter().map(|n| format!("--- node {} ---\n{}", n.index, n.log())).collect::<Vec<_>>().join("\n")
+}
+
+/// `mcp_client.py` in `n`'s host, against `n` through `mcp-proxy` (`http` false) or
+/// `/mcp/echo` (`http` true).
+fn client(rig: &Rig, n: &MeshNode, http: bool, script: &Value, concurrent: usize) -> Command {
+    let mut c = Command::new(python());
+    c.arg(fixture("mcp_client.py")).args(["--script", &script.to_string(), "--concurrent", &concurrent.to_string(), "--timeout", "120"]);
+    if http {
+        let token = std::fs::read_to_string(n.cfg.data_dir().join("api.token")).expect("the node's api.token");
+        c.args(["--http", "http://127.0.0.1:7410/mcp/echo", "--header", &format!("Authorization: Bearer {}", token.trim())]);
+    } else {
+        c.arg("--stdio").arg(craftmesh_bin()).args(["mcp-proxy", "echo", "--api", "127.0.0.1:7410", "--data-dir"]).arg(n.cfg.data_dir());
+    }
+    rig.host(n.index).wrap(&c)
+}
+
+/// The JSON lines a client printed.
+fn lines(out: &CmdOutput) -> Vec<Value> {
+    out.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Pids of the fixture servers named `tag` (all hosts share the process table).
+fn children(tag: &str) -> Vec<u32> {
+    let out = run_with_timeout(Command::new("pgrep").args(["-f", &format!("mcp_stdio_server.py --name {tag}$")]), Duration::from_secs(5));
+    out.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+}
+
+fn ensure(rig: &Rig, n: &MeshNode) -> Value {
+    let out = run_with_timeout(&mut rig.host(n.index).wrap(&n.cfg.command(&["resolve", "--ensure", "echo", "--json", "--api", "127.0.0.1:7410"])), Duration::from_secs(120));
+    assert!(out.success(), "resolve --ensure failed\n{}", out.describe());
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{}", out.describe()))
+}
+
+#[test]
+fn one_child_serves_sessions_from_other_hosts_with_their_own_progress_logs_and_sampling() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("echo-{}", craftmesh_tests::random_suffix());
+    let nodes = start(&rig, 3, &tag);
+    let e = ensure(&rig, &nodes[0]);
+    assert_eq!(e["local"], true, "the first ensure deploys on its own node: {e}");
+    assert_eq!(e["deployed"], true, "{e}");
+    let pids = children(&tag);
+    assert_eq!(pids.len(), 1, "one child on the whole LAN: {pids:?}");
+    let child = pids[0].to_string();
+    // Interleaved requests from several sessions on two other hosts, through both ways in.
+    let script = serde_json::json!([
+        {"server_info": true},
+        {"call": "whoami", "args": {"tag": "{tag}"}, "expect": "{tag}"},
+        {"call": "pid", "args": {}, "expect": child},
+        {"call": "progress", "args": {"steps": 4, "delay_ms": 10}, "expect": "done 4"},
+        {"call": "whoami", "args": {"tag": "{tag}"}, "expect": "{tag}"},
+        {"call": "echo", "args": {"text": "x-{tag}"}, "expect": "x-{tag}"}
+    ]);
+    let mut proxy = client(&rig, &nodes[1], false, &script, 3);
+    let mut http = client(&rig, &nodes[2], true, &script, 3);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run_with_timeout(&mut proxy, Duration::from_secs(150)));
+        let b = s.spawn(|| run_with_timeout(&mut http, Duration::from_secs(150)));
+        (a.join().expect("proxy client"), b.join().expect("http client"))
+    });
+    for out in [&a, &b] {
+        assert!(out.success(), "a client failed\n{}\n{}", out.describe(), logs(&nodes));
+        let ls = lines(out);
+        // Each session got exactly its own four progress notifications.
+        for tag in ["s0", "s1", "s2"] {
+            let p = ls.iter().find(|l| l["session"] == tag && l["name"] == "progress").unwrap_or_else(|| panic!("no progress step of {tag}\n{}", out.stdout));
+            assert_eq!(p["progress"].as_array().map(Vec::len), Some(4), "{tag} progress: {p}");
+        }
+        let total: usize = ls.iter().map(|l| l["progress"].as_array().map(Vec::len).unwrap_or(0)).sum();
+        assert_eq!(total, 12, "no session saw another's progress\n{}", out.stdout);
+    }
+    assert_eq!(children(&tag), pids, "still the one child");
+    // Server-to-client requests and logs go to the session whose request is in flight: a
+    // second session stays open and idle on another host meanwhile.
+    let idle = serde_json::json!([{"ping": true}, {"sleep_ms": 4000}, {"ping": true}]);
+    let busy = serde_json::json!([
+        {"sleep_ms": 500},
+        {"call": "sample", "args": {"prompt": "hi-{tag}"}, "expect": "sampled:hi-{tag}"},
+        {"call": "log", "args": {"level": "warning", "message": "note-{tag}"}},
+        {"call": "roots", "args": {}, "expect": "file:///tmp/craftmesh-test"}
+    ]);
+    let mut idle_c = client(&rig, &nodes[2], true, &idle, 1);
+    let mut busy_c = client(&rig, &nodes[1], false, &busy, 1);
+    let (i, b) = std::thread::scope(|s| {
+        let i = s.spawn(|| run_with_timeout(&mut idle_c, Duration::from_secs(60)));
+        let b = s.spawn(|| run_with_timeout(&mut busy_c, Duration::from_secs(60)));
+        (i.join().expect("idle client"), b.join().expect("busy client"))
+    });
+    assert!(b.success(), "the busy client failed\n{}\n{}", b.describe(), logs(&nodes));
+    assert!(i.success(), "the idle client failed\n{}", i.describe());
+    let bl = lines(&b);
+    let sampled: Vec<&Value> = bl.iter().filter_map(|l| l["sampled"].as_array()).flatten().collect();
+    assert_eq!(sampled, vec![&Value::from("hi-s0")], "the busy session answered its own sampling request\n{}", b.stdout);
+    let logged: Vec<&Value> = bl.iter().filter_map(|l| l["logs"].as_array()).flatten().collect();
+    assert!(logged.iter().any(|l| l["data"] == "note-s0"), "the log message reached the session\n{}", b.stdout);
+    let il = lines(&i);
+    for l in &il {
+        for k in ["sampled", "logs", "elicited"] {
+            assert!(l[k].as_array().is_none_or(Vec::is_empty), "the idle session got {k}: {l}");
+        }
+        assert!(l["roots_asked"].as_u64().unwrap_or(0) == 0, "the idle session was asked for roots: {l}");
+    }
+    assert_eq!(children(&tag), pids, "still the one child");
+}
+
+#[test]
+fn ensure_from_three_hosts_at_once_deploys_one_instance() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("echo-{}", craftmesh_tests::random_suffix());
+    let nodes = start(&rig, 3, &tag);
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let hs: Vec<_> = nodes.iter().map(|n| s.spawn(|| ensure(&rig, n))).collect();
+        hs.into_iter().map(|h| h.join().expect("ensure thread")).collect()
+    });
+    let holder = answers[0]["node"].clone();
+    assert!(answers.iter().all(|a| a["node"] == holder && a["token"] == answers[0]["token"]), "three answers, one instance: {answers:#?}");
+    assert_eq!(answers.iter().filter(|a| a["deployed"] == true).count(), 1, "exactly one node deployed: {answers:#?}");
+    assert_eq!(children(&tag).len(), 1, "one child on the LAN");
+    let st = nodes[1].json(&rig, &["deploy", "status", "--json"]).expect("deploy status");
+    let row = st.as_array().and_then(|a| a.iter().find(|r| r["server"] == "echo").cloned()).expect("echo in deploy status");
+    assert_eq!(row["node"], holder, "{st:#}");
+}
+
+#[test]
+fn a_proxy_session_survives_the_holder_node_being_killed() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("echo-{}", craftmesh_tests::random_suffix());
+    let mut nodes = start(&rig, 3, &tag);
+    assert_eq!(ensure(&rig, &nodes[0])["local"], true);
+    let old = children(&tag);
+    assert_eq!(old.len(), 1);
+    // A session on host 2 calls every 100 ms for long enough to see the failover.
+    let mut steps = vec![serde_json::json!({"call": "pid", "args": {}})];
+    for _ in 0..80 {
+        steps.push(serde_json::json!({"sleep_ms": 100}));
+        steps.push(serde_json::json!({"call": "pid", "args": {}}));
+    }
+    let mut c = client(&rig, &nodes[2], false, &Value::Array(steps), 1);
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(|| run_with_timeout(&mut c, Duration::from_secs(120)));
+        std::thread::sleep(Duration::from_secs(3));
+        rig.kill9(nodes[0].pid()).expect("SIGKILL the holder node");
+        h.join().expect("client")
+    });
+    let ls = lines(&out);
+    let pids: Vec<String> = ls.iter().filter(|l| l["op"] == "call" && l["ok"] == true).filter_map(|l| l["text"].as_str().map(str::to_string)).collect();
+    let failed = ls.iter().filter(|l| l["op"] == "call" && l["ok"] == false).count();
+    assert!(pids.first() == Some(&old[0].to_string()), "first answers came from the first child\n{}", out.stdout);
+    let last = pids.last().cloned().unwrap_or_default();
+    assert!(!last.is_empty() && last != old[0].to_string(), "the session ends on a new instance\n{}\n{}", out.stdout, logs(&nodes));
+    assert!(failed <= 3, "at most the calls in flight around the kill fail ({failed})\n{}", out.stdout);
+    assert!(!out.timed_out, "no call hung");
+    wait_until("the old child gone with its node", Duration::from_secs(5), || (!alive(old[0])).then_some(()));
+    let now = children(&tag);
+    assert_eq!(now.len(), 1, "one instance after the failover: {now:?}");
+    nodes[0].proc = None;
+}
+
+#[test]
+fn a_cut_off_holder_stops_its_child_before_the_next_one_starts() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("echo-{}", craftmesh_tests::random_suffix());
+    let nodes = start(&rig, 3, &tag);
+    assert_eq!(ensure(&rig, &nodes[0])["local"], true);
+    let old = children(&tag);
+    assert_eq!(old.len(), 1);
+    // A client on host 1 keeps the server wanted.
+    let mut steps = vec![serde_json::json!({"call": "pid", "args": {}})];
+    for _ in 0..120 {
+        steps.push(serde_json::json!({"sleep_ms": 100}));
+        steps.push(serde_json::json!({"call": "pid", "args": {}}));
+    }
+    let mut c = client(&rig, &nodes[1], false, &Value::Array(steps), 1);
+    let (out, overlap, new_seen) = std::thread::scope(|s| {
+        let h = s.spawn(|| run_with_timeout(&mut c, Duration::from_secs(120)));
+        std::thread::sleep(Duration::from_secs(2));
+        rig.cut_off(0).expect("cut host 0 off");
+        let start = Instant::now();
+        let mut overlap = Vec::new();
+        let mut new_seen = false;
+        // Watch every 10 ms: the old child must be gone before a new one exists.
+        while start.elapsed() < Duration::from_secs(20) {
+            let now = children(&tag);
+            let others: Vec<u32> = now.iter().copied().filter(|p| *p != old[0]).collect();
+            if !others.is_empty() {
+                new_seen = true;
+                if alive(old[0]) {
+                    overlap.push((start.elapsed(), others.clone()));
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = h.join().expect("client");
+        (out, overlap, new_seen)
+    });
+    rig.reconnect(0).expect("reconnect host 0");
+    assert!(new_seen, "a new instance started elsewhere\n{}\n{}", out.stdout, logs(&nodes));
+    assert!(overlap.is_empty(), "old and new child ran at once: {overlap:?}\n{}", logs(&nodes));
+    let ls = lines(&out);
+    let last = ls.iter().rev().find(|l| l["op"] == "call" && l["ok"] == true).and_then(|l| l["text"].as_str().map(str::to_string));
+    assert!(last.is_some_and(|p| p != old[0].to_string()), "the session moved to the new instance\n{}", out.stdout);
+}
