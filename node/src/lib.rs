@@ -9,6 +9,7 @@ pub mod claims;
 pub mod cli;
 pub mod config_files;
 pub mod datadir;
+pub mod deploy;
 pub mod discovery;
 pub mod driver;
 pub mod host;

@@ -1,0 +1,3 @@
+//! Launchers for the one instance of a shared server that a node runs under its claim.
+
+pub mod docker;
