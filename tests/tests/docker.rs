@@ -10,25 +10,6 @@ fn docker(args: &[&str], timeout: Duration) -> CmdOutput {
     out
 }
 
-/// Builds `tests/fixtures/stub_http.rs` statically and an image `FROM scratch` holding it.
-fn build_stub_image(ctx: &std::path::Path, tag: &str) -> DockerCleanup {
-    std::fs::create_dir_all(ctx).expect("create build context");
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
-    let out = run_with_timeout(
-        Command::new(&rustc)
-            .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "--target", "x86_64-unknown-linux-gnu", "-o"])
-            .arg(ctx.join("stub_http"))
-            .arg(fixture("stub_http.rs")),
-        Duration::from_secs(180),
-    );
-    assert!(out.success(), "compiling the static stub failed\n{}", out.describe());
-    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY stub_http /stub_http\nEXPOSE 8080\nENTRYPOINT [\"/stub_http\"]\nCMD [\"8080\"]\n")
-        .expect("write Dockerfile");
-    let ctx_s = ctx.to_string_lossy().into_owned();
-    docker(&["build", "-q", "-t", tag, &ctx_s], Duration::from_secs(180));
-    DockerCleanup::Image(tag.to_string())
-}
-
 #[test]
 fn docker_container_is_found_by_label_with_its_published_port() {
     if !require("a running docker engine (`docker info` failed)", docker_available()) {
@@ -51,7 +32,7 @@ fn docker_container_is_found_by_label_with_its_published_port() {
     .with_servers_json("core", r#"{ "mcpServers": { "stub-http": { "command": "stub_http", "health_check": { "type": "http", "endpoint": "/health" } } } }"#);
 
     // Declared first so they are dropped last: the container goes before the image.
-    let _image = build_stub_image(&cfg.scratch_dir().join("stub-image"), &tag);
+    let _image = build_static_fixture_image("stub_http", 8080, &cfg.scratch_dir().join("stub-image"), &tag);
     let run = docker(&["run", "-d", "--rm", "--label", &label, "-p", "127.0.0.1::8080", &tag], Duration::from_secs(60));
     let container_id = run.stdout.trim().to_string();
     let _container = DockerCleanup::Container(container_id.clone());

@@ -1,5 +1,6 @@
 //! Deploying shared servers by claim: [`manager`] decides and runs instances, [`holder`]
-//! keeps their claims.
+//! keeps their claims, [`docker`] runs containers through the engine API.
 
+pub mod docker;
 pub mod holder;
 pub mod manager;
