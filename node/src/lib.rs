@@ -11,7 +11,6 @@ pub mod cli;
 pub mod config_files;
 pub mod deploy;
 pub mod datadir;
-pub mod deploy;
 pub mod discovery;
 pub mod driver;
 pub mod host;
