@@ -17,6 +17,7 @@
 use super::holder::{self, Held};
 use crate::claims::ClaimsHandle;
 use crate::claims::wire::{ClientOp, ClientReply};
+use super::instance::{Instance, Launch, Under};
 use crate::share::child::{Child, Command};
 use crate::share::link::{Link, lock};
 use crate::share::mesh;
@@ -54,7 +55,7 @@ pub struct DeployEvent {
 /// One instance this node runs.
 #[derive(Debug)]
 struct Running {
-    child: Arc<Child>,
+    child: Arc<dyn Instance>,
     held: Arc<Held>,
     via: String,
     command: String,
@@ -164,7 +165,7 @@ impl Deployer {
     }
 
     fn local_link(&self, name: &str) -> Option<Arc<Link>> {
-        lock(&self.running).get(name).filter(|r| !r.child.link.is_closed() && !r.held.is_lost()).map(|r| r.child.link.clone())
+        lock(&self.running).get(name).filter(|r| !r.held.is_lost()).and_then(|r| r.child.link()).filter(|l| !l.is_closed())
     }
 
     /// The live holder of `svc/NAME`: (node, token, expires_in_ms).
@@ -285,21 +286,21 @@ impl Deployer {
         let attempts = self.config.settings.max_deployment_retries.max(1);
         let mut errors = Vec::new();
         'outer: for attempt in 1..=attempts {
-            for (tier, cmd) in chain(spec, &self.base_dir) {
+            for (tier, launch) in chain(spec, &self.base_dir) {
                 if held.is_lost() {
                     errors.push("the claim was lost while deploying".to_string());
                     break 'outer;
                 }
-                log_attempt(&spec.name, tier, &cmd, attempt);
-                match Child::start(&spec.name, &cmd, START_TIMEOUT, request_timeout(spec)).await {
+                log_attempt(&spec.name, tier, &launch, attempt);
+                let under = Under { server: spec.name.clone(), key: key.clone(), holder: self.me.clone(), token: held.token };
+                match start_instance(&spec.name, &launch, &under, request_timeout(spec)).await {
                     Ok(child) => {
-                        let child = Arc::new(child);
                         if held.is_lost() {
                             child.kill_now();
                             errors.push("the claim was lost while deploying".to_string());
                             break 'outer;
                         }
-                        self.adopt(spec.clone(), child, held.clone(), tier, cmd.to_string(), 0);
+                        self.adopt(spec.clone(), child, held.clone(), tier, launch.to_string(), 0);
                         return Ok(());
                     }
                     Err(e) => {
@@ -318,9 +319,9 @@ impl Deployer {
 
     /// Records a started instance and watches it: claim lost → kill at once; child exit →
     /// restart under the same claim (`auto_restart`) or give the claim up.
-    fn adopt(self: &Arc<Self>, spec: ServerSpec, child: Arc<Child>, held: Arc<Held>, tier: Tier, command: String, restarts: u32) {
+    fn adopt(self: &Arc<Self>, spec: ServerSpec, child: Arc<dyn Instance>, held: Arc<Held>, tier: Tier, command: String, restarts: u32) {
         let name = spec.name.clone();
-        self.emit(&name, if restarts == 0 { "deployed" } else { "restarted" }, held.token, format!("pid {} via {}: {command}", child.pid, tier.as_str()));
+        self.emit(&name, if restarts == 0 { "deployed" } else { "restarted" }, held.token, format!("{} via {}: {command}", child.describe(), tier.as_str()));
         lock(&self.running).insert(
             name.clone(),
             Running { child: child.clone(), held: held.clone(), via: tier.as_str().to_string(), command: command.clone(), since_ms: crate::discovery::now_ms(), restarts },
@@ -328,7 +329,7 @@ impl Deployer {
         self.changed.send_modify(|v| *v += 1);
         let me = self.clone();
         tokio::spawn(async move {
-            let mut exited = child.exited.clone();
+            let mut exited = child.exited();
             let lost = tokio::select! {
                 () = held.lost() => true,
                 _ = exited.wait_for(|e| e.is_some()) => false,
@@ -342,9 +343,9 @@ impl Deployer {
                 }
                 return;
             }
-            let why = child.has_exited().unwrap_or_default();
+            let why = exited.borrow().clone().unwrap_or_default();
             me.forget(&name, &child);
-            me.emit(&name, "crashed", held.token, format!("pid {} exited: {why}", child.pid));
+            me.emit(&name, "crashed", held.token, format!("{} exited: {why}", child.describe()));
             let auto = spec.deployment.as_ref().and_then(|d| d.auto_restart).unwrap_or(false);
             if auto && !held.is_lost() {
                 me.restart(spec, held, restarts + 1).await;
@@ -361,13 +362,14 @@ impl Deployer {
             () = tokio::time::sleep(backoff) => {}
             () = held.lost() => return,
         }
-        for (tier, cmd) in chain(&spec, &self.base_dir) {
-            if let Ok(child) = Child::start(&spec.name, &cmd, START_TIMEOUT, request_timeout(&spec)).await {
+        let under = Under { server: spec.name.clone(), key: held.key.clone(), holder: self.me.clone(), token: held.token };
+        for (tier, launch) in chain(&spec, &self.base_dir) {
+            if let Ok(child) = start_instance(&spec.name, &launch, &under, request_timeout(&spec)).await {
                 if held.is_lost() {
                     child.kill_now();
                     return;
                 }
-                self.adopt(spec, Arc::new(child), held, tier, cmd.to_string(), restarts);
+                self.adopt(spec, child, held, tier, launch.to_string(), restarts);
                 return;
             }
         }
@@ -375,7 +377,7 @@ impl Deployer {
         Box::pin(me.restart(spec, held, restarts + 1)).await;
     }
 
-    fn forget(&self, name: &str, child: &Arc<Child>) {
+    fn forget(&self, name: &str, child: &Arc<dyn Instance>) {
         let mut r = lock(&self.running);
         if r.get(name).is_some_and(|x| Arc::ptr_eq(&x.child, child)) {
             r.remove(name);
@@ -417,7 +419,7 @@ impl Deployer {
 
     /// Stops every local instance (the node is stopping); their claims are released.
     pub async fn shutdown(&self) {
-        let all: Vec<(Arc<Child>, Arc<Held>)> = lock(&self.running).values().map(|r| (r.child.clone(), r.held.clone())).collect();
+        let all: Vec<(Arc<dyn Instance>, Arc<Held>)> = lock(&self.running).values().map(|r| (r.child.clone(), r.held.clone())).collect();
         for (c, h) in all {
             h.stop("the node is stopping");
             c.stop().await;
@@ -435,7 +437,7 @@ fn view(server: &str, holder: Option<(String, u64, u64)>, me: &str, r: Option<&R
         expires_in_ms: holder.as_ref().map(|(_, _, e)| *e),
         via: r.map(|r| r.via.clone()),
         command: r.map(|r| r.command.clone()),
-        pid: r.map(|r| r.child.pid),
+        pid: r.and_then(|r| r.child.pid()),
         since_ms: r.map(|r| r.since_ms),
         restarts: r.map(|r| r.restarts).unwrap_or(0),
         sessions: sessions.get(server).copied().unwrap_or(0),
@@ -465,7 +467,7 @@ fn npx_package(spec: &ServerSpec) -> Option<String> {
 }
 
 /// The commands to try, in the server's priority order.
-fn chain(spec: &ServerSpec, base: &std::path::Path) -> Vec<(Tier, Command)> {
+fn chain(spec: &ServerSpec, base: &std::path::Path) -> Vec<(Tier, Launch)> {
     let mut out = Vec::new();
     for tier in &spec.priority_order {
         match tier {
@@ -478,12 +480,12 @@ fn chain(spec: &ServerSpec, base: &std::path::Path) -> Vec<(Tier, Command)> {
                         if p.is_relative() { base.join(p) } else { p }
                     });
                     let env = l.env.iter().map(|(k, v)| (k.clone(), expand(v))).collect();
-                    out.push((*tier, Command { program: program.clone(), args: l.args.iter().map(|a| expand(a)).collect(), cwd, env }));
+                    out.push((*tier, Launch::Process(Command { program: program.clone(), args: l.args.iter().map(|a| expand(a)).collect(), cwd, env })));
                 }
             }
             Tier::NpxCloud => {
                 if let Some(p) = npx_package(spec) {
-                    out.push((*tier, Command { program: "npx".into(), args: vec!["-y".into(), p], cwd: None, env: BTreeMap::new() }));
+                    out.push((*tier, Launch::Process(Command { program: "npx".into(), args: vec!["-y".into(), p], cwd: None, env: BTreeMap::new() })));
                 }
             }
             _ => {}
@@ -502,8 +504,16 @@ fn config_hash(spec: &ServerSpec) -> String {
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
 }
 
-fn log_attempt(name: &str, tier: Tier, cmd: &Command, attempt: u32) {
-    tracing::info!(server = name, tier = tier.as_str(), attempt, command = %cmd, "starting the instance");
+fn log_attempt(name: &str, tier: Tier, launch: &Launch, attempt: u32) {
+    tracing::info!(server = name, tier = tier.as_str(), attempt, launch = %launch, "starting the instance");
+}
+
+/// Starts one tier's instance and checks it (MCP `initialize` + `tools/list`).
+async fn start_instance(name: &str, launch: &Launch, under: &Under, request_timeout: Duration) -> Result<Arc<dyn Instance>, String> {
+    let _ = under;
+    match launch {
+        Launch::Process(cmd) => Child::start(name, cmd, START_TIMEOUT, request_timeout).await.map(|c| Arc::new(c) as Arc<dyn Instance>),
+    }
 }
 
 /// The manager as the sessions' [`Connector`].

@@ -3,4 +3,5 @@
 
 pub mod docker;
 pub mod holder;
+pub mod instance;
 pub mod manager;
