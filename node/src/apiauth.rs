@@ -117,9 +117,40 @@ pub struct ConnAddrs {
     pub remote: SocketAddr,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for ConnAddrs {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelay>> for ConnAddrs {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelay>) -> Self {
         ConnAddrs { local: stream.io().local_addr().ok(), remote: *stream.remote_addr() }
+    }
+}
+
+/// The API's listener, with `TCP_NODELAY` on every connection: answers written in several
+/// pieces (server-sent events, MCP over `/mcp/NAME`) must not wait for the client's
+/// delayed ACK (40 ms on Linux).
+#[derive(Debug)]
+pub struct NoDelay(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((s, a)) => {
+                    let _ = s.set_nodelay(true);
+                    return (s, a);
+                }
+                // Out of descriptors and the like: back off briefly, as axum does.
+                Err(e) => {
+                    tracing::debug!(error = %e, "API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }
 

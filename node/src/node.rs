@@ -137,7 +137,7 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     let auth =
         Arc::new(crate::apiauth::ApiAuth { token: setup.api_token.clone(), allow_remote: setup.api_allow_remote, bound: addr, keypair: setup.keypair.clone() });
     let app = api::router(handle, discoverer, events_tx, auth, claims, deployer.clone(), mcp);
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>()).with_graceful_shutdown(stopped(stop_rx));
+    let server = axum::serve(crate::apiauth::NoDelay(listener), app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>()).with_graceful_shutdown(stopped(stop_rx));
     let server_task = tokio::spawn(async move { server.await });
     shutdown.await;
     tracing::info!("shutting down");
