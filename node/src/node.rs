@@ -113,7 +113,7 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
             let lookup_d = d.clone();
             let lookup: crate::share::mesh::Lookup = Arc::new(move |name: String| {
                 let d = lookup_d.clone();
-                Box::pin(async move { d.local_for_member(&name, std::time::Duration::from_secs(50)).await })
+                Box::pin(async move { d.local_for_member(&name, crate::share::mesh::READY_WAIT).await })
             });
             crate::share::mesh::serve(&control, lookup).map_err(NodeError::ClaimsProtocol)?;
             let canon_d = d.clone();

@@ -106,6 +106,9 @@ pub struct Deployer {
     sessions: Mutex<HashMap<String, i64>>,
     /// Bumped whenever a local instance appears or goes.
     changed: watch::Sender<u64>,
+    /// Links of local sessions to other nodes' instances, with the grant they rely on:
+    /// closed when the claim moves on (a holder cut off keeps its stream open for a while).
+    remotes: Mutex<Vec<Remote>>,
     base_dir: PathBuf,
 }
 
@@ -114,6 +117,17 @@ impl std::fmt::Debug for Deployer {
         f.debug_struct("Deployer").field("me", &self.me).finish()
     }
 }
+
+#[derive(Debug)]
+struct Remote {
+    key: String,
+    node: String,
+    token: u64,
+    link: std::sync::Weak<Link>,
+}
+
+/// How often remote links are checked against the claims.
+const REMOTE_CHECK: Duration = Duration::from_millis(250);
 
 /// Lease of a `svc/NAME` claim unless `CRAFTMESH_SERVICE_TTL_MS` says otherwise.
 pub const DEFAULT_SERVICE_TTL_MS: u64 = 5000;
@@ -138,8 +152,53 @@ impl Deployer {
             deploying: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
+            remotes: Mutex::new(Vec::new()),
             base_dir,
         })
+    }
+
+    /// Closes remote links whose grant is no longer the key's holder (expired, handed on),
+    /// so their sessions fail over instead of waiting on a silent stream.
+    async fn check_remotes(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REMOTE_CHECK).await;
+            let watched: Vec<(String, String, u64)> = {
+                let mut r = lock(&self.remotes);
+                r.retain(|x| x.link.upgrade().is_some_and(|l| !l.is_closed()));
+                if r.is_empty() {
+                    return;
+                }
+                r.iter().map(|x| (x.key.clone(), x.node.clone(), x.token)).collect()
+            };
+            let keys = match self.claims.request(ClientOp::List, Duration::from_secs(1)).await {
+                ClientReply::List { keys, .. } => keys,
+                // No answer (no leader, or this node is cut off): nothing is known, keep.
+                _ => continue,
+            };
+            for (key, node, token) in watched {
+                let held = keys.iter().find(|k| k.key == key).and_then(|k| k.holders.first()).is_some_and(|h| h.holder.node == node && h.holder.token == token);
+                if !held {
+                    for x in lock(&self.remotes).iter().filter(|x| x.key == key && x.node == node && x.token == token) {
+                        if let Some(l) = x.link.upgrade() {
+                            tracing::info!(key, holder = %node, token, "the instance's claim moved on; closing the session's link to it");
+                            l.close();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn watch_remote(self: &Arc<Self>, key: String, node: String, token: u64, link: &Arc<Link>) {
+        let start = {
+            let mut r = lock(&self.remotes);
+            let start = r.is_empty();
+            r.push(Remote { key, node, token, link: Arc::downgrade(link) });
+            start
+        };
+        if start {
+            tokio::spawn(self.clone().check_remotes());
+        }
     }
 
     /// The canonical name of a shared server (`None`: no such server or it cannot be run).
@@ -226,7 +285,10 @@ impl Deployer {
             let e = self.ensure(&spec.name, deadline.saturating_duration_since(tokio::time::Instant::now())).await?;
             if !e.local {
                 match mesh::open(&self.control, &e.node, &spec.name, client.clone(), timeout).await {
-                    Ok(l) => return Ok(l),
+                    Ok(l) => {
+                        self.watch_remote(svc_key(&spec.name), e.node.clone(), e.token, &l);
+                        return Ok(l);
+                    }
                     Err(err) => {
                         tracing::debug!(server = %spec.name, holder = %e.node, error = %err, "cannot reach the holder's instance yet");
                         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -28,8 +28,12 @@ use tokio_util::sync::CancellationToken;
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/craftmesh/mcp/1");
 /// Longest header line.
 const MAX_HEADER: usize = 4096;
-/// How long the header exchange may take (the holder may be finishing a deploy).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the header exchange may take. A holder still deploying answers "not ready"
+/// within [`READY_WAIT`], and the opener asks again, so a silent holder (cut off with its
+/// connection still open) is given up on quickly.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a holder waits for its instance before answering "not ready".
+pub const READY_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Hello {
@@ -129,7 +133,7 @@ async fn serve_one(peer: String, stream: libp2p::Stream, lookup: Lookup) -> Resu
         .await
         .map_err(|_| "no header within 5 s".to_string())?
         .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad header: {e}")))?;
-    let found = tokio::time::timeout(HEADER_TIMEOUT - Duration::from_secs(5), lookup(hello.server.clone())).await;
+    let found = tokio::time::timeout(READY_WAIT + Duration::from_millis(500), lookup(hello.server.clone())).await;
     let link = match found {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
