@@ -109,7 +109,11 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     let (deployer, mcp) = match (&mesh, &claims) {
         (Some(m), Some(h)) => {
             let control = m.stream_control();
-            let d = crate::deploy::manager::Deployer::new(setup.config.clone(), setup.base_dir.clone(), h.clone(), control.clone(), events_tx.clone());
+            let members = members_tx.as_ref().map(|t| t.subscribe()).unwrap_or_else(|| tokio::sync::watch::channel(Arc::default()).1);
+            let tags = setup.mesh.as_ref().map(|o| o.tags.clone()).unwrap_or_default();
+            let d = crate::deploy::manager::Deployer::new(setup.config.clone(), setup.base_dir.clone(), h.clone(), control.clone(), events_tx.clone(), members, tags);
+            crate::deploy::place::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
+            d.keep_started();
             let lookup_d = d.clone();
             let lookup: crate::share::mesh::Lookup = Arc::new(move |name: String| {
                 let d = lookup_d.clone();

@@ -26,6 +26,7 @@ use craftmesh_protocol::claims::Meta;
 use craftmesh_protocol::config::Config;
 use craftmesh_protocol::config::catalog::ServerSpec;
 use craftmesh_protocol::config::mcp::{Strategy, Tier};
+use craftmesh_protocol::deploy::place::{HostFacts, Need, Placement, choose, fits};
 use futures::future::BoxFuture;
 use rmcp::model::ClientInfo;
 use serde::{Deserialize, Serialize};
@@ -110,6 +111,13 @@ pub struct Deployer {
     /// closed when the claim moves on (a holder cut off keeps its stream open for a while).
     remotes: Mutex<Vec<Remote>>,
     base_dir: PathBuf,
+    /// Mesh members and whether they are alive (for placement).
+    members: watch::Receiver<crate::claims::Members>,
+    /// This node's tags (`always-on`, ...) and host name, for placement.
+    tags: Vec<String>,
+    hostname: String,
+    /// Set when the node stops: nothing new is deployed.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -139,6 +147,8 @@ impl Deployer {
         claims: ClaimsHandle,
         control: libp2p_stream::Control,
         events: broadcast::Sender<crate::driver::ApiEvent>,
+        members: watch::Receiver<crate::claims::Members>,
+        tags: Vec<String>,
     ) -> Arc<Deployer> {
         let ttl_ms = std::env::var("CRAFTMESH_SERVICE_TTL_MS").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1000).unwrap_or(DEFAULT_SERVICE_TTL_MS);
         Arc::new(Deployer {
@@ -154,6 +164,10 @@ impl Deployer {
             changed: watch::channel(0).0,
             remotes: Mutex::new(Vec::new()),
             base_dir,
+            members,
+            tags,
+            hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
+            stopping: false.into(),
         })
     }
 
@@ -252,7 +266,7 @@ impl Deployer {
                     return Ok(Ensured { server: spec.name.clone(), node, local: false, token, deployed });
                 }
                 Ok(Some(_)) => self.wait_change(Duration::from_millis(200)).await,
-                Ok(None) => match self.deploy(&spec).await {
+                Ok(None) => match self.place(&spec).await {
                     Ok(()) => deployed = true,
                     Err(DeployError::Taken) => {}
                     Err(DeployError::Failed(e)) => return Err(e),
@@ -329,8 +343,99 @@ impl Deployer {
         }
     }
 
+    /// Keeps the servers marked to run with the node (`prevent_duplicate: true` and
+    /// `on_demand: false`) running somewhere on the LAN: checked every 2 s, deployed (by
+    /// claim, so once) when no node runs them, which is also their failover.
+    pub fn keep_started(self: &Arc<Self>) {
+        let names: Vec<String> = self
+            .config
+            .servers
+            .values()
+            .filter(|s| s.enabled && s.deployment.as_ref().is_some_and(|d| d.prevent_duplicate == Some(true) && d.on_demand == Some(false)))
+            .filter_map(|s| self.canonical(&s.name))
+            .collect();
+        for name in names {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let mut pause = Duration::from_secs(2);
+                loop {
+                    tokio::time::sleep(pause).await;
+                    match me.ensure(&name, Duration::from_secs(60)).await {
+                        Ok(_) => pause = Duration::from_secs(2),
+                        Err(e) => {
+                            tracing::warn!(server = %name, error = %e, "cannot keep the server running");
+                            pause = (pause * 2).min(Duration::from_secs(60));
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// This node's facts for deploying `server` (what `/craftmesh/deploy/1` answers).
+    pub async fn facts(&self, server: &str) -> HostFacts {
+        let need = self.config.server(server).map(Need::for_server).unwrap_or_default();
+        let used: u64 = {
+            let r = lock(&self.running);
+            r.keys().filter_map(|n| self.config.server(n)).filter_map(|s| s.resource_requirements.as_ref().and_then(|r| r.memory_mb)).sum()
+        };
+        let left = self.config.resource_limits.total_memory_mb.saturating_sub(used);
+        super::place::local_facts(&self.me, &self.hostname, &self.tags, &need, left).await
+    }
+
+    /// Deploys `server` on this node for a member that chose it; refuses what does not fit.
+    pub async fn deploy_here(self: &Arc<Self>, server: &str) -> Result<u64, String> {
+        let spec = self.spec(server)?;
+        if self.config.settings.resource_check_enabled {
+            let f = self.facts(&spec.name).await;
+            if let Err(m) = fits(&f, &Need::for_server(&spec)) {
+                return Err(format!("{} does not fit here: {}", spec.name, m.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
+            }
+        }
+        match self.deploy(&spec).await {
+            Ok(()) | Err(DeployError::Taken) => {}
+            Err(DeployError::Failed(e)) => return Err(e),
+        }
+        lock(&self.running).get(&spec.name).map(|r| r.held.token).ok_or_else(|| format!("another node holds {}", svc_key(&spec.name)))
+    }
+
+    /// Deploys where it fits: here when this node has room (or resource checks are off),
+    /// else on the member [`choose`] picks, asked over the mesh.
+    async fn place(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
+        if !self.config.settings.resource_check_enabled {
+            return self.deploy(spec).await;
+        }
+        let need = Need::for_server(spec);
+        let local = self.facts(&spec.name).await;
+        if fits(&local, &need).is_ok() {
+            return self.deploy(spec).await;
+        }
+        let alive: Vec<String> = self.members.borrow().iter().filter(|(p, l)| l.alive && **p != self.me).map(|(p, _)| p.clone()).collect();
+        let asked = futures::future::join_all(alive.iter().map(|p| super::place::member_facts(&self.control, p, &spec.name))).await;
+        let members: Vec<HostFacts> = asked.into_iter().filter_map(Result::ok).collect();
+        match choose(&local, &members, &need, true) {
+            Placement::Local => self.deploy(spec).await,
+            Placement::Member(peer) => {
+                tracing::info!(server = %spec.name, member = %peer, "this node has no room; a member deploys it");
+                match super::place::member_deploy(&self.control, &peer, &spec.name).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.contains("another node holds") => Err(DeployError::Taken),
+                    Err(e) => Err(DeployError::Failed(format!("{peer} could not deploy {}: {e}", spec.name))),
+                }
+            }
+            Placement::Nowhere(why) => Err(DeployError::Failed(format!(
+                "no member has room for {}: {}",
+                spec.name,
+                why.iter().map(|(n, m)| format!("{n}: {}", m.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join("; ")
+            ))),
+        }
+    }
+
     /// Acquires `svc/NAME` and deploys through the fallback chain.
     async fn deploy(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(DeployError::Failed("the node is stopping".into()));
+        }
         let m = lock(&self.deploying).entry(spec.name.clone()).or_default().clone();
         let _one = m.lock().await;
         if self.local_link(&spec.name).is_some() {
@@ -481,6 +586,7 @@ impl Deployer {
 
     /// Stops every local instance (the node is stopping); their claims are released.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let all: Vec<(Arc<dyn Instance>, Arc<Held>)> = lock(&self.running).values().map(|r| (r.child.clone(), r.held.clone())).collect();
         for (c, h) in all {
             h.stop("the node is stopping");

@@ -5,3 +5,4 @@ pub mod docker;
 pub mod holder;
 pub mod instance;
 pub mod manager;
+pub mod place;

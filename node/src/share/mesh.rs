@@ -48,7 +48,7 @@ struct Answer {
 }
 
 /// Reads one line of at most `max` bytes.
-async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>, max: usize) -> Result<String, String> {
+pub(crate) async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>, max: usize) -> Result<String, String> {
     let mut buf = Vec::new();
     loop {
         let chunk = r.fill_buf().await.map_err(|e| e.to_string())?;
@@ -73,7 +73,7 @@ async fn read_line<R: AsyncRead + Unpin>(r: &mut BufReader<R>, max: usize) -> Re
     String::from_utf8(buf).map_err(|_| "header is not UTF-8".to_string())
 }
 
-async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, v: &T) -> Result<(), String> {
+pub(crate) async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, v: &T) -> Result<(), String> {
     let mut line = serde_json::to_vec(v).map_err(|e| e.to_string())?;
     line.push(b'\n');
     w.write_all(&line).await.map_err(|e| e.to_string())?;
