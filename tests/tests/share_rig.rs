@@ -26,16 +26,29 @@ fn rig(n: usize) -> Option<Rig> {
 /// A configuration with one shared stdio server, `echo`, whose processes carry `tag` on
 /// their command line (tests run in parallel and share the process table).
 fn echo_config(tag: &str) -> ConfigDir {
-    let yaml = "settings:\n  discovery_interval: 30\nservers:\n  echo:\n    priority_order: [user_installation]\n    deployment_config:\n      prevent_duplicate: true\n";
+    config_with(tag, "")
+}
+
+/// [`echo_config`] with `extra` YAML appended to the `echo` entry (indented 4) and
+/// `top` YAML at the top level.
+fn config_with(tag: &str, extra_and_top: &str) -> ConfigDir {
+    let (extra, top) = extra_and_top.split_once("\n---\n").unwrap_or((extra_and_top, ""));
+    let yaml = format!("settings:\n  discovery_interval: 30\n{top}servers:\n  echo:\n    priority_order: [user_installation]\n    deployment_config:\n      prevent_duplicate: true\n{extra}");
     let json = serde_json::json!({"mcpServers": {"echo": {
         "command": python().to_string_lossy(),
         "args": [fixture("mcp_stdio_server.py").to_string_lossy(), "--name", tag],
     }}});
-    ConfigDir::new(yaml).with_servers_json("core", &json.to_string())
+    ConfigDir::new(&yaml).with_servers_json("core", &json.to_string())
 }
 
 fn start(rig: &Rig, n: usize, tag: &str) -> Vec<MeshNode> {
-    let nodes: Vec<MeshNode> = (0..n).map(|i| MeshNode::start_cfg(rig, i, echo_config(tag), &["--role", "server"])).collect();
+    start_with(rig, (0..n).map(|_| echo_config(tag)).collect())
+}
+
+/// Starts one node per configuration and waits for one claims cluster of all of them.
+fn start_with(rig: &Rig, cfgs: Vec<ConfigDir>) -> Vec<MeshNode> {
+    let n = cfgs.len();
+    let nodes: Vec<MeshNode> = cfgs.into_iter().enumerate().map(|(i, c)| MeshNode::start_cfg(rig, i, c, &["--role", "server"])).collect();
     wait_until("one claims cluster with a leader", FORM, || {
         let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
         let views = views?;
@@ -254,4 +267,47 @@ fn a_cut_off_holder_stops_its_child_before_the_next_one_starts() {
     let ls = lines(&out);
     let last = ls.iter().rev().find(|l| l["op"] == "call" && l["ok"] == true).and_then(|l| l["text"].as_str().map(str::to_string));
     assert!(last.is_some_and(|p| p != old[0].to_string()), "the session moved to the new instance\n{}", out.stdout);
+}
+
+#[test]
+fn a_host_without_room_has_a_member_with_room_deploy() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("echo-{}", craftmesh_tests::random_suffix());
+    // The server needs 256 MB; host 0 may give deployed servers 100 MB in all.
+    let need = "    resource_requirements:\n      memory_mb: 256\n";
+    let small = config_with(&tag, &format!("{need}\n---\nresource_limits:\n  total_memory_mb: 100\n"));
+    let nodes = start_with(&rig, vec![small, config_with(&tag, need), config_with(&tag, need)]);
+    let e = ensure(&rig, &nodes[0]);
+    assert_eq!(e["local"], false, "host 0 has no room, so it does not deploy: {e}");
+    assert!(nodes[1..].iter().any(|n| e["node"] == n.peer_id.as_str()), "a member deployed it: {e}");
+    assert_eq!(children(&tag).len(), 1, "one child");
+    // And it is reachable from host 0, which has none.
+    let script = serde_json::json!([{"call": "echo", "args": {"text": "here"}, "expect": "here"}]);
+    let out = run_with_timeout(&mut client(&rig, &nodes[0], false, &script, 1), Duration::from_secs(60));
+    assert!(out.success(), "{}", out.describe());
+}
+
+#[test]
+fn a_server_marked_to_run_with_the_node_starts_once_and_comes_back_after_its_host_dies() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("echo-{}", craftmesh_tests::random_suffix());
+    let cfg = || config_with(&tag, "      on_demand: false\n");
+    let mut nodes = start_with(&rig, vec![cfg(), cfg(), cfg()]);
+    let first = wait_until("the server started by a node", Duration::from_secs(30), || {
+        let c = children(&tag);
+        (c.len() == 1).then(|| c[0])
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(children(&tag), vec![first], "still exactly one");
+    let st = nodes[0].json(&rig, &["deploy", "status", "--json"]).expect("deploy status");
+    let holder = st.as_array().and_then(|a| a.iter().find(|r| r["server"] == "echo")).map(|r| r["node"].clone()).expect("echo runs");
+    let h = nodes.iter().position(|n| holder == n.peer_id.as_str()).expect("the holder is one of the nodes");
+    rig.kill9(nodes[h].pid()).expect("kill the holder node");
+    nodes[h].proc = None;
+    let second = wait_until("the server back on another host", Duration::from_secs(30), || {
+        let c = children(&tag);
+        (c.len() == 1 && c[0] != first).then(|| c[0])
+    });
+    assert!(!alive(first), "the old child died with its node");
+    let _ = second;
 }

@@ -36,11 +36,19 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// An item of a session's notification queue.
+#[derive(Debug)]
+enum Note {
+    Send(ServerNotification),
+    /// Answered once everything queued before it has been handed to the session.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// One attached session: its peer (for requests) and its ordered notification queue.
 #[derive(Debug, Clone)]
 struct Port {
     peer: Peer<RoleServer>,
-    notes: mpsc::Sender<ServerNotification>,
+    notes: mpsc::Sender<Note>,
 }
 
 /// Who receives what one instance sends.
@@ -64,10 +72,17 @@ impl Router {
     /// Attaches a session; its notifications are delivered in order by a task of its own.
     pub fn attach(&self, peer: Peer<RoleServer>, caps: Caps) -> Result<SessionId, String> {
         let id = lock(&self.table).open(caps).map_err(|e| e.to_string())?;
-        let (tx, mut rx) = mpsc::channel::<ServerNotification>(NOTE_QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Note>(NOTE_QUEUE);
         let p = peer.clone();
         tokio::spawn(async move {
             while let Some(n) = rx.recv().await {
+                let n = match n {
+                    Note::Send(n) => n,
+                    Note::Flush(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
                 match tokio::time::timeout(Duration::from_secs(10), p.send_notification(n)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
@@ -122,9 +137,25 @@ impl Router {
         let ports = lock(&self.ports);
         for id in to {
             if let Some(p) = ports.get(id)
-                && p.notes.try_send(n.clone()).is_err()
+                && p.notes.try_send(Note::Send(n.clone())).is_err()
             {
                 tracing::debug!(session = id, instance = %self.label, "notification dropped: the session's queue is full");
+            }
+        }
+    }
+
+    /// Waits (briefly) until the notifications queued for `id` so far have gone out, so a
+    /// request's progress reaches the session before its answer does.
+    pub async fn flush(&self, id: SessionId) {
+        // rmcp hands each notification to a task of its own: let those run first.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let port = lock(&self.ports).get(&id).cloned();
+        if let Some(p) = port {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if p.notes.send(Note::Flush(tx)).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
             }
         }
     }

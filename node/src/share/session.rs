@@ -245,6 +245,9 @@ impl Session {
                     () = context.ct.cancelled() => Err(ServiceError::Cancelled { reason: Some("cancelled by the client".into()) }),
                     () = link.closed.cancelled() => Err(ServiceError::TransportClosed),
                 };
+                if r.is_ok() {
+                    link.router.flush(id).await;
+                }
                 link.router.unmap_progress(&ours);
                 if let Err(ServiceError::Cancelled { reason }) = &r {
                     // The client cancelled: tell the instance, so it stops the work.
