@@ -111,7 +111,15 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
             let control = m.stream_control();
             let members = members_tx.as_ref().map(|t| t.subscribe()).unwrap_or_else(|| tokio::sync::watch::channel(Arc::default()).1);
             let tags = setup.mesh.as_ref().map(|o| o.tags.clone()).unwrap_or_default();
-            let d = crate::deploy::manager::Deployer::new(setup.config.clone(), setup.base_dir.clone(), h.clone(), control.clone(), events_tx.clone(), members, tags);
+            let d = crate::deploy::manager::Deployer::new(
+                setup.config.clone(),
+                setup.base_dir.clone(),
+                h.clone(),
+                control.clone(),
+                events_tx.clone(),
+                members,
+                tags,
+            );
             crate::deploy::place::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
             d.keep_started();
             let lookup_d = d.clone();
@@ -141,7 +149,8 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
     let auth =
         Arc::new(crate::apiauth::ApiAuth { token: setup.api_token.clone(), allow_remote: setup.api_allow_remote, bound: addr, keypair: setup.keypair.clone() });
     let app = api::router(handle, discoverer, events_tx, auth, claims, deployer.clone(), mcp);
-    let server = axum::serve(crate::apiauth::NoDelay(listener), app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>()).with_graceful_shutdown(stopped(stop_rx));
+    let server = axum::serve(crate::apiauth::NoDelay(listener), app.into_make_service_with_connect_info::<crate::apiauth::ConnAddrs>())
+        .with_graceful_shutdown(stopped(stop_rx));
     let server_task = tokio::spawn(async move { server.await });
     shutdown.await;
     tracing::info!("shutting down");

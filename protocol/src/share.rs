@@ -43,16 +43,8 @@ pub enum LogLevel {
 
 impl LogLevel {
     /// Every level, least severe first.
-    pub const ALL: [LogLevel; 8] = [
-        LogLevel::Debug,
-        LogLevel::Info,
-        LogLevel::Notice,
-        LogLevel::Warning,
-        LogLevel::Error,
-        LogLevel::Critical,
-        LogLevel::Alert,
-        LogLevel::Emergency,
-    ];
+    pub const ALL: [LogLevel; 8] =
+        [LogLevel::Debug, LogLevel::Info, LogLevel::Notice, LogLevel::Warning, LogLevel::Error, LogLevel::Critical, LogLevel::Alert, LogLevel::Emergency];
 
     /// The level's name in MCP (`"debug"` … `"emergency"`).
     pub fn as_str(self) -> &'static str {
@@ -217,21 +209,18 @@ impl Table {
     /// The session that must answer a server-to-client request of `method`.
     pub fn route(&self, method: &str) -> Result<SessionId, RouteError> {
         let need = Need::of_method(method);
-        let busy: Vec<(u64, SessionId, Caps)> =
-            self.sessions.iter().filter_map(|(id, s)| s.in_flight.last().map(|seq| (*seq, *id, s.caps))).collect();
+        let busy: Vec<(u64, SessionId, Caps)> = self.sessions.iter().filter_map(|(id, s)| s.in_flight.last().map(|seq| (*seq, *id, s.caps))).collect();
         if busy.is_empty() {
             return Err(RouteError::NoneInFlight(method.to_string()));
         }
-        busy.iter().filter(|(_, _, c)| need.met_by(*c)).max_by_key(|(seq, _, _)| *seq).map(|(_, id, _)| *id).ok_or_else(|| {
-            RouteError::NotCapable {
-                method: method.to_string(),
-                capability: match need {
-                    Need::Sampling => "sampling",
-                    Need::Elicitation => "elicitation",
-                    Need::Roots => "roots",
-                    Need::Any => "any",
-                },
-            }
+        busy.iter().filter(|(_, _, c)| need.met_by(*c)).max_by_key(|(seq, _, _)| *seq).map(|(_, id, _)| *id).ok_or_else(|| RouteError::NotCapable {
+            method: method.to_string(),
+            capability: match need {
+                Need::Sampling => "sampling",
+                Need::Elicitation => "elicitation",
+                Need::Roots => "roots",
+                Need::Any => "any",
+            },
         })
     }
 

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 
 const ALL: Caps = Caps { sampling: true, elicitation: true, roots: true };

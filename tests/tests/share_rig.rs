@@ -33,7 +33,9 @@ fn echo_config(tag: &str) -> ConfigDir {
 /// `top` YAML at the top level.
 fn config_with(tag: &str, extra_and_top: &str) -> ConfigDir {
     let (extra, top) = extra_and_top.split_once("\n---\n").unwrap_or((extra_and_top, ""));
-    let yaml = format!("settings:\n  discovery_interval: 30\n{top}servers:\n  echo:\n    priority_order: [user_installation]\n    deployment_config:\n      prevent_duplicate: true\n{extra}");
+    let yaml = format!(
+        "settings:\n  discovery_interval: 30\n{top}servers:\n  echo:\n    priority_order: [user_installation]\n    deployment_config:\n      prevent_duplicate: true\n{extra}"
+    );
     let json = serde_json::json!({"mcpServers": {"echo": {
         "command": python().to_string_lossy(),
         "args": [fixture("mcp_stdio_server.py").to_string_lossy(), "--name", tag],
@@ -88,12 +90,14 @@ fn children(tag: &str) -> Vec<u32> {
 }
 
 fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
+    std::path::Path::new(&format!("/proc/{pid}")).exists() && std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
 }
 
 fn ensure(rig: &Rig, n: &MeshNode) -> Value {
-    let out = run_with_timeout(&mut rig.host(n.index).wrap(&n.cfg.command(&["resolve", "--ensure", "echo", "--json", "--api", "127.0.0.1:7410"])), Duration::from_secs(120));
+    let out = run_with_timeout(
+        &mut rig.host(n.index).wrap(&n.cfg.command(&["resolve", "--ensure", "echo", "--json", "--api", "127.0.0.1:7410"])),
+        Duration::from_secs(120),
+    );
     assert!(out.success(), "resolve --ensure failed\n{}", out.describe());
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e})\n{}", out.describe()))
 }

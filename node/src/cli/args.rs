@@ -153,9 +153,7 @@ pub enum Command {
     },
     /// Serve shared server NAME as MCP over stdio (for `.mcp.json`: `{"command": "craftmesh",
     /// "args": ["mcp-proxy", "zen"]}`); the first client on the LAN starts it.
-    McpProxy {
-        name: String,
-    },
+    McpProxy { name: String },
     /// Print the API token of the data dir (created if missing) and its `Authorization` header, for API and MCP clients.
     ApiToken {
         #[arg(long)]

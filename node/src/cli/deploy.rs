@@ -63,7 +63,8 @@ async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
     println!("{:<16} {:<14} {:>7} {:>8} {:>6} {:>8} {:>9}  command", "SERVER", "NODE", "TOKEN", "PID", "UP", "RESTARTS", "SESSIONS");
     let now = crate::discovery::now_ms();
     for d in v {
-        let node = d.node.as_deref().map(|n| if d.local { "this node".to_string() } else { n.chars().rev().take(12).collect::<String>().chars().rev().collect() });
+        let node =
+            d.node.as_deref().map(|n| if d.local { "this node".to_string() } else { n.chars().rev().take(12).collect::<String>().chars().rev().collect() });
         let up = d.since_ms.map(|s| format!("{}s", now.saturating_sub(s) / 1000)).unwrap_or_else(|| "-".into());
         println!(
             "{:<16} {:<14} {:>7} {:>8} {:>6} {:>8} {:>9}  {}",

@@ -15,9 +15,9 @@
 #![allow(deprecated)]
 
 use super::holder::{self, Held};
+use super::instance::{Instance, Launch, Under};
 use crate::claims::ClaimsHandle;
 use crate::claims::wire::{ClientOp, ClientReply};
-use super::instance::{Instance, Launch, Under};
 use crate::share::child::{Child, Command};
 use crate::share::link::{Link, lock};
 use crate::share::mesh;
@@ -244,7 +244,9 @@ impl Deployer {
     /// The live holder of `svc/NAME`: (node, token, expires_in_ms).
     async fn holder(&self, key: &str) -> Result<Option<(String, u64, u64)>, String> {
         match self.claims.request(ClientOp::List, Duration::from_secs(3)).await {
-            ClientReply::List { keys, .. } => Ok(keys.into_iter().find(|k| k.key == key).and_then(|k| k.holders.into_iter().next()).map(|h| (h.holder.node, h.holder.token, h.expires_in_ms))),
+            ClientReply::List { keys, .. } => {
+                Ok(keys.into_iter().find(|k| k.key == key).and_then(|k| k.holders.into_iter().next()).map(|h| (h.holder.node, h.holder.token, h.expires_in_ms)))
+            }
             ClientReply::Unavailable { reason } => Err(format!("claims unavailable: {reason}")),
             other => Err(format!("unexpected claims answer: {other:?}")),
         }
@@ -277,7 +279,12 @@ impl Deployer {
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("{} is not running anywhere after {} s{}", spec.name, timeout.as_secs(), if last.is_empty() { String::new() } else { format!(": {last}") }));
+                return Err(format!(
+                    "{} is not running anywhere after {} s{}",
+                    spec.name,
+                    timeout.as_secs(),
+                    if last.is_empty() { String::new() } else { format!(": {last}") }
+                ));
             }
         }
     }
@@ -491,7 +498,14 @@ impl Deployer {
         self.emit(&name, if restarts == 0 { "deployed" } else { "restarted" }, held.token, format!("{} via {}: {command}", child.describe(), tier.as_str()));
         lock(&self.running).insert(
             name.clone(),
-            Running { child: child.clone(), held: held.clone(), via: tier.as_str().to_string(), command: command.clone(), since_ms: crate::discovery::now_ms(), restarts },
+            Running {
+                child: child.clone(),
+                held: held.clone(),
+                via: tier.as_str().to_string(),
+                command: command.clone(),
+                since_ms: crate::discovery::now_ms(),
+                restarts,
+            },
         );
         self.changed.send_modify(|v| *v += 1);
         let me = self.clone();
@@ -576,7 +590,10 @@ impl Deployer {
         for k in keys {
             let Some(server) = k.key.strip_prefix("svc/") else { continue };
             let h = k.holders.first();
-            out.insert(server.to_string(), view(server, h.map(|h| (h.holder.node.clone(), h.holder.token, h.expires_in_ms)), &self.me, running.get(server), &sessions));
+            out.insert(
+                server.to_string(),
+                view(server, h.map(|h| (h.holder.node.clone(), h.holder.token, h.expires_in_ms)), &self.me, running.get(server), &sessions),
+            );
         }
         for (name, r) in running.iter() {
             out.entry(name.clone()).or_insert_with(|| view(name, Some((self.me.clone(), r.held.token, 0)), &self.me, Some(r), &sessions));

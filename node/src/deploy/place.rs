@@ -97,7 +97,8 @@ fn on_battery() -> bool {
     let Ok(dir) = std::fs::read_dir("/sys/class/power_supply") else { return false };
     dir.flatten().any(|e| {
         let p = e.path();
-        std::fs::read_to_string(p.join("type")).is_ok_and(|t| t.trim() == "Battery") && std::fs::read_to_string(p.join("status")).is_ok_and(|s| s.trim() == "Discharging")
+        std::fs::read_to_string(p.join("type")).is_ok_and(|t| t.trim() == "Battery")
+            && std::fs::read_to_string(p.join("status")).is_ok_and(|s| s.trim() == "Discharging")
     })
 }
 

@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 type Svc = StreamableHttpService<Session, LocalSessionManager>;
+/// Maps a name a client used to the server's canonical name (`None`: not shared here).
+pub type Canonical = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// The HTTP services of the shared servers, made on first use.
 pub struct McpHttp {
     connector: Arc<dyn Connector>,
-    /// Maps a name a client used to the server's canonical name (`None`: not shared here).
-    canonical: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    canonical: Canonical,
     services: Mutex<HashMap<String, Svc>>,
 }
 
@@ -27,7 +28,7 @@ impl std::fmt::Debug for McpHttp {
 }
 
 impl McpHttp {
-    pub fn new(connector: Arc<dyn Connector>, canonical: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>) -> Arc<McpHttp> {
+    pub fn new(connector: Arc<dyn Connector>, canonical: Canonical) -> Arc<McpHttp> {
         Arc::new(McpHttp { connector, canonical, services: Mutex::new(HashMap::new()) })
     }
 
@@ -37,7 +38,11 @@ impl McpHttp {
             return s.clone();
         }
         let (n, c) = (name.to_string(), self.connector.clone());
-        let svc = StreamableHttpService::new(move || Ok(Session::following(n.clone(), c.clone())), Arc::new(LocalSessionManager::default()), StreamableHttpServerConfig::default());
+        let svc = StreamableHttpService::new(
+            move || Ok(Session::following(n.clone(), c.clone())),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        );
         m.insert(name.to_string(), svc.clone());
         svc
     }
@@ -49,7 +54,10 @@ pub async fn handle(State(mcp): State<Option<Arc<McpHttp>>>, Path(name): Path<St
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "shared MCP servers need the mesh and claims (this node runs without them)\n").into_response();
     };
     let Some(canonical) = (mcp.canonical)(&name) else {
-        return (axum::http::StatusCode::NOT_FOUND, format!("no shared MCP server named `{name}` is configured (it needs a launch entry in .mcp/servers/*.json)\n"))
+        return (
+            axum::http::StatusCode::NOT_FOUND,
+            format!("no shared MCP server named `{name}` is configured (it needs a launch entry in .mcp/servers/*.json)\n"),
+        )
             .into_response();
     };
     let mut svc = mcp.service(&canonical);

@@ -214,7 +214,11 @@ impl Service<RoleClient> for Upstream {
         };
         let target = {
             let table = lock(&self.router.table);
-            if self.router.shared { table.route(&method).map_err(|e| e.to_string()) } else { table.sessions().first().copied().ok_or_else(|| "no session".to_string()) }
+            if self.router.shared {
+                table.route(&method).map_err(|e| e.to_string())
+            } else {
+                table.sessions().first().copied().ok_or_else(|| "no session".to_string())
+            }
         };
         let id = target.map_err(|e| McpError::invalid_request(format!("craftmesh: {e}"), None))?;
         let Some(port) = lock(&self.router.ports).get(&id).cloned() else {

@@ -18,10 +18,9 @@ use futures::future::BoxFuture;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotification, CancelledNotificationParam, ClientInfo, ClientNotification, ClientRequest,
     CompleteRequest, CompleteRequestParams, CompleteResult, CustomRequest, CustomResult, GetPromptRequest, GetPromptRequestParams, GetPromptResponse,
-    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams,
-    ReadResourceResponse, RootsListChangedNotification, ServerInfo, ServerResult, SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams,
-    UnsubscribeRequest, UnsubscribeRequestParams,
+    InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, RootsListChangedNotification, ServerInfo, ServerResult, SetLevelRequest,
+    SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, UnsubscribeRequest, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, RoleServer, ServiceError};
 use rmcp::{ErrorData as McpError, ServerHandler};
@@ -126,7 +125,10 @@ impl Session {
                     Ok(Ok(l)) => l,
                     Ok(Err(e)) => return Err(McpError::internal_error(format!("craftmesh: no instance of {}: {e}", self.server), None)),
                     Err(_) => {
-                        return Err(McpError::internal_error(format!("craftmesh: no instance of {} within {} s", self.server, CONNECT_TIMEOUT.as_secs()), None));
+                        return Err(McpError::internal_error(
+                            format!("craftmesh: no instance of {} within {} s", self.server, CONNECT_TIMEOUT.as_secs()),
+                            None,
+                        ));
                     }
                 }
             }
