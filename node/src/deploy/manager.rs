@@ -14,18 +14,18 @@
 // 2026-07-28 protocol; every client in use today speaks the versions that have them.
 #![allow(deprecated)]
 
+use super::chain::{chain, config_hash, log_attempt, npx_package, request_timeout, start_instance};
 use super::holder::{self, Held};
-use super::instance::{Instance, Launch, Under};
+use super::instance::{Instance, Under};
 use crate::claims::ClaimsHandle;
 use crate::claims::wire::{ClientOp, ClientReply};
-use crate::share::child::{Child, Command};
 use crate::share::link::{Link, lock};
 use crate::share::mesh;
 use crate::share::session::Connector;
 use craftmesh_protocol::claims::Meta;
 use craftmesh_protocol::config::Config;
 use craftmesh_protocol::config::catalog::ServerSpec;
-use craftmesh_protocol::config::mcp::{Strategy, Tier};
+use craftmesh_protocol::config::mcp::Tier;
 use craftmesh_protocol::deploy::place::{HostFacts, Need, Placement, choose, fits};
 use futures::future::BoxFuture;
 use rmcp::model::ClientInfo;
@@ -35,11 +35,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
-
-/// Requests through a shared server time out after this unless its launch entry says.
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a child may take to start and answer `initialize` + `tools/list`.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A deploy or stop, for `/v1/events` (`kind: "deploy"`).
 #[derive(Debug, Clone, Serialize)]
@@ -638,67 +633,6 @@ enum DeployError {
 
 fn svc_key(name: &str) -> String {
     format!("svc/{name}")
-}
-
-fn request_timeout(spec: &ServerSpec) -> Duration {
-    spec.launch.as_ref().and_then(|l| l.timeout).map(|s| Duration::from_secs(s.max(1))).unwrap_or(DEFAULT_REQUEST_TIMEOUT).max(DEFAULT_REQUEST_TIMEOUT)
-}
-
-fn npx_package(spec: &ServerSpec) -> Option<String> {
-    spec.strategies.iter().find_map(|(_, s)| match s {
-        Strategy::NpxAvailable { package } if !package.is_empty() => Some(package.clone()),
-        _ => None,
-    })
-}
-
-/// The commands to try, in the server's priority order.
-fn chain(spec: &ServerSpec, base: &std::path::Path) -> Vec<(Tier, Launch)> {
-    let mut out = Vec::new();
-    for tier in &spec.priority_order {
-        match tier {
-            Tier::UserInstallation => {
-                if let Some(l) = &spec.launch
-                    && let Some(program) = &l.command
-                {
-                    let cwd = l.cwd.as_ref().map(|c| {
-                        let p = crate::config_files::expand_home(c);
-                        if p.is_relative() { base.join(p) } else { p }
-                    });
-                    let env = l.env.iter().map(|(k, v)| (k.clone(), expand(v))).collect();
-                    out.push((*tier, Launch::Process(Command { program: program.clone(), args: l.args.iter().map(|a| expand(a)).collect(), cwd, env })));
-                }
-            }
-            Tier::NpxCloud => {
-                if let Some(p) = npx_package(spec) {
-                    out.push((*tier, Launch::Process(Command { program: "npx".into(), args: vec!["-y".into(), p], cwd: None, env: BTreeMap::new() })));
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-fn expand(v: &str) -> String {
-    craftmesh_protocol::config::source::expand_env(v, &|k| std::env::var(k).ok()).unwrap_or_else(|_| v.to_string())
-}
-
-fn config_hash(spec: &ServerSpec) -> String {
-    use sha2::Digest as _;
-    let text = serde_json::to_string(&spec.launch).unwrap_or_default();
-    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
-}
-
-fn log_attempt(name: &str, tier: Tier, launch: &Launch, attempt: u32) {
-    tracing::info!(server = name, tier = tier.as_str(), attempt, launch = %launch, "starting the instance");
-}
-
-/// Starts one tier's instance and checks it (MCP `initialize` + `tools/list`).
-async fn start_instance(name: &str, launch: &Launch, under: &Under, request_timeout: Duration) -> Result<Arc<dyn Instance>, String> {
-    let _ = under;
-    match launch {
-        Launch::Process(cmd) => Child::start(name, cmd, START_TIMEOUT, request_timeout).await.map(|c| Arc::new(c) as Arc<dyn Instance>),
-    }
 }
 
 /// The manager as the sessions' [`Connector`].
