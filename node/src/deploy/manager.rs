@@ -26,7 +26,6 @@ use craftmesh_protocol::claims::Meta;
 use craftmesh_protocol::config::Config;
 use craftmesh_protocol::config::catalog::ServerSpec;
 use craftmesh_protocol::config::mcp::Tier;
-use craftmesh_protocol::deploy::place::{HostFacts, Need, Placement, choose, fits};
 use futures::future::BoxFuture;
 use rmcp::model::ClientInfo;
 use serde::{Deserialize, Serialize};
@@ -50,9 +49,9 @@ pub struct DeployEvent {
 
 /// One instance this node runs.
 #[derive(Debug)]
-struct Running {
+pub(super) struct Running {
     child: Arc<dyn Instance>,
-    held: Arc<Held>,
+    pub(super) held: Arc<Held>,
     via: String,
     command: String,
     since_ms: u64,
@@ -91,13 +90,13 @@ pub struct Ensured {
 
 /// The deploy manager of one node.
 pub struct Deployer {
-    config: Arc<Config>,
-    claims: ClaimsHandle,
-    control: libp2p_stream::Control,
-    me: String,
+    pub(super) config: Arc<Config>,
+    pub(super) claims: ClaimsHandle,
+    pub(super) control: libp2p_stream::Control,
+    pub(super) me: String,
     ttl_ms: u64,
     events: broadcast::Sender<crate::driver::ApiEvent>,
-    running: Mutex<BTreeMap<String, Running>>,
+    pub(super) running: Mutex<BTreeMap<String, Running>>,
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     sessions: Mutex<HashMap<String, i64>>,
     /// Bumped whenever a local instance appears or goes.
@@ -107,10 +106,10 @@ pub struct Deployer {
     remotes: Mutex<Vec<Remote>>,
     base_dir: PathBuf,
     /// Mesh members and whether they are alive (for placement).
-    members: watch::Receiver<crate::claims::Members>,
+    pub(super) members: watch::Receiver<crate::claims::Members>,
     /// This node's tags (`always-on`, ...) and host name, for placement.
-    tags: Vec<String>,
-    hostname: String,
+    pub(super) tags: Vec<String>,
+    pub(super) hostname: String,
     /// Set when the node stops: nothing new is deployed.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -215,7 +214,7 @@ impl Deployer {
         self.config.server(name).filter(|s| s.launch.as_ref().is_some_and(|l| l.command.is_some()) || npx_package(s).is_some()).map(|s| s.name.clone())
     }
 
-    fn spec(&self, name: &str) -> Result<ServerSpec, String> {
+    pub(super) fn spec(&self, name: &str) -> Result<ServerSpec, String> {
         let s = self.config.server(name).ok_or_else(|| format!("no server named `{name}` is configured"))?;
         if !s.enabled {
             return Err(format!("server `{}` is disabled", s.name));
@@ -374,67 +373,8 @@ impl Deployer {
         }
     }
 
-    /// This node's facts for deploying `server` (what `/craftmesh/deploy/1` answers).
-    pub async fn facts(&self, server: &str) -> HostFacts {
-        let need = self.config.server(server).map(Need::for_server).unwrap_or_default();
-        let used: u64 = {
-            let r = lock(&self.running);
-            r.keys().filter_map(|n| self.config.server(n)).filter_map(|s| s.resource_requirements.as_ref().and_then(|r| r.memory_mb)).sum()
-        };
-        let left = self.config.resource_limits.total_memory_mb.saturating_sub(used);
-        super::place::local_facts(&self.me, &self.hostname, &self.tags, &need, left).await
-    }
-
-    /// Deploys `server` on this node for a member that chose it; refuses what does not fit.
-    pub async fn deploy_here(self: &Arc<Self>, server: &str) -> Result<u64, String> {
-        let spec = self.spec(server)?;
-        if self.config.settings.resource_check_enabled {
-            let f = self.facts(&spec.name).await;
-            if let Err(m) = fits(&f, &Need::for_server(&spec)) {
-                return Err(format!("{} does not fit here: {}", spec.name, m.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
-            }
-        }
-        match self.deploy(&spec).await {
-            Ok(()) | Err(DeployError::Taken) => {}
-            Err(DeployError::Failed(e)) => return Err(e),
-        }
-        lock(&self.running).get(&spec.name).map(|r| r.held.token).ok_or_else(|| format!("another node holds {}", svc_key(&spec.name)))
-    }
-
-    /// Deploys where it fits: here when this node has room (or resource checks are off),
-    /// else on the member [`choose`] picks, asked over the mesh.
-    async fn place(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
-        if !self.config.settings.resource_check_enabled {
-            return self.deploy(spec).await;
-        }
-        let need = Need::for_server(spec);
-        let local = self.facts(&spec.name).await;
-        if fits(&local, &need).is_ok() {
-            return self.deploy(spec).await;
-        }
-        let alive: Vec<String> = self.members.borrow().iter().filter(|(p, l)| l.alive && **p != self.me).map(|(p, _)| p.clone()).collect();
-        let asked = futures::future::join_all(alive.iter().map(|p| super::place::member_facts(&self.control, p, &spec.name))).await;
-        let members: Vec<HostFacts> = asked.into_iter().filter_map(Result::ok).collect();
-        match choose(&local, &members, &need, true) {
-            Placement::Local => self.deploy(spec).await,
-            Placement::Member(peer) => {
-                tracing::info!(server = %spec.name, member = %peer, "this node has no room; a member deploys it");
-                match super::place::member_deploy(&self.control, &peer, &spec.name).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.contains("another node holds") => Err(DeployError::Taken),
-                    Err(e) => Err(DeployError::Failed(format!("{peer} could not deploy {}: {e}", spec.name))),
-                }
-            }
-            Placement::Nowhere(why) => Err(DeployError::Failed(format!(
-                "no member has room for {}: {}",
-                spec.name,
-                why.iter().map(|(n, m)| format!("{n}: {}", m.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join("; ")
-            ))),
-        }
-    }
-
     /// Acquires `svc/NAME` and deploys through the fallback chain.
-    async fn deploy(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
+    pub(super) async fn deploy(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(DeployError::Failed("the node is stopping".into()));
         }
@@ -625,13 +565,13 @@ fn view(server: &str, holder: Option<(String, u64, u64)>, me: &str, r: Option<&R
 }
 
 #[derive(Debug)]
-enum DeployError {
+pub(super) enum DeployError {
     /// Another node holds the claim (it deploys).
     Taken,
     Failed(String),
 }
 
-fn svc_key(name: &str) -> String {
+pub(super) fn svc_key(name: &str) -> String {
     format!("svc/{name}")
 }
 

@@ -6,9 +6,12 @@
 //! [`HostFacts`]; `{"op": "deploy", "server": NAME}` → `{"ok": true, "token": N}` or
 //! `{"ok": false, "error": ...}`. A member deploys only what fits it by its own check.
 
-use super::manager::Deployer;
+use super::manager::{DeployError, Deployer, svc_key};
+use crate::share::link::lock;
 use crate::share::mesh::{read_line, write_json};
+use craftmesh_protocol::config::catalog::ServerSpec;
 use craftmesh_protocol::deploy::place::{HostFacts, Need};
+use craftmesh_protocol::deploy::place::{Placement, choose, fits};
 use futures::StreamExt as _;
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
@@ -164,5 +167,66 @@ pub async fn member_deploy(control: &libp2p_stream::Control, peer: &str, server:
     match (d.ok, d.token) {
         (true, Some(t)) => Ok(t),
         _ => Err(d.error.unwrap_or_else(|| "refused".into())),
+    }
+}
+
+impl Deployer {
+    /// This node's facts for deploying `server` (what `/craftmesh/deploy/1` answers).
+    pub async fn facts(&self, server: &str) -> HostFacts {
+        let need = self.config.server(server).map(Need::for_server).unwrap_or_default();
+        let used: u64 = {
+            let r = lock(&self.running);
+            r.keys().filter_map(|n| self.config.server(n)).filter_map(|s| s.resource_requirements.as_ref().and_then(|r| r.memory_mb)).sum()
+        };
+        let left = self.config.resource_limits.total_memory_mb.saturating_sub(used);
+        local_facts(&self.me, &self.hostname, &self.tags, &need, left).await
+    }
+
+    /// Deploys `server` on this node for a member that chose it; refuses what does not fit.
+    pub async fn deploy_here(self: &Arc<Self>, server: &str) -> Result<u64, String> {
+        let spec = self.spec(server)?;
+        if self.config.settings.resource_check_enabled {
+            let f = self.facts(&spec.name).await;
+            if let Err(m) = fits(&f, &Need::for_server(&spec)) {
+                return Err(format!("{} does not fit here: {}", spec.name, m.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
+            }
+        }
+        match self.deploy(&spec).await {
+            Ok(()) | Err(DeployError::Taken) => {}
+            Err(DeployError::Failed(e)) => return Err(e),
+        }
+        lock(&self.running).get(&spec.name).map(|r| r.held.token).ok_or_else(|| format!("another node holds {}", svc_key(&spec.name)))
+    }
+
+    /// Deploys where it fits: here when this node has room (or resource checks are off),
+    /// else on the member [`choose`] picks, asked over the mesh.
+    pub(super) async fn place(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
+        if !self.config.settings.resource_check_enabled {
+            return self.deploy(spec).await;
+        }
+        let need = Need::for_server(spec);
+        let local = self.facts(&spec.name).await;
+        if fits(&local, &need).is_ok() {
+            return self.deploy(spec).await;
+        }
+        let alive: Vec<String> = self.members.borrow().iter().filter(|(p, l)| l.alive && **p != self.me).map(|(p, _)| p.clone()).collect();
+        let asked = futures::future::join_all(alive.iter().map(|p| member_facts(&self.control, p, &spec.name))).await;
+        let members: Vec<HostFacts> = asked.into_iter().filter_map(Result::ok).collect();
+        match choose(&local, &members, &need, true) {
+            Placement::Local => self.deploy(spec).await,
+            Placement::Member(peer) => {
+                tracing::info!(server = %spec.name, member = %peer, "this node has no room; a member deploys it");
+                match member_deploy(&self.control, &peer, &spec.name).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.contains("another node holds") => Err(DeployError::Taken),
+                    Err(e) => Err(DeployError::Failed(format!("{peer} could not deploy {}: {e}", spec.name))),
+                }
+            }
+            Placement::Nowhere(why) => Err(DeployError::Failed(format!(
+                "no member has room for {}: {}",
+                spec.name,
+                why.iter().map(|(n, m)| format!("{n}: {}", m.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join("; ")
+            ))),
+        }
     }
 }
