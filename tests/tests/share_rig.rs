@@ -315,3 +315,26 @@ fn a_server_marked_to_run_with_the_node_starts_once_and_comes_back_after_its_hos
     assert!(!alive(first), "the old child died with its node");
     let _ = second;
 }
+
+#[test]
+fn share_per_session_gives_each_session_its_own_child() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("echo-{}", craftmesh_tests::random_suffix());
+    let cfg = || config_with(&tag, "      share: per-session\n");
+    let nodes = start_with(&rig, vec![cfg(), cfg(), cfg()]);
+    let script = serde_json::json!([{"call": "pid", "args": {}}, {"sleep_ms": 1000}, {"call": "pid", "args": {}}]);
+    let mut c = client(&rig, &nodes[0], false, &script, 3);
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(|| run_with_timeout(&mut c, Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(1500));
+        let during = children(&tag);
+        (h.join().expect("client"), during)
+    });
+    let (out, during) = out;
+    assert!(out.success(), "{}\n{}", out.describe(), logs(&nodes));
+    let pids: std::collections::BTreeSet<String> =
+        lines(&out).iter().filter(|l| l["op"] == "call").filter_map(|l| l["text"].as_str().map(str::to_string)).collect();
+    assert_eq!(pids.len(), 3, "three sessions, three children: {pids:?}");
+    assert_eq!(during.len(), 3, "three children while the sessions ran: {during:?}");
+    wait_until("the children gone with their sessions", Duration::from_secs(20), || children(&tag).is_empty().then_some(()));
+}

@@ -134,7 +134,7 @@ pub async fn mcp_proxy(g: &Global, name: &str) -> anyhow::Result<i32> {
             return Ok(exit::UNREACHABLE);
         }
     };
-    let cfg = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token).reinit_on_expired_session(false);
+    let cfg = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
     let mut up = StreamableHttpClientTransport::with_client(http, cfg);
     let mut down = IntoTransport::<RoleServer, _, _>::into_transport(rmcp::transport::io::stdio());
     loop {

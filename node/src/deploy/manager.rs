@@ -292,6 +292,9 @@ impl Deployer {
     pub async fn link_for(self: &Arc<Self>, name: &str, client: ClientInfo) -> Result<Arc<Link>, String> {
         let spec = self.spec(name)?;
         let timeout = request_timeout(&spec);
+        if spec.deployment.as_ref().and_then(|d| d.share) == Some(craftmesh_protocol::config::mcp::ShareMode::PerSession) {
+            return self.private_child(&spec, client).await;
+        }
         let deadline = tokio::time::Instant::now() + crate::share::session::CONNECT_TIMEOUT - Duration::from_secs(2);
         loop {
             if let Some(l) = self.local_link(&spec.name) {
@@ -316,6 +319,29 @@ impl Deployer {
                 return Err(format!("no reachable instance of {}", spec.name));
             }
         }
+    }
+
+    /// `share: per-session`: a child of this session's own on this node (no claim: it is
+    /// not shared), stopped when the session ends.
+    async fn private_child(&self, spec: &ServerSpec, client: ClientInfo) -> Result<Arc<Link>, String> {
+        let mut errors = Vec::new();
+        for (tier, launch) in chain(spec, &self.base_dir) {
+            // Containers are never per session: only process tiers apply.
+            #[allow(irrefutable_let_patterns)]
+            let super::instance::Launch::Process(cmd) = &launch else { continue };
+            match crate::share::child::Child::start_for(&spec.name, cmd, super::chain::START_TIMEOUT, request_timeout(spec), Some(client.clone())).await {
+                Ok(child) => {
+                    let link = child.link.clone();
+                    tokio::spawn(async move {
+                        child.link.closed.cancelled().await;
+                        child.stop().await;
+                    });
+                    return Ok(link);
+                }
+                Err(e) => errors.push(format!("{}: {e}", tier.as_str())),
+            }
+        }
+        Err(format!("could not start a child of {} for this session: {}", spec.name, errors.join("; ")))
     }
 
     /// The local instance for a member's session, waiting while this node deploys it.

@@ -46,7 +46,21 @@ pub struct Child {
 
 impl Child {
     /// Starts `cmd`, initializes it and checks it lists its tools, all within `timeout`.
+    /// A `shared` child serves many sessions (every client capability is declared and
+    /// the routing table decides); otherwise it serves one session, which introduced
+    /// itself as `client`.
     pub async fn start(name: &str, cmd: &Command, timeout: Duration, request_timeout: Duration) -> Result<Child, String> {
+        Child::start_for(name, cmd, timeout, request_timeout, None).await
+    }
+
+    /// [`Child::start`] for one session (`Some(client)`) or for many (`None`).
+    pub async fn start_for(
+        name: &str,
+        cmd: &Command,
+        timeout: Duration,
+        request_timeout: Duration,
+        client: Option<rmcp::model::ClientConfig>,
+    ) -> Result<Child, String> {
         let mut c = tokio::process::Command::new(&cmd.program);
         c.args(&cmd.args).envs(&cmd.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
         if let Some(d) = &cmd.cwd {
@@ -68,7 +82,7 @@ impl Child {
             }
         });
         let (exit_tx, exited) = watch::channel(None);
-        let router = Router::new(format!("{name} (pid {pid})"), true);
+        let router = Router::new(format!("{name} (pid {pid})"), client.is_none());
         let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(MAX_MESSAGE);
         // The child is waited for by its own task, which reports its exit and closes the link.
         let waiter = tokio::spawn(async move {
@@ -79,7 +93,8 @@ impl Child {
             };
             let _ = exit_tx.send(Some(why));
         });
-        let link = match link::connect(router, link::full_client_info(), transport, timeout, request_timeout).await {
+        let info = client.unwrap_or_else(link::full_client_info);
+        let link = match link::connect(router, info, transport, timeout, request_timeout).await {
             Ok(l) => l,
             Err(e) => {
                 kill_group(pid);

@@ -97,6 +97,9 @@ impl Session {
 
     /// The session's link, connecting (again) when there is none or it broke.
     async fn link(&self) -> Result<(Arc<Link>, SessionId), McpError> {
+        if self.ended.is_cancelled() {
+            return Err(McpError::internal_error("craftmesh: the session has ended", None));
+        }
         if let Some((l, id)) = lock(&self.state).link.clone()
             && !l.is_closed()
         {
@@ -159,8 +162,13 @@ impl Session {
         let again = self.clone_for_reconnect();
         tokio::spawn(async move {
             tokio::select! {
-                () = link.closed.cancelled() => {}
+                biased;
                 () = ended.cancelled() => return,
+                () = link.closed.cancelled() => {}
+            }
+            // The session itself ended (its link was closed with it): nothing to follow.
+            if ended.is_cancelled() {
+                return;
             }
             if fixed {
                 ended.cancel();

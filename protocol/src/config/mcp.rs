@@ -500,6 +500,17 @@ pub struct DeploymentConfig {
     /// id or a node name (see [`crate::deploy`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub preferred_hosts: Vec<String>,
+    /// How client sessions share an instance: `shared` (default: one instance per LAN for
+    /// every session) or `per-session` (each session gets a child of its own on its node).
+    pub share: Option<ShareMode>,
+}
+
+/// `deployment_config.share`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShareMode {
+    Shared,
+    PerSession,
 }
 
 /// How a server is deployed when craftmesh has to start it.
