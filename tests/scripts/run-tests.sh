@@ -43,6 +43,8 @@ fi
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+# pgrep: the shared-server rig counts the MCP children on the machine
+command -v pgrep >/dev/null 2>&1 || missing+=(procps)
 command -v dbus-daemon >/dev/null 2>&1 || missing+=(dbus)
 command -v avahi-daemon >/dev/null 2>&1 || [ -x /usr/sbin/avahi-daemon ] || missing+=(avahi-daemon)
 command -v avahi-browse >/dev/null 2>&1 || missing+=(avahi-utils)

@@ -158,3 +158,28 @@ async fn serve_one(peer: String, stream: libp2p::Stream, lookup: Lookup) -> Resu
     let _ = running.waiting().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn line_of(bytes: &[u8], max: usize) -> Result<String, String> {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        a.write_all(bytes).await.map_err(|e| e.to_string())?;
+        drop(a);
+        read_line(&mut BufReader::new(b), max).await
+    }
+
+    #[tokio::test]
+    async fn header_lines_are_bounded_and_checked() {
+        assert_eq!(line_of(b"{\"server\":\"zen\"}\nrest", MAX_HEADER).await, Ok("{\"server\":\"zen\"}".to_string()));
+        let long = vec![b'x'; MAX_HEADER + 10];
+        assert!(line_of(&long, MAX_HEADER).await.is_err_and(|e| e.contains("longer than")), "an endless header is refused");
+        let mut long_line = vec![b'x'; MAX_HEADER + 10];
+        long_line.push(b'\n');
+        assert!(line_of(&long_line, MAX_HEADER).await.is_err_and(|e| e.contains("longer than")));
+        assert!(line_of(b"{\"server\"", MAX_HEADER).await.is_err_and(|e| e.contains("closed")), "EOF before the newline");
+        assert!(line_of(b"\xff\xfe\n", MAX_HEADER).await.is_err_and(|e| e.contains("UTF-8")));
+        assert!(serde_json::from_str::<Hello>("{\"nope\":1}").is_err(), "a header without a server is refused");
+    }
+}
