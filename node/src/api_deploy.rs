@@ -41,7 +41,10 @@ pub struct EnsureBody {
 pub async fn ensure(State(d): State<Option<Arc<Deployer>>>, Path(name): Path<String>, body: Option<Json<EnsureBody>>) -> Response {
     let Some(d) = d else { return off() };
     if d.canonical(&name).is_none() {
-        return err(StatusCode::NOT_FOUND, format!("no shared server named `{name}` (a shared server needs a launch entry in .mcp/servers/*.json)"));
+        return err(
+            StatusCode::NOT_FOUND,
+            format!("no shared server named `{name}` (it needs a command in .mcp/servers/*.json, an npx package or a docker image and port)"),
+        );
     }
     let t = body.and_then(|b| b.0.timeout_ms).unwrap_or(120_000).min(MAX_ENSURE_MS);
     let started = std::time::Instant::now();

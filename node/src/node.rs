@@ -121,6 +121,10 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
                 tags,
             );
             crate::deploy::place::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
+            // Containers this node left (a crash, a restart): re-adopted or removed, off the
+            // startup path.
+            let reap_d = d.clone();
+            tokio::spawn(async move { reap_d.reap().await });
             d.keep_started();
             let lookup_d = d.clone();
             let lookup: crate::share::mesh::Lookup = Arc::new(move |name: String| {

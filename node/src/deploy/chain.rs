@@ -1,6 +1,7 @@
 //! The fallback chain: which tiers of a server's `priority_order` can start an instance
 //! here, and starting one.
 
+use super::container::{self, DockerLaunch};
 use super::instance::{Instance, Launch, Under};
 use crate::share::child::{Child, Command};
 use craftmesh_protocol::config::catalog::ServerSpec;
@@ -42,6 +43,11 @@ pub(super) fn chain(spec: &ServerSpec, base: &std::path::Path) -> Vec<(Tier, Lau
                     out.push((*tier, Launch::Process(Command { program: program.clone(), args: l.args.iter().map(|a| expand(a)).collect(), cwd, env })));
                 }
             }
+            Tier::DockerSidecar => {
+                if let Some(d) = DockerLaunch::from_spec(spec) {
+                    out.push((*tier, Launch::Docker(d)));
+                }
+            }
             Tier::NpxCloud => {
                 if let Some(p) = npx_package(spec) {
                     out.push((*tier, Launch::Process(Command { program: "npx".into(), args: vec!["-y".into(), p], cwd: None, env: BTreeMap::new() })));
@@ -67,10 +73,18 @@ pub(super) fn log_attempt(name: &str, tier: Tier, launch: &Launch, attempt: u32)
     tracing::info!(server = name, tier = tier.as_str(), attempt, launch = %launch, "starting the instance");
 }
 
-/// Starts one tier's instance and checks it (MCP `initialize` + `tools/list`).
+/// Starts one tier's instance and checks it (MCP `initialize` + `tools/list`). A Docker
+/// tier first adopts a running container of the same grant (`under`).
 pub(super) async fn start_instance(name: &str, launch: &Launch, under: &Under, request_timeout: Duration) -> Result<Arc<dyn Instance>, String> {
-    let _ = under;
     match launch {
         Launch::Process(cmd) => Child::start(name, cmd, START_TIMEOUT, request_timeout).await.map(|c| Arc::new(c) as Arc<dyn Instance>),
+        Launch::Docker(d) => {
+            match container::adopt(d, under, request_timeout).await {
+                Ok(Some(c)) => return Ok(Arc::new(c)),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(server = name, error = %e, "could not adopt the container of this grant; deploying another"),
+            }
+            container::start(d, under, START_TIMEOUT, request_timeout).await.map(|c| Arc::new(c) as Arc<dyn Instance>)
+        }
     }
 }

@@ -101,6 +101,8 @@ pub struct DockerInstance {
     pub running: bool,
     /// Creation time as the engine reports it (RFC 3339).
     pub created: Option<String>,
+    /// The image reference the container was created from (as given to the engine).
+    pub image: Option<String>,
 }
 
 /// Why a Docker operation failed.
@@ -254,8 +256,45 @@ pub async fn remove(d: &Docker, id: &str, timeout: Duration) -> Result<(), Deplo
     let opts = RemoveContainerOptions { force: true, v: true, link: false };
     match budget.call("remove container", d.remove_container(id, Some(opts))).await {
         Err(e) if e.status() == Some(404) => Ok(()),
+        Err(e) if e.status() == Some(409) => wait_gone(d, id, &budget, e).await,
         r => r,
     }
+}
+
+/// Kills and removes the container at once (SIGKILL, no grace), within `timeout`: for an
+/// instance whose claim is lost. A container already gone is `Ok`.
+pub async fn remove_now(d: &Docker, id: &str, timeout: Duration) -> Result<(), DeployError> {
+    let opts = RemoveContainerOptions { force: true, v: true, link: false };
+    let budget = Budget::new(timeout);
+    match budget.call("remove container", d.remove_container(id, Some(opts))).await {
+        Err(e) if e.status() == Some(404) => Ok(()),
+        Err(e) if e.status() == Some(409) => wait_gone(d, id, &budget, e).await,
+        r => r,
+    }
+}
+
+/// The last `lines` lines the container wrote (stdout and stderr), at most 8 KiB, for
+/// error messages; empty when the engine cannot say.
+pub async fn logs_tail(d: &Docker, id: &str, lines: usize) -> String {
+    use futures::StreamExt as _;
+    let opts = bollard::query_parameters::LogsOptions { stdout: true, stderr: true, tail: lines.to_string(), ..Default::default() };
+    let mut out = String::new();
+    let mut stream = d.logs(id, Some(opts));
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            if out.len() > 8192 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(ENGINE_CALL_TIMEOUT, read).await;
+    let mut cut = out.len().min(8192);
+    while !out.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.truncate(cut);
+    out.trim_end().to_string()
 }
 
 /// `craftmesh-<server>-<token>`: the server name with every character Docker does not
@@ -298,6 +337,19 @@ impl Budget {
             Err(_) => Err(DeployError::Timeout { op, after: self.total }),
         }
     }
+}
+
+/// After a removal refused with 409 (another removal of `id` under way): `Ok` once the
+/// container is gone within the budget, else the refusal.
+async fn wait_gone(d: &Docker, id: &str, budget: &Budget, refused: DeployError) -> Result<(), DeployError> {
+    while Instant::now() < budget.deadline {
+        match budget.call("inspect container", d.inspect_container(id, None)).await {
+            Err(e) if e.status() == Some(404) => return Ok(()),
+            Err(DeployError::Timeout { .. }) => break,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    Err(refused)
 }
 
 async fn create(d: &Docker, name: &str, body: &ContainerCreateBody, budget: &Budget) -> Result<String, DeployError> {
@@ -411,6 +463,7 @@ fn instance_from(info: &ContainerInspectResponse, container_port: u16) -> Option
         host_port,
         running: info.state.as_ref().and_then(|s| s.running).unwrap_or(false),
         created: info.created.clone(),
+        image: info.config.as_ref().and_then(|c| c.image.clone()),
     })
 }
 
@@ -463,7 +516,7 @@ mod tests {
             "Name": "/craftmesh-files-42",
             "Created": "2026-05-07T21:09:36.123456789Z",
             "State": { "Running": true },
-            "Config": { "Labels": labels },
+            "Config": { "Labels": labels, "Image": "stub:1" },
             "HostConfig": { "PortBindings": { "9000/tcp": [{ "HostIp": "127.0.0.1", "HostPort": "" }] } },
             "NetworkSettings": { "Ports": ports },
         }))
@@ -557,6 +610,7 @@ mod tests {
                 host_port: Some(49153),
                 running: true,
                 created: Some("2026-05-07T21:09:36.123456789Z".to_string()),
+                image: Some("stub:1".to_string()),
             }
         );
         assert_eq!(published_container_port(&info), Some(9000));

@@ -1,6 +1,8 @@
 //! What a deploy starts: a stdio child ([`crate::share::child::Child`]) or a container
-//! (added by the Docker tier), behind one interface the manager watches and stops.
+//! ([`super::container::ContainerInstance`]), behind one interface the manager watches and
+//! stops.
 
+use super::container::DockerLaunch;
 use crate::share::child::{Child, Command};
 use crate::share::link::Link;
 use futures::future::BoxFuture;
@@ -21,6 +23,12 @@ pub trait Instance: Send + Sync + std::fmt::Debug {
     fn pid(&self) -> Option<u32>;
     /// One line for logs and `deploy status` (`pid 123`, `container craftmesh-x-7`).
     fn describe(&self) -> String;
+    /// Whether it keeps running when the node stops (a container; a child dies with the
+    /// node). Such an instance is left running, its claim unreleased, when the node stops,
+    /// for the restarted node to adopt.
+    fn outlives_node(&self) -> bool {
+        false
+    }
 }
 
 impl Instance for Child {
@@ -49,12 +57,15 @@ impl Instance for Child {
 pub enum Launch {
     /// A stdio MCP server run as the node's child (user installation, NPX).
     Process(Command),
+    /// A container on the local Docker engine (the Docker tier).
+    Docker(DockerLaunch),
 }
 
 impl std::fmt::Display for Launch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Launch::Process(c) => write!(f, "{c}"),
+            Launch::Docker(d) => write!(f, "{d}"),
         }
     }
 }

@@ -3,20 +3,29 @@
 //! A session (or `resolve --ensure`) asks for a server. If a node holds the claim
 //! `svc/NAME`, the instance is there and the session connects to it over the mesh. If
 //! nobody holds it, this node acquires it (so no other node can deploy at the same time),
-//! deploys through the server's `priority_order` (user installation, then NPX), checks the
-//! instance (MCP `initialize` + `tools/list`) and keeps renewing. The instance never
+//! deploys through the server's `priority_order` (user installation, Docker, NPX), checks
+//! the instance (MCP `initialize` + `tools/list`) and keeps renewing. The instance never
 //! outlives the claim: when a renewal does not come back before the local deadline (TTL
-//! minus a margin, on CLOCK_BOOTTIME) the child's whole process group is killed at once.
-//! The claim is `bound_to_node` (the child dies with the node), so when this node is seen
-//! crashed the claim is handed on at once.
+//! minus a margin, on CLOCK_BOOTTIME) the child's whole process group is killed at once, or
+//! the container force-removed.
+//!
+//! A child dies with its node, so a claim whose chain runs only processes is
+//! `bound_to_node`: when this node is seen crashed the claim is handed on at once. A
+//! container survives its node, so a chain with a Docker tier is not bound: the claim runs
+//! out with its lease, and a node restarted within it gets the same grant back and adopts
+//! its container ([`Deployer::reap`] at start, or the next `ensure`). When the node stops on
+//! purpose its containers are left running with their claims unreleased, for the same
+//! reason; a node that stays away longer than the lease leaves its container running until
+//! it comes back and removes it (the claim, and so the LAN's instance, has moved on).
 
 // MCP's logging, resource subscriptions and `ClientInfo` are marked deprecated by rmcp for the
 // 2026-07-28 protocol; every client in use today speaks the versions that have them.
 #![allow(deprecated)]
 
 use super::chain::{chain, config_hash, log_attempt, npx_package, request_timeout, start_instance};
+use super::container::{self, DockerLaunch};
 use super::holder::{self, Held};
-use super::instance::{Instance, Under};
+use super::instance::{Instance, Launch, Under};
 use crate::claims::ClaimsHandle;
 use crate::claims::wire::{ClientOp, ClientReply};
 use crate::share::link::{Link, lock};
@@ -110,7 +119,8 @@ pub struct Deployer {
     /// This node's tags (`always-on`, ...) and host name, for placement.
     pub(super) tags: Vec<String>,
     pub(super) hostname: String,
-    /// Set when the node stops: nothing new is deployed.
+    /// Set when the node stops: nothing new is deployed, and instances that outlive the
+    /// node are left alone (their links end with the node; that is no crash).
     stopping: std::sync::atomic::AtomicBool,
 }
 
@@ -211,7 +221,10 @@ impl Deployer {
 
     /// The canonical name of a shared server (`None`: no such server or it cannot be run).
     pub fn canonical(&self, name: &str) -> Option<String> {
-        self.config.server(name).filter(|s| s.launch.as_ref().is_some_and(|l| l.command.is_some()) || npx_package(s).is_some()).map(|s| s.name.clone())
+        self.config
+            .server(name)
+            .filter(|s| s.launch.as_ref().is_some_and(|l| l.command.is_some()) || npx_package(s).is_some() || DockerLaunch::from_spec(s).is_some())
+            .map(|s| s.name.clone())
     }
 
     pub(super) fn spec(&self, name: &str) -> Result<ServerSpec, String> {
@@ -236,7 +249,7 @@ impl Deployer {
     }
 
     /// The live holder of `svc/NAME`: (node, token, expires_in_ms).
-    async fn holder(&self, key: &str) -> Result<Option<(String, u64, u64)>, String> {
+    pub(super) async fn holder(&self, key: &str) -> Result<Option<(String, u64, u64)>, String> {
         match self.claims.request(ClientOp::List, Duration::from_secs(3)).await {
             ClientReply::List { keys, .. } => {
                 Ok(keys.into_iter().find(|k| k.key == key).and_then(|k| k.holders.into_iter().next()).map(|h| (h.holder.node, h.holder.token, h.expires_in_ms)))
@@ -261,7 +274,15 @@ impl Deployer {
                 Ok(Some((node, token, _))) if node != self.me => {
                     return Ok(Ensured { server: spec.name.clone(), node, local: false, token, deployed });
                 }
-                Ok(Some(_)) => self.wait_change(Duration::from_millis(200)).await,
+                // Held by this node with nothing running here: a deploy in progress, an
+                // instance being stopped, or a grant from before a restart. Re-acquiring with
+                // the same session gets that grant back (and adopts its container).
+                Ok(Some(_)) if self.busy(&spec.name) => self.wait_change(Duration::from_millis(200)).await,
+                Ok(Some(_)) => match self.deploy(&spec).await {
+                    Ok(()) => deployed = true,
+                    Err(DeployError::Taken) => {}
+                    Err(DeployError::Failed(e)) => return Err(e),
+                },
                 Ok(None) => match self.place(&spec).await {
                     Ok(()) => deployed = true,
                     Err(DeployError::Taken) => {}
@@ -281,6 +302,11 @@ impl Deployer {
                 ));
             }
         }
+    }
+
+    /// Whether an instance of `name` is recorded here or a deploy of it is under way.
+    fn busy(&self, name: &str) -> bool {
+        lock(&self.running).contains_key(name) || lock(&self.deploying).get(name).is_some_and(|m| m.try_lock().is_err())
     }
 
     async fn wait_change(&self, max: Duration) {
@@ -410,7 +436,10 @@ impl Deployer {
             return Ok(());
         }
         let key = svc_key(&spec.name);
-        let meta = Meta { instance: Some(format!("craftmesh://{}/{}", self.me, spec.name)), config_hash: Some(config_hash(spec)), bound_to_node: true };
+        let chain = chain(spec, &self.base_dir);
+        // Bound to the node only when every tier is a process that dies with it.
+        let bound_to_node = !chain.iter().any(|(_, l)| matches!(l, Launch::Docker(_)));
+        let meta = Meta { instance: Some(format!("craftmesh://{}/{}", self.me, spec.name)), config_hash: Some(config_hash(spec)), bound_to_node };
         let held = match holder::acquire(&self.claims, &key, self.ttl_ms, meta, &format!("svc-{}", spec.name)).await {
             Ok(h) => Arc::new(h),
             Err(holder::AcquireError::Taken) => return Err(DeployError::Taken),
@@ -418,16 +447,28 @@ impl Deployer {
         };
         self.emit(&spec.name, "deploying", held.token, format!("claim {key} granted with token {}", held.token));
         holder::keep(self.claims.clone(), held.clone());
+        let under = Under { server: spec.name.clone(), key: key.clone(), holder: self.me.clone(), token: held.token };
+        // The container of this very grant (left running by this node before a restart) is
+        // the instance, whatever tier comes first.
+        if let Some((tier, Launch::Docker(d))) = chain.iter().find(|(_, l)| matches!(l, Launch::Docker(_))) {
+            match container::adopt(d, &under, request_timeout(spec)).await {
+                Ok(Some(c)) => {
+                    self.adopt(spec.clone(), Arc::new(c), held.clone(), *tier, format!("{d} (adopted)"), 0);
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(server = %spec.name, error = %e, "could not adopt the container of this grant"),
+            }
+        }
         let attempts = self.config.settings.max_deployment_retries.max(1);
         let mut errors = Vec::new();
         'outer: for attempt in 1..=attempts {
-            for (tier, launch) in chain(spec, &self.base_dir) {
+            for (tier, launch) in chain.iter().cloned() {
                 if held.is_lost() {
                     errors.push("the claim was lost while deploying".to_string());
                     break 'outer;
                 }
                 log_attempt(&spec.name, tier, &launch, attempt);
-                let under = Under { server: spec.name.clone(), key: key.clone(), holder: self.me.clone(), token: held.token };
                 match start_instance(&spec.name, &launch, &under, request_timeout(spec)).await {
                     Ok(child) => {
                         if held.is_lost() {
@@ -447,7 +488,7 @@ impl Deployer {
         }
         held.give_up();
         holder::release(&self.claims, &held).await;
-        let detail = if errors.is_empty() { "no deployable tier (no launch command, no npx package)".to_string() } else { errors.join("; ") };
+        let detail = if errors.is_empty() { "no deployable tier (no launch command, no docker image, no npx package)".to_string() } else { errors.join("; ") };
         self.emit(&spec.name, "failed", held.token, detail.clone());
         Err(DeployError::Failed(format!("could not deploy {}: {detail}", spec.name)))
     }
@@ -473,16 +514,21 @@ impl Deployer {
         tokio::spawn(async move {
             let mut exited = child.exited();
             let lost = tokio::select! {
+                biased;
                 () = held.lost() => true,
                 _ = exited.wait_for(|e| e.is_some()) => false,
             };
+            if child.outlives_node() && me.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             if lost {
-                child.kill_now();
+                // A deliberate stop is carried out (with its grace) and released by whoever
+                // stopped it, once the instance is gone; a lost claim kills at once.
+                if !held.stopped() {
+                    child.kill_now();
+                }
                 me.forget(&name, &child);
                 me.emit(&name, if held.stopped() { "stopped" } else { "lost" }, held.token, held.why());
-                if held.stopped() {
-                    holder::release(&me.claims, &held).await;
-                }
                 return;
             }
             let why = exited.borrow().clone().unwrap_or_default();
@@ -493,6 +539,8 @@ impl Deployer {
                 me.restart(spec, held, restarts + 1).await;
             } else {
                 held.give_up();
+                // Nothing of it may outlive the claim (a container whose link broke still runs).
+                child.stop().await;
                 holder::release(&me.claims, &held).await;
             }
         });
@@ -528,13 +576,14 @@ impl Deployer {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Stops the local instance of `name` and releases its claim.
+    /// Stops the local instance of `name` and, once it is gone, releases its claim.
     pub async fn stop(&self, name: &str) -> Result<u64, String> {
         let canonical = self.config.server(name).map(|s| s.name.clone()).unwrap_or_else(|| name.to_string());
         let r = lock(&self.running).get(&canonical).map(|r| (r.child.clone(), r.held.clone()));
         let Some((child, held)) = r else { return Err(format!("{canonical} does not run on this node")) };
         held.stop("stopped by `deploy stop`");
         child.stop().await;
+        holder::release(&self.claims, &held).await;
         Ok(held.token)
     }
 
@@ -562,11 +611,19 @@ impl Deployer {
         Ok(out.into_values().collect())
     }
 
-    /// Stops every local instance (the node is stopping); their claims are released.
+    /// Stops every local child (the node is stopping) and releases its claim. Containers
+    /// are left running under their claims, for this node to adopt when it comes back.
     pub async fn shutdown(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let all: Vec<(Arc<dyn Instance>, Arc<Held>)> = lock(&self.running).values().map(|r| (r.child.clone(), r.held.clone())).collect();
         for (c, h) in all {
+            if c.outlives_node() {
+                tracing::info!(key = %h.key, token = h.token, instance = %c.describe(), "left running for the restarted node to adopt");
+                if let Some(l) = c.link() {
+                    l.close();
+                }
+                continue;
+            }
             h.stop("the node is stopping");
             c.stop().await;
             holder::release(&self.claims, &h).await;

@@ -1,7 +1,9 @@
 //! Deploying shared servers by claim: [`manager`] decides and runs instances, [`holder`]
-//! keeps their claims, [`docker`] runs containers through the engine API.
+//! keeps their claims, [`docker`] runs containers through the engine API and [`container`]
+//! makes one an instance of the Docker tier.
 
 pub mod chain;
+pub mod container;
 pub mod docker;
 pub mod holder;
 pub mod instance;

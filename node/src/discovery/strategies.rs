@@ -200,7 +200,7 @@ impl<'a> Ctx<'a> {
                         }
                     }
                 }
-                Strategy::Docker { names, images, labels, mcp_path, health_endpoint } => {
+                Strategy::Docker { names, images, labels, mcp_path, health_endpoint, .. } => {
                     let health = health_endpoint.as_deref().or_else(|| launch_health(spec));
                     match &*containers.await {
                         Err(e) => notes.push(format!("docker: {e}")),

@@ -56,7 +56,9 @@ pub async fn handle(State(mcp): State<Option<Arc<McpHttp>>>, Path(name): Path<St
     let Some(canonical) = (mcp.canonical)(&name) else {
         return (
             axum::http::StatusCode::NOT_FOUND,
-            format!("no shared MCP server named `{name}` is configured (it needs a launch entry in .mcp/servers/*.json)\n"),
+            format!(
+                "no shared MCP server named `{name}` is configured (it needs a command in .mcp/servers/*.json, an npx package or a docker image and port)\n"
+            ),
         )
             .into_response();
     };

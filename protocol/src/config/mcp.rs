@@ -320,7 +320,9 @@ impl StrategyKind {
     }
 }
 
-/// A checked strategy, ready to run.
+/// A checked strategy, ready to run. A `docker` strategy's `ports` are what the server
+/// listens on inside the container (the first is the one the Docker tier publishes when it
+/// deploys `images[0]`); empty when not given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Strategy {
@@ -330,7 +332,7 @@ pub enum Strategy {
     PathCheck { paths: Vec<String> },
     LockFile { patterns: Vec<String>, mcp_path: String, health_endpoint: Option<String> },
     NpxAvailable { package: String },
-    Docker { names: Vec<String>, images: Vec<String>, labels: Vec<String>, mcp_path: String, health_endpoint: Option<String> },
+    Docker { names: Vec<String>, images: Vec<String>, labels: Vec<String>, ports: Vec<u16>, mcp_path: String, health_endpoint: Option<String> },
 }
 
 impl Strategy {
@@ -379,7 +381,7 @@ impl RawStrategy {
             StrategyKind::PathCheck => &["paths"],
             StrategyKind::LockFile => &["patterns", "mcp_path", "health_endpoint"],
             StrategyKind::NpxAvailable => &["package"],
-            StrategyKind::Docker => &["names", "images", "labels", "mcp_path", "health_endpoint"],
+            StrategyKind::Docker => &["names", "images", "labels", "ports", "mcp_path", "health_endpoint"],
         };
         let present: [(&'static str, bool); 11] = [
             ("ports", self.ports.is_some()),
@@ -460,7 +462,11 @@ impl RawStrategy {
                         is_error: true,
                     });
                 }
-                Strategy::Docker { names, images, labels, mcp_path, health_endpoint }
+                let ports = self.ports.clone().unwrap_or_default();
+                if ports.contains(&0) {
+                    problems.push(StrategyProblem { field: "ports", message: "`ports` must list ports between 1 and 65535".into(), is_error: true });
+                }
+                Strategy::Docker { names, images, labels, ports, mcp_path, health_endpoint }
             }
         };
         for (field, p) in [("health_endpoint", &self.health_endpoint), ("mcp_path", &self.mcp_path)] {
