@@ -326,8 +326,15 @@ fn share_per_session_gives_each_session_its_own_child() {
     let mut c = client(&rig, &nodes[0], false, &script, 3);
     let out = std::thread::scope(|s| {
         let h = s.spawn(|| run_with_timeout(&mut c, Duration::from_secs(60)));
-        std::thread::sleep(Duration::from_millis(1500));
-        let during = children(&tag);
+        // The most children seen at once while the sessions ran.
+        let mut during = Vec::new();
+        while !h.is_finished() {
+            let now = children(&tag);
+            if now.len() > during.len() {
+                during = now;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         (h.join().expect("client"), during)
     });
     let (out, during) = out;
