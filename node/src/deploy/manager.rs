@@ -112,7 +112,7 @@ pub struct Deployer {
     changed: watch::Sender<u64>,
     /// Links of local sessions to other nodes' instances, with the grant they rely on:
     /// closed when the claim moves on (a holder cut off keeps its stream open for a while).
-    remotes: Mutex<Vec<Remote>>,
+    pub(super) remotes: Mutex<Vec<Remote>>,
     base_dir: PathBuf,
     /// Mesh members and whether they are alive (for placement).
     pub(super) members: watch::Receiver<crate::claims::Members>,
@@ -131,15 +131,12 @@ impl std::fmt::Debug for Deployer {
 }
 
 #[derive(Debug)]
-struct Remote {
-    key: String,
-    node: String,
-    token: u64,
-    link: std::sync::Weak<Link>,
+pub(super) struct Remote {
+    pub(super) key: String,
+    pub(super) node: String,
+    pub(super) token: u64,
+    pub(super) link: std::sync::Weak<Link>,
 }
-
-/// How often remote links are checked against the claims.
-const REMOTE_CHECK: Duration = Duration::from_millis(250);
 
 /// Lease of a `svc/NAME` claim unless `CRAFTMESH_SERVICE_TTL_MS` says otherwise.
 pub const DEFAULT_SERVICE_TTL_MS: u64 = 5000;
@@ -173,50 +170,6 @@ impl Deployer {
             hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
             stopping: false.into(),
         })
-    }
-
-    /// Closes remote links whose grant is no longer the key's holder (expired, handed on),
-    /// so their sessions fail over instead of waiting on a silent stream.
-    async fn check_remotes(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(REMOTE_CHECK).await;
-            let watched: Vec<(String, String, u64)> = {
-                let mut r = lock(&self.remotes);
-                r.retain(|x| x.link.upgrade().is_some_and(|l| !l.is_closed()));
-                if r.is_empty() {
-                    return;
-                }
-                r.iter().map(|x| (x.key.clone(), x.node.clone(), x.token)).collect()
-            };
-            let keys = match self.claims.request(ClientOp::List, Duration::from_secs(1)).await {
-                ClientReply::List { keys, .. } => keys,
-                // No answer (no leader, or this node is cut off): nothing is known, keep.
-                _ => continue,
-            };
-            for (key, node, token) in watched {
-                let held = keys.iter().find(|k| k.key == key).and_then(|k| k.holders.first()).is_some_and(|h| h.holder.node == node && h.holder.token == token);
-                if !held {
-                    for x in lock(&self.remotes).iter().filter(|x| x.key == key && x.node == node && x.token == token) {
-                        if let Some(l) = x.link.upgrade() {
-                            tracing::info!(key, holder = %node, token, "the instance's claim moved on; closing the session's link to it");
-                            l.close();
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn watch_remote(self: &Arc<Self>, key: String, node: String, token: u64, link: &Arc<Link>) {
-        let start = {
-            let mut r = lock(&self.remotes);
-            let start = r.is_empty();
-            r.push(Remote { key, node, token, link: Arc::downgrade(link) });
-            start
-        };
-        if start {
-            tokio::spawn(self.clone().check_remotes());
-        }
     }
 
     /// The canonical name of a shared server (`None`: no such server or it cannot be run).
@@ -393,35 +346,6 @@ impl Deployer {
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!("{canonical} did not become ready here in {} s", wait.as_secs()));
             }
-        }
-    }
-
-    /// Keeps the servers marked to run with the node (`prevent_duplicate: true` and
-    /// `on_demand: false`) running somewhere on the LAN: checked every 2 s, deployed (by
-    /// claim, so once) when no node runs them, which is also their failover.
-    pub fn keep_started(self: &Arc<Self>) {
-        let names: Vec<String> = self
-            .config
-            .servers
-            .values()
-            .filter(|s| s.enabled && s.deployment.as_ref().is_some_and(|d| d.prevent_duplicate == Some(true) && d.on_demand == Some(false)))
-            .filter_map(|s| self.canonical(&s.name))
-            .collect();
-        for name in names {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let mut pause = Duration::from_secs(2);
-                loop {
-                    tokio::time::sleep(pause).await;
-                    match me.ensure(&name, Duration::from_secs(60)).await {
-                        Ok(_) => pause = Duration::from_secs(2),
-                        Err(e) => {
-                            tracing::warn!(server = %name, error = %e, "cannot keep the server running");
-                            pause = (pause * 2).min(Duration::from_secs(60));
-                        }
-                    }
-                }
-            });
         }
     }
 

@@ -9,3 +9,4 @@ pub mod holder;
 pub mod instance;
 pub mod manager;
 pub mod place;
+pub mod watch;
