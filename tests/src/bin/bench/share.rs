@@ -216,7 +216,7 @@ impl Opts {
     fn parse(args: &[String]) -> Opts {
         Opts {
             calls: arg(args, "--calls", 500),
-            rounds: arg(args, "--rounds", 2),
+            rounds: arg(args, "--rounds", 3),
             sessions: arg(args, "--sessions", 50),
             tput_secs: arg(args, "--tput-secs", 8.0),
             tput_procs: arg(args, "--tput-procs", 2),
