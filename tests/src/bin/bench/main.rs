@@ -2,6 +2,12 @@
 //!
 //!     cargo run --release -p craftmesh-tests --bin bench -- discover [--runs N] [--rss-wait SECS]
 //!     cargo run --release -p craftmesh-tests --bin bench -- claims-sim [--runs N] [--threads T] [--long]
+//!     cargo run --release -p craftmesh-tests --bin bench -- share [--calls N] [--rounds R] [--sessions S] [--reps K]
+//!
+//! `share` (root: network namespaces) measures one stdio MCP server shared through craftmesh
+//! beside mcp-proxy 0.13 (the anchor in `../shared/anchors/mcp-proxy/`): `tools/call` round
+//! trips on the holder's host and over the mesh, many sessions on one child, failover after
+//! a SIGKILL and a cut-off, and `resolve --ensure` cold and warm.
 //!
 //! Measures whole commands as a user runs them (process start to exit), on the shipped
 //! configuration, with the release binary.
@@ -31,6 +37,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 mod claims;
 mod claims_sim;
 mod mesh;
+mod share;
 
 pub(crate) fn release_bin() -> PathBuf {
     let root = workspace_root();
@@ -96,9 +103,11 @@ fn main() {
         "claims" => return claims::run(&args),
         "claims-client" => return claims::client(&args),
         "claims-sim" => return claims_sim::run(&args),
+        "share" => return share::run(&args),
+        "share-time" => return share::time_cmd(&args),
         _ => {
             eprintln!(
-                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim\n       bench claims [--iters N] [--contended N] [--reps N] [--ttl SECS] [--rss-wait SECS] [--no-etcd]\n       bench claims-sim [--runs N] [--first SEED] [--threads T] [--long] [--servers S] [--lost PCT] [--stale-crash-views]"
+                "usage: bench discover [--runs N] [--rss-wait SECS]\n       bench mesh [--runs N] [--loss-secs S] [--bytes-secs S] [--rss-wait S]\n       bench sim\n       bench claims [--iters N] [--contended N] [--reps N] [--ttl SECS] [--rss-wait SECS] [--no-etcd]\n       bench claims-sim [--runs N] [--first SEED] [--threads T] [--long] [--servers S] [--lost PCT] [--stale-crash-views]\n       bench share [--calls N] [--rounds R] [--sessions S] [--tput-secs T] [--tput-procs P] [--reps K] [--cold N] [--warm N]"
             );
             std::process::exit(2);
         }
