@@ -220,7 +220,7 @@ impl Deployer {
         let mut deployed = false;
         let mut last = String::new();
         loop {
-            if let Some(r) = lock(&self.running).get(&spec.name).filter(|r| !r.held.is_lost()) {
+            if let Some(r) = lock(&self.running).get(&spec.name).filter(|r| !r.held.is_lost() && r.child.link().is_none_or(|l| !l.is_closed())) {
                 return Ok(Ensured { server: spec.name.clone(), node: self.me.clone(), local: true, token: r.held.token, deployed });
             }
             match self.holder(&key).await {

@@ -42,6 +42,8 @@ pub struct Child {
     pub pid: u32,
     /// `Some(description)` once the child has exited.
     pub exited: watch::Receiver<Option<String>>,
+    /// Set by [`Child::stop`]: the link is closed on purpose, the child gets its grace.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Child {
@@ -102,8 +104,9 @@ impl Child {
                 return Err(format!("`{cmd}` (pid {pid}): {e}"));
             }
         };
-        let ch = Child { link, pid, exited };
+        let ch = Child { link, pid, exited, stopping: Arc::default() };
         ch.watch_exit();
+        ch.watch_link();
         if ch.link.init.capabilities.tools.is_some() {
             let listed = tokio::time::timeout(timeout, ch.link.peer.list_tools(None)).await;
             match listed {
@@ -131,12 +134,28 @@ impl Child {
         });
     }
 
+    /// A child whose MCP stream ended (it closed stdout, or wrote what is not JSON-RPC)
+    /// while it still runs is of no use to anyone: it is killed, so it counts as crashed
+    /// (restarted under its claim, or its claim released) instead of holding the claim
+    /// with nothing behind it.
+    fn watch_link(&self) {
+        let (link, exited, stopping, pid) = (self.link.clone(), self.exited.clone(), self.stopping.clone(), self.pid);
+        tokio::spawn(async move {
+            link.closed.cancelled().await;
+            if exited.borrow().is_none() && !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::warn!(pid, "the child's MCP stream ended while it runs; killing it");
+                kill_group(pid);
+            }
+        });
+    }
+
     pub fn has_exited(&self) -> Option<String> {
         self.exited.borrow().clone()
     }
 
     /// Stops the child: SIGTERM to its process group, SIGKILL after a short grace.
     pub async fn stop(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.link.close();
         if self.has_exited().is_some() {
             return;
