@@ -89,6 +89,17 @@ fn children(tag: &str) -> Vec<u32> {
     out.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// A script that asks the server for its pid, then `n` more times 100 ms apart (which
+/// instance answers each call).
+fn pid_every_100ms(n: usize) -> Value {
+    let mut steps = vec![serde_json::json!({"call": "pid", "args": {}})];
+    for _ in 0..n {
+        steps.push(serde_json::json!({"sleep_ms": 100}));
+        steps.push(serde_json::json!({"call": "pid", "args": {}}));
+    }
+    Value::Array(steps)
+}
+
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists() && std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false)
 }
@@ -201,12 +212,8 @@ fn a_proxy_session_survives_the_holder_node_being_killed() {
     let old = children(&tag);
     assert_eq!(old.len(), 1);
     // A session on host 2 calls every 100 ms for long enough to see the failover.
-    let mut steps = vec![serde_json::json!({"call": "pid", "args": {}})];
-    for _ in 0..80 {
-        steps.push(serde_json::json!({"sleep_ms": 100}));
-        steps.push(serde_json::json!({"call": "pid", "args": {}}));
-    }
-    let mut c = client(&rig, &nodes[2], false, &Value::Array(steps), 1);
+    let steps = pid_every_100ms(80);
+    let mut c = client(&rig, &nodes[2], false, &steps, 1);
     let out = std::thread::scope(|s| {
         let h = s.spawn(|| run_with_timeout(&mut c, Duration::from_secs(120)));
         std::thread::sleep(Duration::from_secs(3));
@@ -236,12 +243,8 @@ fn a_cut_off_holder_stops_its_child_before_the_next_one_starts() {
     let old = children(&tag);
     assert_eq!(old.len(), 1);
     // A client on host 1 keeps the server wanted.
-    let mut steps = vec![serde_json::json!({"call": "pid", "args": {}})];
-    for _ in 0..120 {
-        steps.push(serde_json::json!({"sleep_ms": 100}));
-        steps.push(serde_json::json!({"call": "pid", "args": {}}));
-    }
-    let mut c = client(&rig, &nodes[1], false, &Value::Array(steps), 1);
+    let steps = pid_every_100ms(120);
+    let mut c = client(&rig, &nodes[1], false, &steps, 1);
     let (out, overlap, new_seen) = std::thread::scope(|s| {
         let h = s.spawn(|| run_with_timeout(&mut c, Duration::from_secs(120)));
         std::thread::sleep(Duration::from_secs(2));

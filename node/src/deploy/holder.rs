@@ -5,16 +5,12 @@
 
 use crate::claims::ClaimsHandle;
 use crate::claims::wire::{ClientOp, ClientReply};
+use craftmesh_protocol::claims::lease::{LeaseDecision, LocalLease, default_margin_ms};
 use craftmesh_protocol::claims::{Meta, Outcome};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// Drift margin: the holder gives up this much before its lease ends (at least 300 ms).
-pub fn margin_ms(ttl_ms: u64) -> u64 {
-    (ttl_ms / 10).max(300)
-}
 
 /// A claim this node holds for an instance.
 #[derive(Debug)]
@@ -22,9 +18,9 @@ pub struct Held {
     pub key: String,
     pub token: u64,
     pub cluster: String,
-    pub ttl_ms: u64,
-    /// Local deadline on the boot clock (ms).
-    deadline: AtomicU64,
+    /// When to renew and when the claim must be given up locally (the same pure logic
+    /// `claim run` uses).
+    lease: Mutex<LocalLease>,
     lost: CancellationToken,
     stopped: std::sync::atomic::AtomicBool,
     why: Mutex<String>,
@@ -50,6 +46,7 @@ impl Held {
         {
             *w = why.to_string();
         }
+        self.lease().lost();
         self.lost.cancel();
     }
 
@@ -67,6 +64,10 @@ impl Held {
     /// Stops renewing (the instance is gone; the claim is released by the caller).
     pub fn give_up(&self) {
         self.lose("given up");
+    }
+
+    fn lease(&self) -> std::sync::MutexGuard<'_, LocalLease> {
+        crate::share::link::lock(&self.lease)
     }
 }
 
@@ -90,16 +91,19 @@ pub async fn acquire(claims: &ClaimsHandle, key: &str, ttl_ms: u64, meta: Meta, 
         wait_ms: 0,
     };
     match claims.request(op, Duration::from_secs(5)).await {
-        ClientReply::Applied { outcome: Outcome::Granted { holder, .. }, cluster, .. } => Ok(Held {
-            key: key.to_string(),
-            token: holder.token,
-            cluster,
-            ttl_ms,
-            deadline: AtomicU64::new(sent + ttl_ms.saturating_sub(margin_ms(ttl_ms))),
-            lost: CancellationToken::new(),
-            stopped: false.into(),
-            why: Mutex::new(String::new()),
-        }),
+        ClientReply::Applied { outcome: Outcome::Granted { holder, .. }, cluster, .. } => {
+            let mut lease = LocalLease::new(ttl_ms, default_margin_ms(ttl_ms));
+            lease.granted(sent);
+            Ok(Held {
+                key: key.to_string(),
+                token: holder.token,
+                cluster,
+                lease: Mutex::new(lease),
+                lost: CancellationToken::new(),
+                stopped: false.into(),
+                why: Mutex::new(String::new()),
+            })
+        }
         ClientReply::Applied { outcome: Outcome::Refused { .. }, .. } => Err(AcquireError::Taken),
         ClientReply::Unavailable { reason } => Err(AcquireError::Failed(format!("claims unavailable: {reason}"))),
         other => Err(AcquireError::Failed(format!("unexpected claims answer: {other:?}"))),
@@ -109,43 +113,41 @@ pub async fn acquire(claims: &ClaimsHandle, key: &str, ttl_ms: u64, meta: Meta, 
 /// Renews `held` until it is lost or given up; gives it up locally when the deadline passes.
 pub fn keep(claims: ClaimsHandle, held: std::sync::Arc<Held>) {
     tokio::spawn(async move {
-        let every = Duration::from_millis(held.ttl_ms / 3);
-        let mut next = tokio::time::Instant::now() + every;
         loop {
-            // Short sleeps, checked against the boot clock: time asleep counts.
             let now = claims.now_ms();
-            let deadline = held.deadline.load(Ordering::SeqCst);
-            if now >= deadline {
-                held.lose(&format!("no renewal of {} came back before the local deadline", held.key));
-                return;
-            }
-            if held.is_lost() {
-                return;
-            }
-            if tokio::time::Instant::now() < next {
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(50).min(Duration::from_millis(deadline - now))) => {}
-                    () = held.lost.cancelled() => return,
-                }
-                continue;
-            }
-            let sent = claims.now_ms();
-            let op = ClientOp::Renew { key: held.key.clone(), token: held.token, ttl_ms: None, cluster: Some(held.cluster.clone()) };
-            let left = Duration::from_millis(deadline.saturating_sub(sent).max(1));
-            let reply = tokio::select! {
-                r = claims.request(op, left) => r,
-                () = held.lost.cancelled() => return,
-            };
-            match reply {
-                ClientReply::Applied { outcome: Outcome::Renewed { .. }, .. } => {
-                    held.deadline.fetch_max(sent + held.ttl_ms.saturating_sub(margin_ms(held.ttl_ms)), Ordering::SeqCst);
-                    next = tokio::time::Instant::now() + every;
-                }
-                ClientReply::Applied { outcome, .. } => {
-                    held.lose(&format!("renewal of {} refused: {outcome:?}", held.key));
+            let decision = held.lease().poll(now);
+            match decision {
+                LeaseDecision::Expired => {
+                    held.lose(&format!("no renewal of {} came back before the local deadline", held.key));
                     return;
                 }
-                _ => next = tokio::time::Instant::now() + Duration::from_millis(100),
+                LeaseDecision::Idle | LeaseDecision::Lost => return,
+                // Short sleeps, checked against the boot clock: time asleep counts.
+                LeaseDecision::Hold { until_ms } => {
+                    let wait = Duration::from_millis(until_ms.saturating_sub(now).clamp(1, 50));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = held.lost.cancelled() => return,
+                    }
+                }
+                LeaseDecision::Renew => {
+                    let deadline = held.lease().deadline_ms().unwrap_or(now);
+                    held.lease().renew_sent(now);
+                    let op = ClientOp::Renew { key: held.key.clone(), token: held.token, ttl_ms: None, cluster: Some(held.cluster.clone()) };
+                    let left = Duration::from_millis(deadline.saturating_sub(now).max(1));
+                    let reply = tokio::select! {
+                        r = claims.request(op, left) => r,
+                        () = held.lost.cancelled() => return,
+                    };
+                    match reply {
+                        ClientReply::Applied { outcome: Outcome::Renewed { holder, .. }, .. } => held.lease().renewed(now, holder.ttl_ms),
+                        ClientReply::Applied { outcome, .. } => {
+                            held.lose(&format!("renewal of {} refused: {outcome:?}", held.key));
+                            return;
+                        }
+                        _ => held.lease().renew_failed(claims.now_ms()),
+                    }
+                }
             }
         }
     });
