@@ -509,6 +509,19 @@ pub struct DeploymentConfig {
     /// How client sessions share an instance: `shared` (default: one instance per LAN for
     /// every session) or `per-session` (each session gets a child of its own on its node).
     pub share: Option<ShareMode>,
+    /// What the instance speaks: `mcp` (default), or `http` / `tcp` for a plain service such
+    /// as a database (see [`crate::deploy::service`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<ServiceProtocol>,
+}
+
+/// `deployment_config.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceProtocol {
+    Mcp,
+    Http,
+    Tcp,
 }
 
 /// `deployment_config.share`.

@@ -42,5 +42,6 @@
 //!    id, so a CLI can print the reasons.
 
 pub mod place;
+pub mod service;
 
 pub use place::{ALWAYS_ON, HEADROOM_STEP_MB, HostFacts, Misfit, Need, Placement, RESERVE_MAX_MB, RESERVE_MIN_MB, choose, fits, memory_reserve_mb};
