@@ -51,6 +51,16 @@ pub async fn ensure(State(d): State<Option<Arc<Deployer>>>, Path(name): Path<Str
     match d.ensure(&name, Duration::from_millis(t)).await {
         Ok(e) => {
             let mut v = serde_json::to_value(&e).unwrap_or_default();
+            // A plain service is reached through this node's front, on its loopback.
+            if d.is_plain(&e.server) {
+                match d.front(&e.server).await {
+                    Ok((port, url)) => {
+                        v["url"] = serde_json::json!(url);
+                        v["port"] = serde_json::json!(port);
+                    }
+                    Err(err) => return self::err(StatusCode::BAD_GATEWAY, err),
+                }
+            }
             v["ms"] = serde_json::json!(started.elapsed().as_secs_f64() * 1000.0);
             Json(v).into_response()
         }

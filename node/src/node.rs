@@ -121,6 +121,7 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
                 tags,
             );
             crate::deploy::place::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
+            crate::deploy::tunnel::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
             // Containers this node left (a crash, a restart): re-adopted or removed, off the
             // startup path.
             let reap_d = d.clone();

@@ -88,7 +88,11 @@ pub async fn resolve_ensure(g: &Global, name: &str, json: bool) -> anyhow::Resul
     eprintln!("ensuring {name} runs on the LAN (deploys it here when no node does)...");
     match c.post::<serde_json::Value>(&format!("/v1/deployments/{}/ensure", urlencode(name)), &serde_json::json!({})).await {
         Ok(mut v) => {
-            let url = format!("http://{}/mcp/{}", c.addr, v["server"].as_str().unwrap_or(name));
+            // A plain service's URL is this node's front for it; an MCP server's is `/mcp/NAME`.
+            let url = match v["url"].as_str() {
+                Some(u) => u.to_string(),
+                None => format!("http://{}/mcp/{}", c.addr, v["server"].as_str().unwrap_or(name)),
+            };
             v["url"] = serde_json::Value::String(url.clone());
             if json {
                 println!("{v}");

@@ -6,6 +6,7 @@ use super::instance::{Instance, Launch, Under};
 use crate::share::child::{Child, Command};
 use craftmesh_protocol::config::catalog::ServerSpec;
 use craftmesh_protocol::config::mcp::{Strategy, Tier};
+use craftmesh_protocol::deploy::service::plain_service;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,11 +74,21 @@ pub(super) fn log_attempt(name: &str, tier: Tier, launch: &Launch, attempt: u32)
     tracing::info!(server = name, tier = tier.as_str(), attempt, launch = %launch, "starting the instance");
 }
 
-/// Starts one tier's instance and checks it (MCP `initialize` + `tools/list`). A Docker
-/// tier first adopts a running container of the same grant (`under`).
-pub(super) async fn start_instance(name: &str, launch: &Launch, under: &Under, request_timeout: Duration) -> Result<Arc<dyn Instance>, String> {
+/// Starts one tier's instance and checks it: MCP `initialize` + `tools/list`, or for a
+/// plain service its HTTP or TCP health check. A Docker tier first adopts a running
+/// container of the same grant (`under`).
+pub(super) async fn start_instance(spec: &ServerSpec, launch: &Launch, under: &Under) -> Result<Arc<dyn Instance>, String> {
+    let (name, request_timeout) = (spec.name.as_str(), request_timeout(spec));
+    let plain = match plain_service(spec) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return Err(e.to_string()),
+    };
     match launch {
-        Launch::Process(cmd) => Child::start(name, cmd, START_TIMEOUT, request_timeout).await.map(|c| Arc::new(c) as Arc<dyn Instance>),
+        Launch::Process(cmd) => match &plain {
+            Some(p) => super::service::ServiceProcess::start(name, cmd, p, check_every(spec), START_TIMEOUT).await.map(|c| Arc::new(c) as Arc<dyn Instance>),
+            None => Child::start(name, cmd, START_TIMEOUT, request_timeout).await.map(|c| Arc::new(c) as Arc<dyn Instance>),
+        },
         Launch::Docker(d) => {
             match container::adopt(d, under, request_timeout).await {
                 Ok(Some(c)) => return Ok(Arc::new(c)),
@@ -87,4 +98,17 @@ pub(super) async fn start_instance(name: &str, launch: &Launch, under: &Under, r
             container::start(d, under, START_TIMEOUT, request_timeout).await.map(|c| Arc::new(c) as Arc<dyn Instance>)
         }
     }
+}
+
+/// How often a running plain service is health-checked: its launch entry's
+/// `health_check.interval`, else `deployment_config.health_check_interval` (seconds).
+pub(super) fn check_every(spec: &ServerSpec) -> Duration {
+    spec.launch
+        .as_ref()
+        .and_then(|l| l.health_check.as_ref())
+        .and_then(|h| h.interval)
+        .or_else(|| spec.deployment.as_ref().and_then(|d| d.health_check_interval))
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(super::service::DEFAULT_CHECK_EVERY)
 }

@@ -26,6 +26,7 @@ use crate::share::link::{self, Link, Router, lock};
 use bollard::Docker;
 use craftmesh_protocol::config::catalog::ServerSpec;
 use craftmesh_protocol::config::mcp::{Strategy, Tier};
+use craftmesh_protocol::deploy::service::Health;
 use futures::future::BoxFuture;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -102,10 +103,19 @@ impl DockerLaunch {
         {
             env.push((k, v));
         }
+        // A plain service is checked by its HTTP health path (or a TCP connect), not MCP.
+        let (mcp_path, health_endpoint) = match craftmesh_protocol::deploy::service::plain_service(spec) {
+            Some(Ok(p)) => match p.health {
+                Health::Http { path } => (None, Some(path)),
+                Health::Tcp => (None, None),
+            },
+            Some(Err(_)) => return None,
+            None => (Some(mcp_path), health_endpoint),
+        };
         Some(DockerLaunch {
             image,
             container_port,
-            mcp_path: Some(mcp_path),
+            mcp_path,
             health_endpoint,
             env,
             memory_mb: res.and_then(|r| r.memory_mb),
@@ -158,6 +168,10 @@ impl Drop for ContainerInstance {
 impl Instance for ContainerInstance {
     fn link(&self) -> Option<Arc<Link>> {
         self.link.clone()
+    }
+
+    fn address(&self) -> Option<std::net::SocketAddr> {
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], self.host_port)))
     }
 
     fn exited(&self) -> watch::Receiver<Option<String>> {
@@ -336,6 +350,10 @@ async fn ready(d: &Docker, launch: &DockerLaunch, c: &DockerInstance, deadline: 
             }
         })
         .await?;
+    }
+    if launch.mcp_path.is_none() && launch.health_endpoint.is_none() {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        retry(d, &c.id, deadline, "a TCP connection", |t| async move { super::service::check(addr, &Health::Tcp, t).await }).await?;
     }
     let link = match &launch.mcp_path {
         None => None,

@@ -13,6 +13,11 @@ use tokio::sync::watch;
 pub trait Instance: Send + Sync + std::fmt::Debug {
     /// The MCP connection to it (`None` for a plain service such as a database).
     fn link(&self) -> Option<Arc<Link>>;
+    /// Where it listens on this host's loopback (a plain service, a container's published
+    /// port); `None` for a stdio child.
+    fn address(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
     /// `Some(why)` once the instance has stopped on its own.
     fn exited(&self) -> watch::Receiver<Option<String>>;
     /// Stops it with a short grace.

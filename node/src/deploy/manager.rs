@@ -59,7 +59,7 @@ pub struct DeployEvent {
 /// One instance this node runs.
 #[derive(Debug)]
 pub(super) struct Running {
-    child: Arc<dyn Instance>,
+    pub(super) child: Arc<dyn Instance>,
     pub(super) held: Arc<Held>,
     via: String,
     command: String,
@@ -109,7 +109,9 @@ pub struct Deployer {
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     sessions: Mutex<HashMap<String, i64>>,
     /// Bumped whenever a local instance appears or goes.
-    changed: watch::Sender<u64>,
+    pub(super) changed: watch::Sender<u64>,
+    /// Fronts of plain services on this host's loopback ([`super::tunnel`]).
+    pub(super) fronts: Mutex<HashMap<String, Arc<super::tunnel::Front>>>,
     /// Links of local sessions to other nodes' instances, with the grant they rely on:
     /// closed when the claim moves on (a holder cut off keeps its stream open for a while).
     pub(super) remotes: Mutex<Vec<Remote>>,
@@ -135,7 +137,7 @@ pub(super) struct Remote {
     pub(super) key: String,
     pub(super) node: String,
     pub(super) token: u64,
-    pub(super) link: std::sync::Weak<Link>,
+    pub(super) target: super::watch::Watched,
 }
 
 /// Lease of a `svc/NAME` claim unless `CRAFTMESH_SERVICE_TTL_MS` says otherwise.
@@ -163,6 +165,7 @@ impl Deployer {
             deploying: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
+            fronts: Mutex::new(HashMap::new()),
             remotes: Mutex::new(Vec::new()),
             base_dir,
             members,
@@ -182,6 +185,9 @@ impl Deployer {
 
     pub(super) fn spec(&self, name: &str) -> Result<ServerSpec, String> {
         let s = self.config.server(name).ok_or_else(|| format!("no server named `{name}` is configured"))?;
+        if let Some(Err(e)) = craftmesh_protocol::deploy::service::plain_service(s) {
+            return Err(format!("server `{}`: {e}", s.name));
+        }
         if !s.enabled {
             return Err(format!("server `{}` is disabled", s.name));
         }
@@ -326,18 +332,24 @@ impl Deployer {
     /// The local instance for a member's session, waiting while this node deploys it.
     pub async fn local_for_member(self: &Arc<Self>, name: &str, wait: Duration) -> Result<Arc<Link>, String> {
         let canonical = self.canonical(name).ok_or_else(|| format!("no shared server `{name}` here"))?;
+        self.wait_local(&canonical, wait, |d, n| d.local_link(n)).await
+    }
+
+    /// What `get` finds of the local instance of `canonical`, waiting (up to `wait`) while
+    /// this node deploys it; an error at once when it neither runs nor deploys here.
+    pub(super) async fn wait_local<T>(&self, canonical: &str, wait: Duration, get: impl Fn(&Self, &str) -> Option<T>) -> Result<T, String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(l) = self.local_link(&canonical) {
-                return Ok(l);
+            if let Some(x) = get(self, canonical) {
+                return Ok(x);
             }
-            let busy = lock(&self.deploying).get(&canonical).is_some_and(|m| m.try_lock().is_err());
+            let busy = lock(&self.deploying).get(canonical).is_some_and(|m| m.try_lock().is_err());
             if !busy && tokio::time::Instant::now() + Duration::from_millis(500) > deadline {
                 return Err(format!("{canonical} does not run on this node"));
             }
             if !busy {
                 // Not deploying: only the holder of the claim serves it.
-                match self.holder(&svc_key(&canonical)).await {
+                match self.holder(&svc_key(canonical)).await {
                     Ok(Some((n, _, _))) if n == self.me => {}
                     _ => return Err(format!("{canonical} does not run on this node")),
                 }
@@ -347,6 +359,32 @@ impl Deployer {
                 return Err(format!("{canonical} did not become ready here in {} s", wait.as_secs()));
             }
         }
+    }
+
+    /// Whether `canonical` is a plain service (not MCP).
+    pub fn is_plain(&self, canonical: &str) -> bool {
+        self.config.server(canonical).is_some_and(|s| craftmesh_protocol::deploy::service::plain_service(s).is_some())
+    }
+
+    pub(super) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts one tier's instance; a plain service run as a process here gets the
+    /// service's port from this node's front first.
+    async fn start_one(&self, spec: &ServerSpec, launch: &Launch, under: &Under) -> Result<Arc<dyn Instance>, String> {
+        let front = match launch {
+            Launch::Process(_) => self.front_of(&spec.name),
+            Launch::Docker(_) => None,
+        };
+        if let Some(f) = &front {
+            f.pause().await;
+        }
+        let r = start_instance(spec, launch, under).await;
+        if let Some(f) = front {
+            f.resume();
+        }
+        r
     }
 
     /// Acquires `svc/NAME` and deploys through the fallback chain.
@@ -393,7 +431,7 @@ impl Deployer {
                     break 'outer;
                 }
                 log_attempt(&spec.name, tier, &launch, attempt);
-                match start_instance(&spec.name, &launch, &under, request_timeout(spec)).await {
+                match self.start_one(spec, &launch, &under).await {
                     Ok(child) => {
                         if held.is_lost() {
                             child.kill_now();
@@ -478,7 +516,7 @@ impl Deployer {
         }
         let under = Under { server: spec.name.clone(), key: held.key.clone(), holder: self.me.clone(), token: held.token };
         for (tier, launch) in chain(&spec, &self.base_dir) {
-            if let Ok(child) = start_instance(&spec.name, &launch, &under, request_timeout(&spec)).await {
+            if let Ok(child) = self.start_one(&spec, &launch, &under).await {
                 if held.is_lost() {
                     child.kill_now();
                     return;

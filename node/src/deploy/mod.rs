@@ -9,4 +9,6 @@ pub mod holder;
 pub mod instance;
 pub mod manager;
 pub mod place;
+pub mod service;
+pub mod tunnel;
 pub mod watch;

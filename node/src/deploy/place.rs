@@ -173,7 +173,11 @@ pub async fn member_deploy(control: &libp2p_stream::Control, peer: &str, server:
 impl Deployer {
     /// This node's facts for deploying `server` (what `/craftmesh/deploy/1` answers).
     pub async fn facts(&self, server: &str) -> HostFacts {
-        let need = self.config.server(server).map(Need::for_server).unwrap_or_default();
+        let mut need = self.config.server(server).map(Need::for_server).unwrap_or_default();
+        // This node's own front of the service steps aside for an instance started here.
+        if let Some(p) = self.config.server(server).and_then(|s| self.front_of(&s.name)).and_then(|f| f.own_port()) {
+            need.ports.retain(|x| *x != p);
+        }
         let used: u64 = {
             let r = lock(&self.running);
             r.keys().filter_map(|n| self.config.server(n)).filter_map(|s| s.resource_requirements.as_ref().and_then(|r| r.memory_mb)).sum()

@@ -7,6 +7,36 @@ use crate::claims::wire::{ClientOp, ClientReply};
 use crate::share::link::{Link, lock};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a session of this node relies on at another node's instance.
+#[derive(Debug)]
+pub(super) enum Watched {
+    /// An MCP session's link.
+    Link(std::sync::Weak<Link>),
+    /// A plain service's tunnel; cancelled when it ends.
+    Tunnel(CancellationToken),
+}
+
+impl Watched {
+    fn live(&self) -> bool {
+        match self {
+            Watched::Link(l) => l.upgrade().is_some_and(|l| !l.is_closed()),
+            Watched::Tunnel(t) => !t.is_cancelled(),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Watched::Link(l) => {
+                if let Some(l) = l.upgrade() {
+                    l.close();
+                }
+            }
+            Watched::Tunnel(t) => t.cancel(),
+        }
+    }
+}
 
 /// How often remote links are checked against the claims.
 const REMOTE_CHECK: Duration = Duration::from_millis(250);
@@ -19,7 +49,7 @@ impl Deployer {
             tokio::time::sleep(REMOTE_CHECK).await;
             let watched: Vec<(String, String, u64)> = {
                 let mut r = lock(&self.remotes);
-                r.retain(|x| x.link.upgrade().is_some_and(|l| !l.is_closed()));
+                r.retain(|x| x.target.live());
                 if r.is_empty() {
                     return;
                 }
@@ -34,9 +64,9 @@ impl Deployer {
                 let held = keys.iter().find(|k| k.key == key).and_then(|k| k.holders.first()).is_some_and(|h| h.holder.node == node && h.holder.token == token);
                 if !held {
                     for x in lock(&self.remotes).iter().filter(|x| x.key == key && x.node == node && x.token == token) {
-                        if let Some(l) = x.link.upgrade() {
+                        if x.target.live() {
                             tracing::info!(key, holder = %node, token, "the instance's claim moved on; closing the session's link to it");
-                            l.close();
+                            x.target.close();
                         }
                     }
                 }
@@ -45,10 +75,19 @@ impl Deployer {
     }
 
     pub(super) fn watch_remote(self: &Arc<Self>, key: String, node: String, token: u64, link: &Arc<Link>) {
+        self.watch_target(Remote { key, node, token, target: Watched::Link(Arc::downgrade(link)) });
+    }
+
+    /// Closes a plain service's tunnel (by cancelling `close`) when its claim moves on.
+    pub(super) fn watch_tunnel(self: &Arc<Self>, key: String, node: String, token: u64, close: CancellationToken) {
+        self.watch_target(Remote { key, node, token, target: Watched::Tunnel(close) });
+    }
+
+    fn watch_target(self: &Arc<Self>, remote: Remote) {
         let start = {
             let mut r = lock(&self.remotes);
             let start = r.is_empty();
-            r.push(Remote { key, node, token, link: Arc::downgrade(link) });
+            r.push(remote);
             start
         };
         if start {
@@ -70,6 +109,12 @@ impl Deployer {
         for name in names {
             let me = self.clone();
             tokio::spawn(async move {
+                // A plain service is served on this host's loopback from the start.
+                if me.is_plain(&name)
+                    && let Err(e) = me.front(&name).await
+                {
+                    tracing::warn!(server = %name, error = %e, "cannot serve the service on this host");
+                }
                 let mut pause = Duration::from_secs(2);
                 loop {
                     tokio::time::sleep(pause).await;

@@ -184,10 +184,10 @@ fn signal_group(pid: u32, sig: nix::sys::signal::Signal) {
     }
 }
 
-fn term_group(pid: u32) {
+pub(crate) fn term_group(pid: u32) {
     signal_group(pid, nix::sys::signal::Signal::SIGTERM);
 }
 
-fn kill_group(pid: u32) {
+pub(crate) fn kill_group(pid: u32) {
     signal_group(pid, nix::sys::signal::Signal::SIGKILL);
 }

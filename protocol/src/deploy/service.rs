@@ -160,7 +160,14 @@ mod tests {
         let mut s = spec(None, Some(ServiceProtocol::Http), &[]);
         s.strategies.push((
             Tier::DockerSidecar,
-            Strategy::Docker { names: vec![], images: vec!["qdrant/qdrant".into()], labels: vec![], ports: vec![6333], mcp_path: "/mcp".into(), health_endpoint: Some("/healthz".into()) },
+            Strategy::Docker {
+                names: vec![],
+                images: vec!["qdrant/qdrant".into()],
+                labels: vec![],
+                ports: vec![6333],
+                mcp_path: "/mcp".into(),
+                health_endpoint: Some("/healthz".into()),
+            },
         ));
         assert_eq!(plain_service(&s), Some(Ok(PlainService { port: 6333, health: Health::Http { path: "/healthz".into() } })));
     }
