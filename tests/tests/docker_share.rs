@@ -301,3 +301,67 @@ fn a_container_instance_serves_survives_its_node_restarting_and_goes_on_stop() {
     assert_eq!(node.starts, 2);
     eprintln!("total {:?}", t0.elapsed());
 }
+
+/// `GET path` on `127.0.0.1:port` with `Connection: close`: the status line and the body,
+/// or the error.
+fn http_get(port: u16, path: &str) -> Result<(String, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(90))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut all = String::new();
+    s.read_to_string(&mut all).map_err(|e| e.to_string())?;
+    let (head, body) = all.split_once("\r\n\r\n").ok_or_else(|| format!("no response head: {all:?}"))?;
+    Ok((head.lines().next().unwrap_or_default().to_string(), body.to_string()))
+}
+
+#[test]
+fn a_plain_service_runs_as_a_container_and_is_served_on_the_nodes_loopback() {
+    if !require("a running docker engine (`docker info` failed)", docker_available()) {
+        return;
+    }
+    let suffix = random_suffix();
+    let server = format!("dhttp-{}", &suffix[..10]);
+    let key = format!("svc/{server}");
+    let tag = format!("craftmesh-test-stub-http:{suffix}");
+    let ctx = tempfile::tempdir().expect("tempdir");
+    let _image = build_static_fixture_image("stub_http", PORT, &ctx.path().join("stub-http"), &tag);
+    let _containers = KeyCleanup(key.clone());
+    // A plain HTTP service (`protocol: http`), health `GET /health`, only as a container.
+    let yaml = format!(
+        "settings:\n  discovery_interval: 30\n  resource_check_enabled: false\nservers:\n  {server}:\n    priority_order: [docker_sidecar]\n    discovery_strategies:\n      docker:\n        \
+         - type: docker\n          images: [\"{tag}\"]\n          ports: [{PORT}]\n          health_endpoint: /health\n    \
+         resource_requirements:\n      memory_mb: 32\n    deployment_config:\n      prevent_duplicate: true\n      protocol: http\n"
+    );
+    let node = HostNode::start(ConfigDir::new(&yaml));
+    wait_until("a one-node claims cluster with a leader", FORM, || node.json(&["cluster", "--json"]).filter(|v| v["leader"].is_object()).map(drop));
+
+    let out = node.cli(&["resolve", "--ensure", &server, "--json"], Duration::from_secs(120));
+    assert!(out.success(), "resolve --ensure failed\n{}\n{}", out.describe(), node.log());
+    let e: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|err| panic!("not JSON ({err})\n{}", out.describe()));
+    let (token, port) = (e["token"].as_u64().expect("token"), e["port"].as_u64().expect("port") as u16);
+    assert_eq!(e["url"], json!(format!("http://127.0.0.1:{port}")), "{e}");
+    let ids = containers_of(&key);
+    assert_eq!(ids.len(), 1, "one container: {ids:?}");
+    let j = inspect(&ids[0]);
+    assert_eq!(j["Config"]["Labels"]["craftmesh.token"], json!(token.to_string()));
+    assert_eq!(j["HostConfig"]["Memory"], json!(32 << 20));
+    // The front on the node's loopback reaches the container.
+    let (status, body) = http_get(port, "/anything").unwrap_or_else(|err| panic!("GET through the front: {err}\n{}", node.log()));
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(body, "ok\n");
+
+    // Stopped: the container goes and the claim is released; the next client starts the
+    // service again under a new grant.
+    let out = node.cli(&["deploy", "stop", &server], Duration::from_secs(60));
+    assert!(out.success(), "deploy stop failed\n{}", out.describe());
+    assert!(containers_of(&key).is_empty(), "removed on stop");
+    let (status, _) = http_get(port, "/again").unwrap_or_else(|err| panic!("GET after the stop: {err}\n{}", node.log()));
+    assert!(status.contains(" 200 "), "{status}");
+    let ids = containers_of(&key);
+    assert_eq!(ids.len(), 1, "started again by the next client: {ids:?}");
+    let again: u64 = inspect(&ids[0])["Config"]["Labels"]["craftmesh.token"].as_str().and_then(|t| t.parse().ok()).expect("token label");
+    assert!(again > token, "a new grant, a greater token ({again} > {token})");
+    let out = node.cli(&["deploy", "stop", &server], Duration::from_secs(60));
+    assert!(out.success(), "deploy stop failed\n{}", out.describe());
+}
