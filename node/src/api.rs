@@ -247,7 +247,11 @@ async fn services(State(s): State<AppState>) -> Response {
 /// Resolves a name to a verified endpoint, in this order: fresh cached local findings
 /// (re-verified); healthy remote instances of mesh members, lowest RTT first, each verified
 /// from here; only then a local discovery of the server; then outside mDNS adverts.
-async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Response {
+async fn resolve(
+    State(s): State<AppState>,
+    conn: Option<axum::Extension<axum::extract::ConnectInfo<apiauth::ConnAddrs>>>,
+    Path(name): Path<String>,
+) -> Response {
     let cfg = s.discoverer.config().clone();
     let snap = match s.driver.snapshot().await {
         Ok(x) => x,
@@ -264,6 +268,14 @@ async fn resolve(State(s): State<AppState>, Path(name): Path<String>) -> Respons
     };
     if !spec.enabled {
         return err(StatusCode::NOT_FOUND, format!("server `{}` is disabled in the configuration (enabled: false)", spec.name), Some(&name));
+    }
+    // A shared server that runs somewhere on the LAN under its claim: this node's way to it
+    // (`/mcp/NAME`, or a plain service's loopback front). Nothing is deployed here.
+    if let Some(d) = &s.deploy {
+        let api = conn.and_then(|c| c.0.0.local).unwrap_or(s.auth.bound);
+        if let Some(f) = d.claimed_finding(&spec.name, api).await {
+            return Json(f).into_response();
+        }
     }
     if let Some(report) = snap.report.as_ref().filter(|r| select::is_fresh(r.finished_at_ms, now_ms(), cfg.settings.cache_ttl_minutes))
         && let Some(sr) = report.servers.iter().find(|x| x.name == spec.name)

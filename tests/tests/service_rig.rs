@@ -87,6 +87,10 @@ fn a_plain_service_runs_once_and_every_host_reaches_it_on_its_own_loopback_port(
     let Some(rig) = rig(3) else { return };
     let tag = format!("kv-{}", craftmesh_tests::random_suffix());
     let mut nodes = start(&rig, &tag);
+    // A plain `resolve` finds nothing and starts nothing.
+    let out = run_with_timeout(&mut rig.host(1).wrap(&nodes[1].cfg.command(&["resolve", "kv", "--api", "127.0.0.1:7410"])), Duration::from_secs(60));
+    assert!(!out.success(), "nothing runs yet\n{}", out.describe());
+    assert!(services(&tag).is_empty(), "resolve deploys nothing");
     let answers: Vec<Value> = std::thread::scope(|s| {
         let hs: Vec<_> = nodes.iter().map(|n| s.spawn(|| ensure(&rig, n))).collect();
         hs.into_iter().map(|h| h.join().expect("ensure thread")).collect()
@@ -110,6 +114,9 @@ fn a_plain_service_runs_once_and_every_host_reaches_it_on_its_own_loopback_port(
         let pid = http(&rig, i, "/pid", None);
         assert_eq!(pid["body"].as_str(), Some(pids[0].to_string().as_str()), "host {i} reaches the one instance: {pid}");
     }
+    // Once it runs, a plain `resolve` on any host gives that host's address of it.
+    let r = nodes[writer].json(&rig, &["resolve", "kv", "--json"]).expect("resolve kv");
+    assert_eq!((r["url"].as_str(), r["healthy"].as_bool(), r["source"].as_str()), (Some(url.as_str()), Some(true), Some("mesh")), "{r:#}");
     let st = nodes[writer].json(&rig, &["deploy", "status", "--json"]).expect("deploy status");
     let row = st.as_array().and_then(|a| a.iter().find(|r| r["server"] == "kv").cloned()).expect("kv in deploy status");
     assert_eq!(row["node"], holder, "{st:#}");

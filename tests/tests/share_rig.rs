@@ -201,6 +201,9 @@ fn ensure_from_three_hosts_at_once_deploys_one_instance() {
     let st = nodes[1].json(&rig, &["deploy", "status", "--json"]).expect("deploy status");
     let row = st.as_array().and_then(|a| a.iter().find(|r| r["server"] == "echo").cloned()).expect("echo in deploy status");
     assert_eq!(row["node"], holder, "{st:#}");
+    // A plain `resolve` on any host points at that host's `/mcp/echo`.
+    let r = nodes[2].json(&rig, &["resolve", "echo", "--json"]).expect("resolve echo");
+    assert_eq!((r["url"].as_str(), r["protocol"].as_str()), (Some("http://127.0.0.1:7410/mcp/echo"), Some("mcp")), "{r:#}");
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub async fn run(g: &Global, cmd: &DeployCommand) -> anyhow::Result<i32> {
 
 async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
     let c = client(g, Duration::from_secs(10));
-    let v: Vec<crate::deploy::manager::DeploymentView> = match c.get::<serde_json::Value>("/v1/deployments").await {
+    let v: Vec<crate::deploy::status::DeploymentView> = match c.get::<serde_json::Value>("/v1/deployments").await {
         Ok(v) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);

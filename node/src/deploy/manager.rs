@@ -37,7 +37,7 @@ use craftmesh_protocol::config::catalog::ServerSpec;
 use craftmesh_protocol::config::mcp::Tier;
 use futures::future::BoxFuture;
 use rmcp::model::ClientInfo;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -61,29 +61,10 @@ pub struct DeployEvent {
 pub(super) struct Running {
     pub(super) child: Arc<dyn Instance>,
     pub(super) held: Arc<Held>,
-    via: String,
-    command: String,
-    since_ms: u64,
-    restarts: u32,
-}
-
-/// What `deploy status` shows for one shared server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeploymentView {
-    pub server: String,
-    /// Peer id of the node running it (the claim's holder); `None`: not running anywhere.
-    pub node: Option<String>,
-    pub local: bool,
-    pub token: Option<u64>,
-    pub expires_in_ms: Option<u64>,
-    /// How it was deployed (`user_installation`, `npx_cloud`), when local.
-    pub via: Option<String>,
-    pub command: Option<String>,
-    pub pid: Option<u32>,
-    pub since_ms: Option<u64>,
-    pub restarts: u32,
-    /// Client sessions of this node on it.
-    pub sessions: i64,
+    pub(super) via: String,
+    pub(super) command: String,
+    pub(super) since_ms: u64,
+    pub(super) restarts: u32,
 }
 
 /// Where `ensure` found or put a server.
@@ -107,7 +88,7 @@ pub struct Deployer {
     events: broadcast::Sender<crate::driver::ApiEvent>,
     pub(super) running: Mutex<BTreeMap<String, Running>>,
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    sessions: Mutex<HashMap<String, i64>>,
+    pub(super) sessions: Mutex<HashMap<String, i64>>,
     /// Bumped whenever a local instance appears or goes.
     pub(super) changed: watch::Sender<u64>,
     /// Fronts of plain services on this host's loopback ([`super::tunnel`]).
@@ -549,30 +530,6 @@ impl Deployer {
         Ok(held.token)
     }
 
-    /// What runs where: every `svc/` claim of the cluster, with local details.
-    pub async fn status(&self) -> Result<Vec<DeploymentView>, String> {
-        let keys = match self.claims.request(ClientOp::List, Duration::from_secs(3)).await {
-            ClientReply::List { keys, .. } => keys,
-            ClientReply::Unavailable { reason } => return Err(format!("claims unavailable: {reason}")),
-            other => return Err(format!("unexpected claims answer: {other:?}")),
-        };
-        let running = lock(&self.running);
-        let sessions = lock(&self.sessions).clone();
-        let mut out: BTreeMap<String, DeploymentView> = BTreeMap::new();
-        for k in keys {
-            let Some(server) = k.key.strip_prefix("svc/") else { continue };
-            let h = k.holders.first();
-            out.insert(
-                server.to_string(),
-                view(server, h.map(|h| (h.holder.node.clone(), h.holder.token, h.expires_in_ms)), &self.me, running.get(server), &sessions),
-            );
-        }
-        for (name, r) in running.iter() {
-            out.entry(name.clone()).or_insert_with(|| view(name, Some((self.me.clone(), r.held.token, 0)), &self.me, Some(r), &sessions));
-        }
-        Ok(out.into_values().collect())
-    }
-
     /// Stops every local child (the node is stopping) and releases its claim. Containers
     /// are left running under their claims, for this node to adopt when it comes back.
     pub async fn shutdown(&self) {
@@ -590,22 +547,6 @@ impl Deployer {
             c.stop().await;
             holder::release(&self.claims, &h).await;
         }
-    }
-}
-
-fn view(server: &str, holder: Option<(String, u64, u64)>, me: &str, r: Option<&Running>, sessions: &HashMap<String, i64>) -> DeploymentView {
-    DeploymentView {
-        server: server.to_string(),
-        local: holder.as_ref().is_some_and(|(n, _, _)| n == me),
-        node: holder.as_ref().map(|(n, _, _)| n.clone()),
-        token: holder.as_ref().map(|(_, t, _)| *t),
-        expires_in_ms: holder.as_ref().map(|(_, _, e)| *e),
-        via: r.map(|r| r.via.clone()),
-        command: r.map(|r| r.command.clone()),
-        pid: r.and_then(|r| r.child.pid()),
-        since_ms: r.map(|r| r.since_ms),
-        restarts: r.map(|r| r.restarts).unwrap_or(0),
-        sessions: sessions.get(server).copied().unwrap_or(0),
     }
 }
 

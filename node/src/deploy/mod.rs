@@ -10,5 +10,6 @@ pub mod instance;
 pub mod manager;
 pub mod place;
 pub mod service;
+pub mod status;
 pub mod tunnel;
 pub mod watch;
