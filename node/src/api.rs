@@ -172,6 +172,7 @@ pub fn router(
         .route("/v1/deployments/{name}/ensure", axum::routing::post(crate::api_deploy::ensure))
         .route("/v1/deployments/{name}/stop", axum::routing::post(crate::api_deploy::stop))
         .route("/mcp/{name}", axum::routing::any(crate::share::http::handle))
+        .route("/v1/mcp-stream/{name}", get(crate::share::http::stream))
         .fallback(|| async { err(StatusCode::NOT_FOUND, "no such API route", None) })
         .layer(axum::middleware::from_fn_with_state(auth.clone(), apiauth::guard))
         .with_state(AppState { driver, discoverer, events, auth, claims, deploy, mcp })

@@ -134,7 +134,10 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
             });
             crate::share::mesh::serve(&control, lookup).map_err(NodeError::ClaimsProtocol)?;
             let canon_d = d.clone();
-            let mcp = crate::share::http::McpHttp::new(Arc::new(crate::deploy::manager::ArcDeployer(d.clone())), Arc::new(move |n: &str| canon_d.canonical(n)));
+            let mcp = crate::share::http::McpHttp::new(
+                Arc::new(crate::deploy::manager::ArcDeployer(d.clone())),
+                Arc::new(move |n: &str| canon_d.canonical(n).filter(|c| !canon_d.is_plain(c))),
+            );
             (Some(d), Some(mcp))
         }
         _ => (None, None),

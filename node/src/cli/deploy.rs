@@ -4,10 +4,8 @@
 
 use super::{Global, client, client_error, exit, urlencode};
 use clap::Subcommand;
-use rmcp::service::{RoleClient, RoleServer};
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{IntoTransport, StreamableHttpClientTransport, Transport};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 #[derive(Debug, Subcommand)]
 pub enum DeployCommand {
@@ -112,8 +110,10 @@ pub async fn resolve_ensure(g: &Global, name: &str, json: bool) -> anyhow::Resul
     }
 }
 
-/// `craftmesh mcp-proxy NAME`: MCP over stdio for clients that start a command, bridged to
-/// this node's `/mcp/NAME` (which follows the instance anywhere on the LAN).
+/// `craftmesh mcp-proxy NAME`: MCP over stdio for clients that start a command. The node
+/// serves the session (`/v1/mcp-stream/NAME`, the same session as `/mcp/NAME`, following
+/// the instance anywhere on the LAN) as newline-delimited JSON-RPC on an upgraded
+/// connection, so this process only copies bytes between its stdio and that connection.
 pub async fn mcp_proxy(g: &Global, name: &str) -> anyhow::Result<i32> {
     let c = client(g, Duration::from_secs(10));
     // The node proves who it is before the token is sent anywhere.
@@ -127,44 +127,128 @@ pub async fn mcp_proxy(g: &Global, name: &str) -> anyhow::Result<i32> {
             return Ok(exit::UNREACHABLE);
         }
     };
-    let url = format!("http://{}/mcp/{}", c.addr, urlencode(name));
-    // Kept-alive connections to the node; no overall timeout (the server's event stream
-    // stays open); every request of the session is bounded by the node's own timeouts.
-    crate::tls::install_provider();
-    let http = match reqwest::Client::builder().no_proxy().tcp_nodelay(true).connect_timeout(Duration::from_secs(5)).build() {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("error: cannot build the HTTP client: {e}");
-            return Ok(exit::UNREACHABLE);
+    let (sock, early) = match upgrade(&c.addr, name, &token).await {
+        Ok(x) => x,
+        Err((code, e)) => {
+            eprintln!("error: {e}");
+            return Ok(code);
         }
     };
-    let cfg = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
-    let mut up = StreamableHttpClientTransport::with_client(http, cfg);
-    let mut down = IntoTransport::<RoleServer, _, _>::into_transport(rmcp::transport::io::stdio());
+    let (mut from_node, mut to_node) = sock.into_split();
+    let mut stdout = tokio::io::stdout();
+    let down = async {
+        if !early.is_empty() {
+            stdout.write_all(&early).await?;
+            stdout.flush().await?;
+        }
+        copy_flushing(&mut from_node, &mut stdout).await
+    };
+    let up = async {
+        let mut stdin = tokio::io::stdin();
+        tokio::io::copy(&mut stdin, &mut to_node).await?;
+        // The client closed its side: the session ends once the node has answered.
+        to_node.shutdown().await
+    };
+    tokio::pin!(down, up);
+    let mut up_done = false;
     loop {
         tokio::select! {
-            m = Transport::<RoleServer>::receive(&mut down) => match m {
-                Some(m) => {
-                    if let Err(e) = Transport::<RoleClient>::send(&mut up, m).await {
-                        eprintln!("craftmesh mcp-proxy: the node did not take a message: {e}");
-                        return Ok(exit::UNREACHABLE);
-                    }
-                }
-                None => break,
-            },
-            m = Transport::<RoleClient>::receive(&mut up) => match m {
-                Some(m) => {
-                    if Transport::<RoleServer>::send(&mut down, m).await.is_err() {
-                        break;
-                    }
-                }
-                None => {
-                    eprintln!("craftmesh mcp-proxy: the node closed the session");
+            r = &mut up, if !up_done => {
+                up_done = true;
+                if let Err(e) = r {
+                    eprintln!("craftmesh mcp-proxy: the node did not take a message: {e}");
                     return Ok(exit::UNREACHABLE);
                 }
-            },
+            }
+            r = &mut down => {
+                return Ok(match r {
+                    Ok(()) if up_done => exit::OK,
+                    Ok(()) => {
+                        eprintln!("craftmesh mcp-proxy: the node closed the session");
+                        exit::UNREACHABLE
+                    }
+                    // The client went away (stdout closed).
+                    Err(_) if up_done => exit::OK,
+                    Err(e) => {
+                        eprintln!("craftmesh mcp-proxy: {e}");
+                        exit::UNREACHABLE
+                    }
+                });
+            }
         }
     }
-    let _ = Transport::<RoleClient>::close(&mut up).await;
-    Ok(exit::OK)
+}
+
+/// Copies `r` to `w`, flushing after every read (each message reaches the client at once).
+async fn copy_flushing<R: tokio::io::AsyncRead + Unpin, W: tokio::io::AsyncWrite + Unpin>(r: &mut R, w: &mut W) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+    }
+}
+
+/// Opens `/v1/mcp-stream/NAME` on the node at `addr` and upgrades it: the connection and
+/// any bytes the node sent after its answer.
+async fn upgrade(addr: &str, name: &str, token: &str) -> Result<(tokio::net::TcpStream, Vec<u8>), (i32, String)> {
+    let unreachable = |e: String| (exit::UNREACHABLE, e);
+    let mut sock = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| unreachable(format!("no connection to the node at {addr} within 5 s")))?
+        .map_err(|e| unreachable(format!("cannot connect to the node at {addr}: {e}")))?;
+    let _ = sock.set_nodelay(true);
+    let req = format!(
+        "GET /v1/mcp-stream/{} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: {}\r\n\r\n",
+        urlencode(name),
+        crate::share::http::STREAM_UPGRADE
+    );
+    sock.write_all(req.as_bytes()).await.map_err(|e| unreachable(e.to_string()))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok(p);
+            }
+            if head.len() > 64 * 1024 {
+                return Err("the node's answer head is too long".to_string());
+            }
+            let n = sock.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the node closed the connection".to_string());
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(|_| unreachable("the node did not answer within 10 s".into()))?
+    .map_err(unreachable)?;
+    let text = String::from_utf8_lossy(&head[..end]).into_owned();
+    let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let rest = head[end + 4..].to_vec();
+    if status == 101 {
+        return Ok((sock, rest));
+    }
+    // An error answer: its body says why (read what arrived, within a second).
+    let mut body = rest;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while body.len() < 64 * 1024 {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let why = String::from_utf8_lossy(&body).trim().to_string();
+    let why = serde_json::from_str::<serde_json::Value>(&why).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(why);
+    let code = match status {
+        404 => exit::NOT_FOUND,
+        _ => exit::UNREACHABLE,
+    };
+    Err((code, format!("the node refused the session ({status}): {why}")))
 }

@@ -68,3 +68,53 @@ pub async fn handle(State(mcp): State<Option<Arc<McpHttp>>>, Path(name): Path<St
         Err(e) => match e {},
     }
 }
+
+/// The protocol name `mcp-proxy` upgrades to on `/v1/mcp-stream/{name}`.
+pub const STREAM_UPGRADE: &str = "craftmesh-mcp/1";
+
+/// `GET /v1/mcp-stream/{name}` with `Upgrade: craftmesh-mcp/1`: after `101 Switching
+/// Protocols` the connection carries the session as newline-delimited JSON-RPC, as MCP's
+/// stdio transport does, so `craftmesh mcp-proxy` only copies bytes between its stdio and
+/// this connection. The session is the same as `/mcp/NAME`'s: it follows the instance
+/// anywhere on the LAN. Behind the API's token like every route.
+pub async fn stream(State(mcp): State<Option<Arc<McpHttp>>>, Path(name): Path<String>, mut req: Request) -> Response {
+    use axum::http::{StatusCode, header};
+    let Some(mcp) = mcp else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shared MCP servers need the mesh and claims (this node runs without them)\n").into_response();
+    };
+    let Some(canonical) = (mcp.canonical)(&name) else {
+        return (StatusCode::NOT_FOUND, format!("no shared MCP server named `{name}` is configured\n")).into_response();
+    };
+    let asked = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case(STREAM_UPGRADE));
+    if !asked {
+        return (StatusCode::UPGRADE_REQUIRED, format!("this route needs `Upgrade: {STREAM_UPGRADE}` (use `craftmesh mcp-proxy`)\n")).into_response();
+    }
+    let on = hyper::upgrade::on(&mut req);
+    let connector = mcp.connector.clone();
+    tokio::spawn(async move {
+        let io = match on.await {
+            Ok(u) => hyper_util::rt::TokioIo::new(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "mcp-stream upgrade failed");
+                return;
+            }
+        };
+        let (r, w) = tokio::io::split(io);
+        let end = tokio_util::sync::CancellationToken::new();
+        let session = Session::following(canonical.clone(), connector);
+        let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(r, w).with_max_line_length(super::child::MAX_MESSAGE);
+        match tokio::time::timeout(std::time::Duration::from_secs(300), rmcp::service::serve_server_with_ct(session, transport, end)).await {
+            Ok(Ok(running)) => {
+                let _ = running.waiting().await;
+            }
+            Ok(Err(e)) => tracing::debug!(server = %canonical, error = %e, "an mcp-proxy session did not start"),
+            Err(_) => tracing::debug!(server = %canonical, "no session from mcp-proxy within 300 s (initialize and the first deploy)"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, STREAM_UPGRADE)
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
