@@ -119,6 +119,7 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
                 events_tx.clone(),
                 members,
                 tags,
+                Some(discoverer.clone()),
             );
             crate::deploy::place::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
             crate::deploy::tunnel::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;

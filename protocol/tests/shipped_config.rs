@@ -18,12 +18,21 @@ fn load_project(profile: Profile) -> Config {
 fn shipped_files_load_without_errors_or_warnings() {
     let cfg = load_project(Profile::Default);
     let names: Vec<&str> = cfg.servers.keys().map(String::as_str).collect();
-    assert_eq!(names, ["context7", "perplexity", "sentry", "zen-mcp"]);
+    assert_eq!(names, ["context7", "perplexity", "qdrant", "sentry", "zen-mcp"]);
     let agents: Vec<&str> = cfg.agents.agents.keys().map(String::as_str).collect();
     assert_eq!(agents, ["ai-engineer", "code-reviewer", "journey-orchestrator"]);
     // every file of the layer was read
     assert!(cfg.files.iter().any(|f| f == ".mcp/servers/core.json"));
     assert!(cfg.files.iter().any(|f| f == ".mcp/servers/optional.json"));
+}
+
+#[test]
+fn qdrant_is_a_plain_http_service_on_its_own_port() {
+    let cfg = load_project(Profile::Default);
+    let q = cfg.server("qdrant").expect("qdrant");
+    let svc = craftmesh_protocol::deploy::service::plain_service(q).expect("a plain service").expect("with a port");
+    assert_eq!(svc.port, 6333);
+    assert_eq!(svc.health, craftmesh_protocol::deploy::service::Health::Http { path: "/healthz".into() });
 }
 
 #[test]

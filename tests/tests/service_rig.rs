@@ -28,8 +28,13 @@ fn rig(n: usize) -> Option<Rig> {
 /// `kv`: a plain HTTP service run by user command, health `GET /healthz`, its processes
 /// marked with `tag` (tests share the process table).
 fn kv_config(tag: &str) -> ConfigDir {
+    kv_config_with(tag, "    priority_order: [user_installation]\n")
+}
+
+/// [`kv_config`] with `order` (the `priority_order` line and any `discovery_strategies`).
+fn kv_config_with(tag: &str, order: &str) -> ConfigDir {
     let yaml = format!(
-        "settings:\n  discovery_interval: 30\nservers:\n  kv:\n    priority_order: [user_installation]\n    resource_requirements:\n      ports: [{PORT}]\n    deployment_config:\n      prevent_duplicate: true\n      auto_restart: true\n"
+        "settings:\n  discovery_interval: 30\nservers:\n  kv:\n{order}    resource_requirements:\n      ports: [{PORT}]\n    deployment_config:\n      prevent_duplicate: true\n      auto_restart: true\n"
     );
     let json = serde_json::json!({"mcpServers": {"kv": {
         "command": python().to_string_lossy(),
@@ -167,4 +172,41 @@ fn a_host_whose_port_is_taken_by_another_program_serves_the_instance_on_another_
     assert_eq!(got["body"].as_str(), Some(pids[0].to_string().as_str()), "{got}\n{}", logs(&nodes));
     let squat = http(&rig, 1, "/healthz", None);
     assert_eq!(squat["status"], 404, "the squatter (a file server) still answers on its port: {squat}");
+}
+
+#[test]
+fn an_instance_already_running_on_the_deploying_host_is_taken_instead_of_starting_one() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("kv-{}", craftmesh_tests::random_suffix());
+    // Someone already runs the service on host 1, outside craftmesh.
+    let _theirs = rig
+        .host(1)
+        .spawn(python(), [fixture("kv_service.py").to_string_lossy().as_ref(), "serve", "--port", &PORT.to_string(), "--name", &tag])
+        .expect("start the external service");
+    assert!(rig.host(1).wait_for_tcp("127.0.0.1", PORT, Duration::from_secs(10)));
+    let theirs = wait_until("the external service's pid", Duration::from_secs(10), || services(&tag).first().copied());
+    // External first: a port check on the service's port, then the user command.
+    let external = format!(
+        "    priority_order: [external_deployment, user_installation]\n    discovery_strategies:\n      external:\n        - type: port_check\n          ports: [{PORT}]\n          health_endpoint: /healthz\n"
+    );
+    let cfgs: Vec<ConfigDir> = (0..3).map(|_| kv_config_with(&tag, &external)).collect();
+    let nodes: Vec<MeshNode> = cfgs.into_iter().enumerate().map(|(i, c)| MeshNode::start_cfg(&rig, i, c, &["--role", "server"])).collect();
+    wait_until("one claims cluster with a leader", FORM, || {
+        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(&rig, &["cluster", "--json"])).collect();
+        let views = views?;
+        let c = views[0]["cluster"].as_str()?;
+        views.iter().all(|v| v["cluster"] == c && v["leader"].is_object()).then_some(())
+    });
+    let e1 = ensure(&rig, &nodes[1]);
+    assert_eq!((e1["local"].as_bool(), e1["deployed"].as_bool()), (Some(true), Some(true)), "{e1}\n{}", logs(&nodes));
+    let st = nodes[1].json(&rig, &["deploy", "status", "--json"]).expect("deploy status");
+    let row = st.as_array().and_then(|a| a.iter().find(|r| r["server"] == "kv").cloned()).expect("kv row");
+    assert_eq!(row["via"], "external_deployment", "{row:#}");
+    for i in [0, 2] {
+        let e = ensure(&rig, &nodes[i]);
+        assert_eq!(e["node"], e1["node"], "{e}");
+        let pid = http(&rig, i, "/pid", None);
+        assert_eq!(pid["body"].as_str(), Some(theirs.to_string().as_str()), "host {i} reaches the instance that was already running: {pid}");
+    }
+    assert_eq!(services(&tag), vec![theirs], "nothing else was started");
 }

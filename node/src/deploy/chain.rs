@@ -32,6 +32,11 @@ pub(super) fn chain(spec: &ServerSpec, base: &std::path::Path) -> Vec<(Tier, Lau
     let mut out = Vec::new();
     for tier in &spec.priority_order {
         match tier {
+            Tier::ExternalDeployment => {
+                if spec.strategies.iter().any(|(t, _)| t == tier) {
+                    out.push((*tier, Launch::External));
+                }
+            }
             Tier::UserInstallation => {
                 if let Some(l) = &spec.launch
                     && let Some(program) = &l.command
@@ -97,6 +102,7 @@ pub(super) async fn start_instance(spec: &ServerSpec, launch: &Launch, under: &U
             }
             container::start(d, under, START_TIMEOUT, request_timeout).await.map(|c| Arc::new(c) as Arc<dyn Instance>)
         }
+        Launch::External => Err("an external instance is adopted by the manager".into()),
     }
 }
 

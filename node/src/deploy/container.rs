@@ -360,12 +360,7 @@ async fn ready(d: &Docker, launch: &DockerLaunch, c: &DockerInstance, deadline: 
         Some(path) => {
             let url = format!("{base}{path}");
             let label = format!("{} (container {})", c.server, c.name);
-            let link = retry(d, &c.id, deadline, "MCP initialize", |t| {
-                let config = StreamableHttpClientTransportConfig::with_uri(url.clone()).max_concurrent_requests(MAX_CONCURRENT_REQUESTS);
-                let transport = StreamableHttpClientTransport::with_client(client.clone(), config);
-                link::connect(Router::new(label.clone(), true), link::full_client_info(), transport, t, request_timeout)
-            })
-            .await?;
+            let link = retry(d, &c.id, deadline, "MCP initialize", |t| http_link(&client, &url, &label, t, request_timeout)).await?;
             if link.init.capabilities.tools.is_some() {
                 let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
                 let listed = tokio::time::timeout(left, link.peer.list_tools(None)).await;
@@ -452,9 +447,16 @@ fn watch_container(d: Docker, id: String, link: Option<Arc<Link>>, done: Cancell
     rx
 }
 
+/// A shared link to the MCP server at `url` (streamable HTTP), initialized within `t`.
+pub(super) fn http_link(client: &reqwest::Client, url: &str, label: &str, t: Duration, request_timeout: Duration) -> impl Future<Output = Result<Arc<Link>, String>> + use<> {
+    let config = StreamableHttpClientTransportConfig::with_uri(url.to_string()).max_concurrent_requests(MAX_CONCURRENT_REQUESTS);
+    let transport = StreamableHttpClientTransport::with_client(client.clone(), config);
+    link::connect(Router::new(label.to_string(), true), link::full_client_info(), transport, t, request_timeout)
+}
+
 /// The HTTP client of a link: like discovery's, without a total timeout (a tool call
 /// streams as long as it runs; rmcp times requests out) and with short-lived keep-alive.
-fn http_client() -> reqwest::Client {
+pub(super) fn http_client() -> reqwest::Client {
     crate::tls::install_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

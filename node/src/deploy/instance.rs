@@ -64,6 +64,9 @@ pub enum Launch {
     Process(Command),
     /// A container on the local Docker engine (the Docker tier).
     Docker(DockerLaunch),
+    /// An instance someone already runs, found by the external strategies when the tier's
+    /// turn comes ([`super::external`]).
+    External,
 }
 
 impl std::fmt::Display for Launch {
@@ -71,6 +74,7 @@ impl std::fmt::Display for Launch {
         match self {
             Launch::Process(c) => write!(f, "{c}"),
             Launch::Docker(d) => write!(f, "{d}"),
+            Launch::External => write!(f, "an external instance"),
         }
     }
 }

@@ -96,9 +96,11 @@ pub struct Deployer {
     /// Links of local sessions to other nodes' instances, with the grant they rely on:
     /// closed when the claim moves on (a holder cut off keeps its stream open for a while).
     pub(super) remotes: Mutex<Vec<Remote>>,
-    base_dir: PathBuf,
+    pub(super) base_dir: PathBuf,
     /// Mesh members and whether they are alive (for placement).
     pub(super) members: watch::Receiver<crate::claims::Members>,
+    /// Finds external instances (the `external_deployment` tier); `None` in unit setups.
+    pub(super) discoverer: Option<Arc<crate::discovery::Discoverer>>,
     /// This node's tags (`always-on`, ...) and host name, for placement.
     pub(super) tags: Vec<String>,
     pub(super) hostname: String,
@@ -133,6 +135,7 @@ impl Deployer {
         events: broadcast::Sender<crate::driver::ApiEvent>,
         members: watch::Receiver<crate::claims::Members>,
         tags: Vec<String>,
+        discoverer: Option<Arc<crate::discovery::Discoverer>>,
     ) -> Arc<Deployer> {
         let ttl_ms = std::env::var("CRAFTMESH_SERVICE_TTL_MS").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1000).unwrap_or(DEFAULT_SERVICE_TTL_MS);
         Arc::new(Deployer {
@@ -150,6 +153,7 @@ impl Deployer {
             remotes: Mutex::new(Vec::new()),
             base_dir,
             members,
+            discoverer,
             tags,
             hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
             stopping: false.into(),
@@ -160,7 +164,12 @@ impl Deployer {
     pub fn canonical(&self, name: &str) -> Option<String> {
         self.config
             .server(name)
-            .filter(|s| s.launch.as_ref().is_some_and(|l| l.command.is_some()) || npx_package(s).is_some() || DockerLaunch::from_spec(s).is_some())
+            .filter(|s| {
+                s.launch.as_ref().is_some_and(|l| l.command.is_some())
+                    || npx_package(s).is_some()
+                    || DockerLaunch::from_spec(s).is_some()
+                    || s.strategies.iter().any(|(t, _)| *t == Tier::ExternalDeployment)
+            })
             .map(|s| s.name.clone())
     }
 
@@ -292,8 +301,7 @@ impl Deployer {
     async fn private_child(&self, spec: &ServerSpec, client: ClientInfo) -> Result<Arc<Link>, String> {
         let mut errors = Vec::new();
         for (tier, launch) in chain(spec, &self.base_dir) {
-            // Containers are never per session: only process tiers apply.
-            #[allow(irrefutable_let_patterns)]
+            // Containers and external instances are never per session: only process tiers apply.
             let super::instance::Launch::Process(cmd) = &launch else { continue };
             match crate::share::child::Child::start_for(&spec.name, cmd, super::chain::START_TIMEOUT, request_timeout(spec), Some(client.clone())).await {
                 Ok(child) => {
@@ -357,6 +365,16 @@ impl Deployer {
         let front = match launch {
             Launch::Process(_) => self.front_of(&spec.name),
             Launch::Docker(_) => None,
+            Launch::External => {
+                let url = self.find_external(spec).await.ok_or_else(|| "no external instance answers".to_string())?;
+                let plain = match craftmesh_protocol::deploy::service::plain_service(spec) {
+                    Some(Ok(p)) => Some(p),
+                    _ => None,
+                };
+                let every = super::chain::check_every(spec);
+                let e = super::external::adopt(&spec.name, &url, plain.as_ref(), every, request_timeout(spec)).await?;
+                return Ok(Arc::new(e));
+            }
         };
         if let Some(f) = &front {
             f.pause().await;

@@ -5,6 +5,7 @@
 pub mod chain;
 pub mod container;
 pub mod docker;
+pub mod external;
 pub mod holder;
 pub mod instance;
 pub mod manager;

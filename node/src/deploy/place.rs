@@ -208,6 +208,12 @@ impl Deployer {
         if !self.config.settings.resource_check_enabled {
             return self.deploy(spec).await;
         }
+        // An instance already running here, as the first tier: taken here, whatever room.
+        if super::chain::chain(spec, &self.base_dir).first().is_some_and(|(_, l)| matches!(l, super::instance::Launch::External))
+            && self.find_external(spec).await.is_some()
+        {
+            return self.deploy(spec).await;
+        }
         let need = Need::for_server(spec);
         let local = self.facts(&spec.name).await;
         if fits(&local, &need).is_ok() {

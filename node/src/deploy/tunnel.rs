@@ -88,6 +88,11 @@ impl Front {
         *self.port.borrow() == Some(self.svc.port)
     }
 
+    /// The port clients use here, once known.
+    pub fn port(&self) -> Option<u16> {
+        *self.port.borrow()
+    }
+
     /// The service's own port, when this front listens on it (and would give it up).
     pub fn own_port(&self) -> Option<u16> {
         self.holds_port().then_some(self.svc.port)
