@@ -32,9 +32,14 @@ fn echo_config(tag: &str) -> ConfigDir {
 /// [`echo_config`] with `extra` YAML appended to the `echo` entry (indented 4) and
 /// `top` YAML at the top level.
 fn config_with(tag: &str, extra_and_top: &str) -> ConfigDir {
+    config_ordered(tag, "[user_installation]", extra_and_top)
+}
+
+/// [`config_with`] with the `echo` entry's `priority_order` (`order`, a YAML list).
+fn config_ordered(tag: &str, order: &str, extra_and_top: &str) -> ConfigDir {
     let (extra, top) = extra_and_top.split_once("\n---\n").unwrap_or((extra_and_top, ""));
     let yaml = format!(
-        "settings:\n  discovery_interval: 30\n{top}servers:\n  echo:\n    priority_order: [user_installation]\n    deployment_config:\n      prevent_duplicate: true\n{extra}"
+        "settings:\n  discovery_interval: 30\n{top}servers:\n  echo:\n    priority_order: {order}\n    deployment_config:\n      prevent_duplicate: true\n{extra}"
     );
     let json = serde_json::json!({"mcpServers": {"echo": {
         "command": python().to_string_lossy(),
@@ -350,4 +355,35 @@ fn share_per_session_gives_each_session_its_own_child() {
     assert_eq!(pids.len(), 3, "three sessions, three children: {pids:?}");
     assert_eq!(during.len(), 3, "three children while the sessions ran: {during:?}");
     wait_until("the children gone with their sessions", Duration::from_secs(20), || children(&tag).is_empty().then_some(()));
+}
+
+#[test]
+fn an_http_mcp_server_already_running_on_a_host_is_shared_with_every_host() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("web-{}", craftmesh_tests::random_suffix());
+    // An MCP server that speaks streamable HTTP, started by hand on host 1.
+    let _theirs = rig
+        .host(1)
+        .spawn(python(), [fixture("mcp_server.py").to_string_lossy().as_ref(), "--port", "18765", "--name", &tag])
+        .expect("start the HTTP MCP server");
+    assert!(rig.host(1).wait_for_tcp("127.0.0.1", 18765, Duration::from_secs(20)));
+    // `echo` is found by a port check first; its command is the fallback.
+    let external = "    discovery_strategies:\n      external:\n        - type: port_check\n          ports: [18765]\n          mcp_path: /mcp\n";
+    let cfgs: Vec<ConfigDir> = (0..3).map(|_| config_ordered(&tag, "[external_deployment, user_installation]", external)).collect();
+    let nodes = start_with(&rig, cfgs);
+    let e1 = ensure(&rig, &nodes[1]);
+    assert_eq!(e1["local"], true, "{e1}");
+    let st = nodes[1].json(&rig, &["deploy", "status", "--json"]).expect("deploy status");
+    let row = st.as_array().and_then(|a| a.iter().find(|r| r["server"] == "echo").cloned()).expect("echo row");
+    assert_eq!(row["via"], "external_deployment", "{row:#}\n{}", logs(&nodes));
+    // Sessions on the two other hosts, through `mcp-proxy` and `/mcp/echo`, reach it.
+    let script = serde_json::json!([{"server_info": true}, {"call": "reverse", "args": {"text": "abc"}, "expect": "cba"}]);
+    for (i, http) in [(0, false), (2, true)] {
+        let out = run_with_timeout(&mut client(&rig, &nodes[i], http, &script, 1), Duration::from_secs(120));
+        assert!(out.success(), "client on host {i} failed\n{}\n{}", out.describe(), logs(&nodes));
+        let ls = lines(&out);
+        assert!(ls.iter().any(|l| l["op"] == "server_info" && l["name"] == tag.as_str()), "the external server answered on host {i}\n{}", out.stdout);
+        assert!(ls.iter().any(|l| l["op"] == "call" && l["text"] == "cba"), "{}", out.stdout);
+    }
+    assert!(children(&tag).is_empty(), "no stdio child was started");
 }

@@ -448,7 +448,13 @@ fn watch_container(d: Docker, id: String, link: Option<Arc<Link>>, done: Cancell
 }
 
 /// A shared link to the MCP server at `url` (streamable HTTP), initialized within `t`.
-pub(super) fn http_link(client: &reqwest::Client, url: &str, label: &str, t: Duration, request_timeout: Duration) -> impl Future<Output = Result<Arc<Link>, String>> + use<> {
+pub(super) fn http_link(
+    client: &reqwest::Client,
+    url: &str,
+    label: &str,
+    t: Duration,
+    request_timeout: Duration,
+) -> impl Future<Output = Result<Arc<Link>, String>> + use<> {
     let config = StreamableHttpClientTransportConfig::with_uri(url.to_string()).max_concurrent_requests(MAX_CONCURRENT_REQUESTS);
     let transport = StreamableHttpClientTransport::with_client(client.clone(), config);
     link::connect(Router::new(label.to_string(), true), link::full_client_info(), transport, t, request_timeout)
