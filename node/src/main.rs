@@ -6,6 +6,21 @@ use tracing_subscriber::filter::Targets;
 
 fn main() {
     let cli = Cli::parse();
+    // Commands that only print end quietly on a closed stdout (`craftmesh cluster | head`).
+    if matches!(
+        cli.command,
+        Command::Status { .. }
+            | Command::Members { .. }
+            | Command::Services { .. }
+            | Command::Resolve { .. }
+            | Command::Deploy { .. }
+            | Command::ApiToken { .. }
+            | Command::Discover { .. }
+            | Command::Cluster { .. }
+            | Command::Config { .. }
+    ) {
+        craftmesh::sys::default_sigpipe();
+    }
     let default = if matches!(cli.command, Command::Up(_)) { "info" } else { "warn" };
     // `Targets` (level, or `target=level` pairs) rather than `EnvFilter`: no regex engine
     // is built at start-up, which keeps the node's resident code small.

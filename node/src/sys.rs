@@ -26,6 +26,16 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
     let _ = cmd;
 }
 
+/// Restores the default action of SIGPIPE (Rust ignores it): a command that only prints,
+/// piped into `head`, then ends quietly when the reader goes instead of panicking in
+/// `println!`. Not for the node or commands that manage children (`up`, `claim run`,
+/// `mcp-proxy`): they handle a closed pipe or socket as an error.
+#[allow(unsafe_code)]
+pub fn default_sigpipe() {
+    // SAFETY: installs the default disposition; no handler code runs in this process.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+}
+
 /// Makes glibc's malloc use one arena for every thread (`M_ARENA_MAX` = 1) instead of one
 /// per thread that allocates. Call before any thread starts. A no-op elsewhere.
 #[allow(unsafe_code)]

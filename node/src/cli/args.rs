@@ -142,7 +142,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// For a shared server: make sure it runs on the LAN (deploy it here by claim when no
-        /// node does) and print this node's `/mcp/NAME` URL for it.
+        /// node does) and print this node's `/mcp/NAME` URL for it (for a plain service such
+        /// as a database: its address on this host's loopback).
         #[arg(long)]
         ensure: bool,
     },
