@@ -111,16 +111,16 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
             let control = m.stream_control();
             let members = members_tx.as_ref().map(|t| t.subscribe()).unwrap_or_else(|| tokio::sync::watch::channel(Arc::default()).1);
             let tags = setup.mesh.as_ref().map(|o| o.tags.clone()).unwrap_or_default();
-            let d = crate::deploy::manager::Deployer::new(
-                setup.config.clone(),
-                setup.base_dir.clone(),
-                h.clone(),
-                control.clone(),
-                events_tx.clone(),
+            let d = crate::deploy::manager::Deployer::new(crate::deploy::manager::Wiring {
+                config: setup.config.clone(),
+                base_dir: setup.base_dir.clone(),
+                claims: h.clone(),
+                control: control.clone(),
+                events: events_tx.clone(),
                 members,
                 tags,
-                Some(discoverer.clone()),
-            );
+                discoverer: Some(discoverer.clone()),
+            });
             crate::deploy::place::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
             crate::deploy::tunnel::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
             // Containers this node left (a crash, a restart): re-adopted or removed, off the

@@ -32,11 +32,7 @@ pub(super) fn chain(spec: &ServerSpec, base: &std::path::Path) -> Vec<(Tier, Lau
     let mut out = Vec::new();
     for tier in &spec.priority_order {
         match tier {
-            Tier::ExternalDeployment => {
-                if spec.strategies.iter().any(|(t, _)| t == tier) {
-                    out.push((*tier, Launch::External));
-                }
-            }
+            Tier::ExternalDeployment if spec.strategies.iter().any(|(t, _)| t == tier) => out.push((*tier, Launch::External)),
             Tier::UserInstallation => {
                 if let Some(l) = &spec.launch
                     && let Some(program) = &l.command

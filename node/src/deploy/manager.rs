@@ -126,17 +126,23 @@ pub(super) struct Remote {
 /// Lease of a `svc/NAME` claim unless `CRAFTMESH_SERVICE_TTL_MS` says otherwise.
 pub const DEFAULT_SERVICE_TTL_MS: u64 = 5000;
 
+/// What a [`Deployer`] is built from.
+#[allow(missing_debug_implementations)]
+pub struct Wiring {
+    pub config: Arc<Config>,
+    /// The configuration's base directory (relative `cwd`s of launch entries).
+    pub base_dir: PathBuf,
+    pub claims: ClaimsHandle,
+    pub control: libp2p_stream::Control,
+    pub events: broadcast::Sender<crate::driver::ApiEvent>,
+    pub members: watch::Receiver<crate::claims::Members>,
+    pub tags: Vec<String>,
+    pub discoverer: Option<Arc<crate::discovery::Discoverer>>,
+}
+
 impl Deployer {
-    pub fn new(
-        config: Arc<Config>,
-        base_dir: PathBuf,
-        claims: ClaimsHandle,
-        control: libp2p_stream::Control,
-        events: broadcast::Sender<crate::driver::ApiEvent>,
-        members: watch::Receiver<crate::claims::Members>,
-        tags: Vec<String>,
-        discoverer: Option<Arc<crate::discovery::Discoverer>>,
-    ) -> Arc<Deployer> {
+    pub fn new(w: Wiring) -> Arc<Deployer> {
+        let Wiring { config, base_dir, claims, control, events, members, tags, discoverer } = w;
         let ttl_ms = std::env::var("CRAFTMESH_SERVICE_TTL_MS").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1000).unwrap_or(DEFAULT_SERVICE_TTL_MS);
         Arc::new(Deployer {
             config,

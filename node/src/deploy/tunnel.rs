@@ -20,22 +20,18 @@
 
 use super::manager::{Deployer, svc_key};
 use crate::share::link::lock;
-use crate::share::mesh::{HEADER_TIMEOUT, READY_WAIT, read_line, write_json};
+use crate::share::mesh::{READY_WAIT, accept_stream, answer, open_stream};
 use craftmesh_protocol::deploy::service::{Health, PlainService, plain_service};
 use futures::StreamExt as _;
 use libp2p::StreamProtocol;
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
-use tokio_util::compat::FuturesAsyncReadCompatExt as _;
 use tokio_util::sync::CancellationToken;
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/craftmesh/tcp/1");
-const MAX_HEADER: usize = 4096;
 /// Tunnels a holder serves at once, over all services; more are refused.
 pub const MAX_TUNNELS: usize = 4096;
 /// Connections one front carries at once; more are closed at once.
@@ -47,18 +43,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries at binding the service's own port, 500 ms apart, before the front settles on
 /// another port (the port may be held for a moment by an instance starting here).
 const BIND_TRIES: u32 = 6;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Hello {
-    server: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Answer {
-    ok: bool,
-    #[serde(default)]
-    error: Option<String>,
-}
 
 /// One service's front on this node.
 #[derive(Debug)]
@@ -251,15 +235,13 @@ impl Deployer {
                     return tokio::io::copy_bidirectional(&mut tcp, &mut up).await.map(drop).map_err(|e| e.to_string());
                 }
             } else {
-                match open(&self.control, &e.node, name).await {
-                    Ok((stream, early)) => {
-                        if !early.is_empty() {
-                            tokio::io::AsyncWriteExt::write_all(&mut tcp, &early).await.map_err(|e| e.to_string())?;
-                        }
+                // A server that speaks first (a greeting) may already have sent bytes: they wait
+                // in `up`'s buffer and are copied first.
+                match open_stream(&self.control, &e.node, PROTOCOL, name).await {
+                    Ok(mut up) => {
                         let close = CancellationToken::new();
                         let _closed_when_done = close.clone().drop_guard();
                         self.watch_tunnel(svc_key(name), e.node.clone(), e.token, close.clone());
-                        let mut up = stream.compat();
                         return tokio::select! {
                             r = tokio::io::copy_bidirectional(&mut tcp, &mut up) => r.map(drop).map_err(|e| e.to_string()),
                             () = close.cancelled() => Err(format!("the claim moved on from {}; closed", e.node)),
@@ -290,31 +272,6 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     Ok(s)
 }
 
-/// Opens a tunnel to `server` on `peer`.
-async fn open(control: &libp2p_stream::Control, peer: &str, server: &str) -> Result<(libp2p::Stream, Vec<u8>), String> {
-    let pid: libp2p::PeerId = peer.parse().map_err(|e| format!("`{peer}` is not a peer id: {e}"))?;
-    let mut control = control.clone();
-    let stream = tokio::time::timeout(Duration::from_secs(5), control.open_stream(pid, PROTOCOL))
-        .await
-        .map_err(|_| format!("no stream to {peer} within 5 s"))?
-        .map_err(|e| format!("cannot open a stream to {peer}: {e}"))?;
-    let mut io = BufReader::new(stream.compat());
-    let answer = tokio::time::timeout(HEADER_TIMEOUT, async {
-        write_json(io.get_mut(), &Hello { server: server.to_string() }).await?;
-        let line = read_line(&mut io, MAX_HEADER).await?;
-        serde_json::from_str::<Answer>(&line).map_err(|e| format!("bad answer from {peer}: {e}"))
-    })
-    .await
-    .map_err(|_| format!("{peer} did not answer for {server} within {} s", HEADER_TIMEOUT.as_secs()))??;
-    if !answer.ok {
-        return Err(format!("{peer}: {}", answer.error.unwrap_or_else(|| "refused".into())));
-    }
-    // A server that speaks first (a greeting) may already have sent bytes: they are the
-    // client's.
-    let early = io.buffer().to_vec();
-    Ok((io.into_inner().into_inner(), early))
-}
-
 /// Serves inbound tunnels until the node stops. Fails only when the protocol is registered
 /// twice.
 pub fn serve(control: &libp2p_stream::Control, d: Arc<Deployer>) -> Result<(), String> {
@@ -335,38 +292,28 @@ pub fn serve(control: &libp2p_stream::Control, d: Arc<Deployer>) -> Result<(), S
 }
 
 async fn serve_one(d: &Arc<Deployer>, stream: libp2p::Stream, slots: Arc<Semaphore>) -> Result<(), String> {
-    let mut io = BufReader::new(stream.compat());
-    let hello: Hello = tokio::time::timeout(HEADER_TIMEOUT, read_line(&mut io, MAX_HEADER))
-        .await
-        .map_err(|_| "no header in time".to_string())?
-        .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad header: {e}")))?;
-    let refuse = |e: String| Answer { ok: false, error: Some(e) };
+    let (mut io, server) = accept_stream(stream).await?;
     let Ok(_slot) = slots.try_acquire_owned() else {
         let e = format!("this node already carries {MAX_TUNNELS} tunnels");
-        let _ = write_json(io.get_mut(), &refuse(e.clone())).await;
+        let _ = answer(&mut io, Some(e.clone())).await;
         return Err(e);
     };
     // Only a plain service this node runs may be reached: never an arbitrary local port.
-    let up = match d.canonical(&hello.server) {
+    let up = match d.canonical(&server) {
         Some(name) if d.is_plain(&name) => match d.address_for_member(&name).await {
             Ok(addr) => connect(addr).await,
             Err(e) => Err(e),
         },
-        _ => Err(format!("no plain service `{}` here", hello.server)),
+        _ => Err(format!("no plain service `{server}` here")),
     };
     let mut up = match up {
         Ok(s) => s,
         Err(e) => {
-            let _ = write_json(io.get_mut(), &refuse(e.clone())).await;
+            let _ = answer(&mut io, Some(e.clone())).await;
             return Err(e);
         }
     };
-    write_json(io.get_mut(), &Answer { ok: true, error: None }).await?;
-    // Bytes the opener sent after its header are the client's.
-    let early = io.buffer().to_vec();
-    if !early.is_empty() {
-        tokio::io::AsyncWriteExt::write_all(&mut up, &early).await.map_err(|e| e.to_string())?;
-    }
-    let mut down = io.into_inner();
-    tokio::io::copy_bidirectional(&mut down, &mut up).await.map(drop).map_err(|e| e.to_string())
+    answer(&mut io, None).await?;
+    // Bytes the opener sent after its header wait in `io`'s buffer and are copied first.
+    tokio::io::copy_bidirectional(&mut io, &mut up).await.map(drop).map_err(|e| e.to_string())
 }

@@ -80,19 +80,23 @@ pub(crate) async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, v
     w.flush().await.map_err(|e| e.to_string())
 }
 
-/// Opens a session of `server` on `peer` for a client that introduced itself as `client`.
-pub async fn open(control: &libp2p_stream::Control, peer: &str, server: &str, client: ClientInfo, request_timeout: Duration) -> Result<Arc<Link>, String> {
+/// A member's stream after the header exchange; bytes that arrived after the answer stay
+/// in its buffer.
+pub(crate) type Opened = BufReader<tokio_util::compat::Compat<libp2p::Stream>>;
+
+/// Opens a `protocol` stream to `peer` for `server`: sends the header line and reads the
+/// holder's answer (within [`HEADER_TIMEOUT`]); an error when it refused.
+pub(crate) async fn open_stream(control: &libp2p_stream::Control, peer: &str, protocol: StreamProtocol, server: &str) -> Result<Opened, String> {
     let pid: libp2p::PeerId = peer.parse().map_err(|e| format!("`{peer}` is not a peer id: {e}"))?;
     let mut control = control.clone();
-    let stream = tokio::time::timeout(Duration::from_secs(5), control.open_stream(pid, PROTOCOL))
+    let stream = tokio::time::timeout(Duration::from_secs(5), control.open_stream(pid, protocol))
         .await
         .map_err(|_| format!("no stream to {peer} within 5 s"))?
         .map_err(|e| format!("cannot open a stream to {peer}: {e}"))?;
-    let (r, mut w) = tokio::io::split(stream.compat());
-    let mut r = BufReader::new(r);
+    let mut io = BufReader::new(stream.compat());
     let answer = tokio::time::timeout(HEADER_TIMEOUT, async {
-        write_json(&mut w, &Hello { server: server.to_string() }).await?;
-        let line = read_line(&mut r, MAX_HEADER).await?;
+        write_json(io.get_mut(), &Hello { server: server.to_string() }).await?;
+        let line = read_line(&mut io, MAX_HEADER).await?;
         serde_json::from_str::<Answer>(&line).map_err(|e| format!("bad answer from {peer}: {e}"))
     })
     .await
@@ -100,6 +104,29 @@ pub async fn open(control: &libp2p_stream::Control, peer: &str, server: &str, cl
     if !answer.ok {
         return Err(format!("{peer}: {}", answer.error.unwrap_or_else(|| "refused".into())));
     }
+    Ok(io)
+}
+
+/// Reads an inbound stream's header (within [`HEADER_TIMEOUT`]): the stream and the server
+/// it asks for.
+pub(crate) async fn accept_stream(stream: libp2p::Stream) -> Result<(Opened, String), String> {
+    let mut io = BufReader::new(stream.compat());
+    let hello: Hello = tokio::time::timeout(HEADER_TIMEOUT, read_line(&mut io, MAX_HEADER))
+        .await
+        .map_err(|_| "no header in time".to_string())?
+        .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad header: {e}")))?;
+    Ok((io, hello.server))
+}
+
+/// Answers an inbound stream's header: accepted, or refused with `error`.
+pub(crate) async fn answer(io: &mut Opened, error: Option<String>) -> Result<(), String> {
+    write_json(io.get_mut(), &Answer { ok: error.is_none(), error }).await
+}
+
+/// Opens a session of `server` on `peer` for a client that introduced itself as `client`.
+pub async fn open(control: &libp2p_stream::Control, peer: &str, server: &str, client: ClientInfo, request_timeout: Duration) -> Result<Arc<Link>, String> {
+    let io = open_stream(control, peer, PROTOCOL, server).await?;
+    let (r, w) = tokio::io::split(io);
     let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(r, w).with_max_line_length(MAX_MESSAGE);
     let router = Router::new(format!("{server} on {peer}"), false);
     link::connect(router, client, transport, Duration::from_secs(30), request_timeout).await
@@ -127,29 +154,25 @@ pub fn serve(control: &libp2p_stream::Control, lookup: Lookup) -> Result<(), Str
 }
 
 async fn serve_one(peer: String, stream: libp2p::Stream, lookup: Lookup) -> Result<(), String> {
-    let (r, mut w) = tokio::io::split(stream.compat());
-    let mut r = BufReader::new(r);
-    let hello: Hello = tokio::time::timeout(Duration::from_secs(5), read_line(&mut r, MAX_HEADER))
-        .await
-        .map_err(|_| "no header within 5 s".to_string())?
-        .and_then(|l| serde_json::from_str(&l).map_err(|e| format!("bad header: {e}")))?;
-    let found = tokio::time::timeout(READY_WAIT + Duration::from_millis(500), lookup(hello.server.clone())).await;
+    let (mut io, server) = accept_stream(stream).await?;
+    let found = tokio::time::timeout(READY_WAIT + Duration::from_millis(500), lookup(server.clone())).await;
     let link = match found {
         Ok(Ok(l)) => l,
         Ok(Err(e)) => {
-            let _ = write_json(&mut w, &Answer { ok: false, error: Some(e.clone()) }).await;
+            let _ = answer(&mut io, Some(e.clone())).await;
             return Err(e);
         }
         Err(_) => {
-            let e = format!("{} is not ready here", hello.server);
-            let _ = write_json(&mut w, &Answer { ok: false, error: Some(e.clone()) }).await;
+            let e = format!("{server} is not ready here");
+            let _ = answer(&mut io, Some(e.clone())).await;
             return Err(e);
         }
     };
-    write_json(&mut w, &Answer { ok: true, error: None }).await?;
-    tracing::debug!(%peer, server = %hello.server, "serving an MCP session to a member");
+    answer(&mut io, None).await?;
+    tracing::debug!(%peer, %server, "serving an MCP session to a member");
     let end = CancellationToken::new();
-    let session = Session::fixed(hello.server.clone(), link, end.clone());
+    let session = Session::fixed(server.clone(), link, end.clone());
+    let (r, w) = tokio::io::split(io);
     let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(r, w).with_max_line_length(MAX_MESSAGE);
     let running = tokio::time::timeout(Duration::from_secs(30), rmcp::service::serve_server_with_ct(session, transport, end.clone()))
         .await
