@@ -806,7 +806,10 @@ fn sigkilled_bound_holder(holder_leads: bool, ttl_s: u64) -> Duration {
     let grant_ns = boot_ms_to_realtime_ns(after[0]["holder"]["granted_at_ms"].as_u64().expect("granted_at_ms"));
     let last = *run.beats().last().expect("heartbeats");
     assert!(last < grant_ns, "the old child wrote a heartbeat {:.1} ms after the new grant\n{}", (last - grant_ns) as f64 / 1e6, run.proc.describe());
-    eprintln!("granted {elapsed:?} after the kill (holder leads: {holder_leads}); old child's last heartbeat {:.0} ms before the grant", (grant_ns - last) as f64 / 1e6);
+    eprintln!(
+        "granted {elapsed:?} after the kill (holder leads: {holder_leads}); old child's last heartbeat {:.0} ms before the grant",
+        (grant_ns - last) as f64 / 1e6
+    );
     if elapsed > Duration::from_secs(3) {
         let live: Vec<&MeshNode> = nodes.iter().enumerate().filter(|(i, _)| *i != h).map(|(_, n)| n).collect();
         eprintln!("{}", logs(&live));

@@ -282,7 +282,8 @@ impl Actor {
                 p.since_ms = now;
             }
             p.live = *live;
-            if !(live.crashed && !live.alive) {
+            let crashed = live.crashed && !live.alive;
+            if !crashed {
                 (p.crashed_upto, p.crashed_seen_ms) = (None, None);
             } else if p.crashed_upto.is_none() {
                 (p.crashed_upto, p.crashed_seen_ms) = (Some(applied), Some(now));

@@ -27,8 +27,7 @@ impl Actor {
             return None;
         }
         let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let alive: Vec<NodeId> =
-            voters.iter().copied().filter(|v| peer_of(v).and_then(|peer| self.peers.get(peer)).is_some_and(|p| p.live.alive)).collect();
+        let alive: Vec<NodeId> = voters.iter().copied().filter(|v| peer_of(v).and_then(|peer| self.peers.get(peer)).is_some_and(|p| p.live.alive)).collect();
         elect_at(&CrashedLeader {
             me: self.me_id,
             leader,
