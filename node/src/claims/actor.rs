@@ -72,6 +72,8 @@ pub(super) struct Peer {
     /// While the mesh shows it crashed: the last entry this node had applied when it first
     /// did. Grants after it may be the peer's next run's ([`super::leader`]'s hand-off).
     pub crashed_upto: Option<u64>,
+    /// While the mesh shows it crashed: when this node first saw it (boot ms).
+    pub crashed_seen_ms: Option<u64>,
 }
 
 /// The actor's state.
@@ -105,6 +107,9 @@ pub(super) struct Actor {
     /// Crashed peers whose bound claims were already handed on in this term.
     pub gone_sent: BTreeSet<String>,
     pub last_leader: Option<(Option<NodeId>, u64)>,
+    /// The term in which this node last stood for election because its leader was proven
+    /// crashed ([`super::failover`]): once per crash.
+    pub stood_in_term: Option<u64>,
 }
 
 impl Actor {
@@ -265,16 +270,24 @@ impl Actor {
             if *peer == self.me {
                 continue;
             }
-            let p = self.peers.entry(peer.clone()).or_insert(Peer { live: *live, since_ms: now, status: None, asking: false, crashed_upto: None });
+            let p = self.peers.entry(peer.clone()).or_insert(Peer {
+                live: *live,
+                since_ms: now,
+                status: None,
+                asking: false,
+                crashed_upto: None,
+                crashed_seen_ms: None,
+            });
             if p.live.alive != live.alive {
                 p.since_ms = now;
             }
             p.live = *live;
-            p.crashed_upto = match (live.crashed && !live.alive, p.crashed_upto) {
-                (true, Some(upto)) => Some(upto),
-                (true, None) => Some(applied),
-                (false, _) => None,
-            };
+            let crashed = live.crashed && !live.alive;
+            if !crashed {
+                (p.crashed_upto, p.crashed_seen_ms) = (None, None);
+            } else if p.crashed_upto.is_none() {
+                (p.crashed_upto, p.crashed_seen_ms) = (Some(applied), Some(now));
+            }
         }
         self.peers.retain(|k, _| members.contains_key(k));
         self.pool.retain(|p| members.contains_key(p));

@@ -4,6 +4,7 @@
 
 pub mod actor;
 pub mod clock;
+pub mod failover;
 pub mod inbound;
 pub mod instance;
 pub mod leader;

@@ -90,6 +90,7 @@ pub async fn start(
         tick_in_flight: false,
         gone_sent: Default::default(),
         last_leader: None,
+        stood_in_term: None,
     };
     actor.status_tx.send_replace(actor.status());
     let status_rx = actor.status_tx.subscribe();
@@ -147,6 +148,16 @@ async fn run(
                 None => futures::future::pending().await,
             }
         };
+        let elect_at = a.next_election_ms().map(|at| {
+            let wait = at.saturating_sub(a.clock.now_ms());
+            tokio::time::Instant::now() + Duration::from_millis(wait)
+        });
+        let elect = async move {
+            match elect_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => futures::future::pending().await,
+            }
+        };
         let waiter_at = a.waiters.next_deadline();
         let waiter = async move {
             match waiter_at {
@@ -187,6 +198,7 @@ async fn run(
             }
             () = tick => a.write_own(craftmesh_protocol::claims::Op::Tick),
             () = waiter => a.expire_waiters(),
+            () = elect => a.stand_if_due(),
         }
     }
     a.stop_instance().await;

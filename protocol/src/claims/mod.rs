@@ -10,8 +10,10 @@
 //!   lock-delay, expiry).
 //! - [`lease`]: the holder's own deadline, which stops it before anyone else can be granted.
 //! - [`cluster`]: zero-configuration cluster formation, voters and merges.
+//! - [`failover`]: when a follower stands for election because its leader is proven crashed.
 
 pub mod cluster;
+pub mod failover;
 pub mod lease;
 pub mod state;
 
