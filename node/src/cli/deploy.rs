@@ -81,10 +81,25 @@ async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
 
 /// `craftmesh resolve --ensure NAME`: the instance on the LAN (deployed when none runs),
 /// printed as this node's `/mcp/NAME` URL, which reaches it wherever it runs.
+/// How often `resolve --ensure` says it is still waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+
 pub async fn resolve_ensure(g: &Global, name: &str, json: bool) -> anyhow::Result<i32> {
     let c = client(g, Duration::from_secs(310));
     eprintln!("ensuring {name} runs on the LAN (deploys it here when no node does)...");
-    match c.post::<serde_json::Value>(&format!("/v1/deployments/{}/ensure", urlencode(name)), &serde_json::json!({})).await {
+    let (path, body) = (format!("/v1/deployments/{}/ensure", urlencode(name)), serde_json::json!({}));
+    let ask = c.post::<serde_json::Value>(&path, &body);
+    tokio::pin!(ask);
+    // A deploy can take long (an image, a slow server): say so every few seconds.
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    let answer = loop {
+        tokio::select! {
+            r = &mut ask => break r,
+            _ = tick.tick() => eprintln!("  still waiting for {name} ({} s; `craftmesh deploy status` shows what runs where)", started.elapsed().as_secs()),
+        }
+    };
+    match answer {
         Ok(mut v) => {
             // A plain service's URL is this node's front for it; an MCP server's is `/mcp/NAME`.
             let url = match v["url"].as_str() {
