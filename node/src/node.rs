@@ -120,6 +120,7 @@ pub async fn run(setup: Setup, listener: TcpListener, shutdown: impl Future<Outp
                 members,
                 tags,
                 discoverer: Some(discoverer.clone()),
+                driver: Some(handle.clone()),
             });
             crate::deploy::place::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;
             crate::deploy::tunnel::serve(&control, d.clone()).map_err(NodeError::ClaimsProtocol)?;

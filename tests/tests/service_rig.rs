@@ -175,7 +175,7 @@ fn a_host_whose_port_is_taken_by_another_program_serves_the_instance_on_another_
 }
 
 #[test]
-fn an_instance_already_running_on_the_deploying_host_is_taken_instead_of_starting_one() {
+fn an_instance_already_running_on_one_host_is_taken_by_that_host_instead_of_starting_one() {
     let Some(rig) = rig(3) else { return };
     let tag = format!("kv-{}", craftmesh_tests::random_suffix());
     // Someone already runs the service on host 1, outside craftmesh.
@@ -197,14 +197,21 @@ fn an_instance_already_running_on_the_deploying_host_is_taken_instead_of_startin
         let c = views[0]["cluster"].as_str()?;
         views.iter().all(|v| v["cluster"] == c && v["leader"].is_object()).then_some(())
     });
-    let e1 = ensure(&rig, &nodes[1]);
-    assert_eq!((e1["local"].as_bool(), e1["deployed"].as_bool()), (Some(true), Some(true)), "{e1}\n{}", logs(&nodes));
+    let peer1 = nodes[1].json(&rig, &["status", "--json"]).and_then(|v| v["node"]["peer_id"].as_str().map(str::to_string)).expect("peer id");
+    // Host 0 learns from host 1's advert that an instance runs there.
+    wait_until("host 1's instance advertised to host 0", Duration::from_secs(30), || {
+        let v = nodes[0].json(&rig, &["services", "--json"])?;
+        v.as_array()?.iter().any(|s| s["name"] == "kv" && s["node"] == peer1.as_str() && s["healthy"] == true).then_some(())
+    });
+    // The first ensure comes from host 0, which runs nothing: host 1 takes its instance.
+    let e0 = ensure(&rig, &nodes[0]);
+    assert_eq!((e0["node"].as_str(), e0["local"].as_bool()), (Some(peer1.as_str()), Some(false)), "{e0}\n{}", logs(&nodes));
     let st = nodes[1].json(&rig, &["deploy", "status", "--json"]).expect("deploy status");
     let row = st.as_array().and_then(|a| a.iter().find(|r| r["server"] == "kv").cloned()).expect("kv row");
     assert_eq!(row["via"], "external_deployment", "{row:#}");
     for i in [0, 2] {
         let e = ensure(&rig, &nodes[i]);
-        assert_eq!(e["node"], e1["node"], "{e}");
+        assert_eq!(e["node"].as_str(), Some(peer1.as_str()), "{e}");
         let pid = http(&rig, i, "/pid", None);
         assert_eq!(pid["body"].as_str(), Some(theirs.to_string().as_str()), "host {i} reaches the instance that was already running: {pid}");
     }

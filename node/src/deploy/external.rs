@@ -130,6 +130,37 @@ pub async fn adopt(name: &str, url: &str, plain: Option<&PlainService>, every: D
 }
 
 impl Deployer {
+    /// Whether the server's chain starts with the external tier.
+    pub(super) fn external_first(&self, spec: &ServerSpec) -> bool {
+        super::chain::chain(spec, &self.base_dir).first().is_some_and(|(_, l)| matches!(l, super::instance::Launch::External))
+    }
+
+    /// Whether an instance of `spec` already runs here, found by the external tier that
+    /// starts its chain (it is then taken here, whatever room the host has).
+    pub(super) async fn runs_here(&self, spec: &ServerSpec) -> bool {
+        self.external_first(spec) && self.find_external(spec).await.is_some()
+    }
+
+    /// A live member that advertises a healthy instance of `spec` (its discovery found one
+    /// running there), nearest first, when the server's chain starts with the external
+    /// tier: that member takes it under the claim instead of anyone starting another.
+    pub(super) async fn member_with_instance(&self, spec: &ServerSpec) -> Option<String> {
+        if !self.external_first(spec) {
+            return None;
+        }
+        let snap = self.driver.as_ref()?.snapshot().await.ok()?;
+        let members = self.members.borrow().clone();
+        let mut found: Vec<_> = snap
+            .mesh?
+            .remote
+            .into_iter()
+            .filter(|r| r.service.healthy && spec.answers_to(&r.service.name) && r.node != self.me)
+            .filter(|r| members.get(&r.node).is_some_and(|l| l.alive))
+            .collect();
+        found.sort_by(|a, b| a.rtt_ms.unwrap_or(f64::MAX).total_cmp(&b.rtt_ms.unwrap_or(f64::MAX)));
+        found.into_iter().next().map(|r| r.node)
+    }
+
     /// A healthy instance of `spec` found by its `external_deployment` strategies here, as
     /// a URL. This node's own fronts and `/mcp/` routes are not external instances: taking
     /// one would make the LAN's instance a loop back to itself.

@@ -101,6 +101,7 @@ pub struct Deployer {
     pub(super) members: watch::Receiver<crate::claims::Members>,
     /// Finds external instances (the `external_deployment` tier); `None` in unit setups.
     pub(super) discoverer: Option<Arc<crate::discovery::Discoverer>>,
+    pub(super) driver: Option<crate::driver::DriverHandle>,
     /// This node's tags (`always-on`, ...) and host name, for placement.
     pub(super) tags: Vec<String>,
     pub(super) hostname: String,
@@ -138,11 +139,13 @@ pub struct Wiring {
     pub members: watch::Receiver<crate::claims::Members>,
     pub tags: Vec<String>,
     pub discoverer: Option<Arc<crate::discovery::Discoverer>>,
+    /// The node's state: the services members advertise.
+    pub driver: Option<crate::driver::DriverHandle>,
 }
 
 impl Deployer {
     pub fn new(w: Wiring) -> Arc<Deployer> {
-        let Wiring { config, base_dir, claims, control, events, members, tags, discoverer } = w;
+        let Wiring { config, base_dir, claims, control, events, members, tags, discoverer, driver } = w;
         let ttl_ms = std::env::var("CRAFTMESH_SERVICE_TTL_MS").ok().and_then(|v| v.parse().ok()).filter(|v| *v >= 1000).unwrap_or(DEFAULT_SERVICE_TTL_MS);
         Arc::new(Deployer {
             config,
@@ -160,6 +163,7 @@ impl Deployer {
             base_dir,
             members,
             discoverer,
+            driver,
             tags,
             hostname: sysinfo::System::host_name().unwrap_or_else(|_| "unknown".into()),
             stopping: false.into(),

@@ -189,7 +189,8 @@ impl Deployer {
     /// Deploys `server` on this node for a member that chose it; refuses what does not fit.
     pub async fn deploy_here(self: &Arc<Self>, server: &str) -> Result<u64, String> {
         let spec = self.spec(server)?;
-        if self.config.settings.resource_check_enabled {
+        // Taking an instance that already runs here needs no room.
+        if self.config.settings.resource_check_enabled && !self.runs_here(&spec).await {
             let f = self.facts(&spec.name).await;
             if let Err(m) = fits(&f, &Need::for_server(&spec)) {
                 return Err(format!("{} does not fit here: {}", spec.name, m.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
@@ -205,13 +206,22 @@ impl Deployer {
     /// Deploys where it fits: here when this node has room (or resource checks are off),
     /// else on the member [`choose`] picks, asked over the mesh.
     pub(super) async fn place(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
+        // An instance already running on a member (external first): that member takes it.
+        if let Some(peer) = self.member_with_instance(spec).await
+            && !self.runs_here(spec).await
+        {
+            tracing::info!(server = %spec.name, member = %peer, "a member already runs an instance; asking it to take it under the claim");
+            match member_deploy(&self.control, &peer, &spec.name).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.contains("another node holds") => return Err(DeployError::Taken),
+                Err(e) => tracing::warn!(server = %spec.name, member = %peer, error = %e, "the member could not take its instance; deploying as usual"),
+            }
+        }
         if !self.config.settings.resource_check_enabled {
             return self.deploy(spec).await;
         }
         // An instance already running here, as the first tier: taken here, whatever room.
-        if super::chain::chain(spec, &self.base_dir).first().is_some_and(|(_, l)| matches!(l, super::instance::Launch::External))
-            && self.find_external(spec).await.is_some()
-        {
+        if self.runs_here(spec).await {
             return self.deploy(spec).await;
         }
         let need = Need::for_server(spec);

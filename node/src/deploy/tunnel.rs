@@ -31,6 +31,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+/// The loopback ports this process's fronts listen on: discovery does not probe them (a
+/// probe would be carried to the instance, or start one).
+static FRONT_PORTS: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether `port` on this host's loopback is one of this node's fronts.
+pub fn is_front_port(port: u16) -> bool {
+    lock(&FRONT_PORTS).contains(&port)
+}
+
+/// Marks `port` as a front's while it lives.
+struct FrontPort(u16);
+
+impl FrontPort {
+    fn new(port: u16) -> FrontPort {
+        lock(&FRONT_PORTS).insert(port);
+        FrontPort(port)
+    }
+}
+
+impl Drop for FrontPort {
+    fn drop(&mut self) {
+        lock(&FRONT_PORTS).remove(&self.0);
+    }
+}
+
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/craftmesh/tcp/1");
 /// Tunnels a holder serves at once, over all services; more are refused.
 pub const MAX_TUNNELS: usize = 4096;
@@ -158,6 +183,7 @@ impl Deployer {
             match TcpListener::bind(("127.0.0.1", want)).await {
                 Ok(l) => {
                     misses = 0;
+                    let _marked = FrontPort::new(want);
                     f.port.send_replace(Some(want));
                     tracing::info!(server = %f.name, port = want, "serving the LAN's instance on this host's loopback");
                     tokio::select! {
@@ -180,6 +206,7 @@ impl Deployer {
                 Err(e) => match TcpListener::bind(("127.0.0.1", 0)).await {
                     Ok(l) => {
                         let port = l.local_addr().map(|a| a.port()).unwrap_or_default();
+                        let _marked = FrontPort::new(port);
                         tracing::warn!(server = %f.name, wanted = want, port, error = %e, "the service's port is taken on this host by another program; serving the LAN's instance on another port");
                         f.port.send_replace(Some(port));
                         self.accept(&f, l).await;

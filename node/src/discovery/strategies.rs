@@ -78,6 +78,11 @@ impl<'a> Ctx<'a> {
             match st {
                 Strategy::PortCheck { host, ports, health_endpoint, mcp_path } => {
                     let health = health_endpoint.as_deref().or_else(|| launch_health(spec));
+                    let loopback = matches!(host.as_str(), "127.0.0.1" | "localhost" | "::1" | "[::1]");
+                    let (fronts, ports): (Vec<u16>, Vec<u16>) = ports.iter().partition(|p| loopback && crate::deploy::tunnel::is_front_port(**p));
+                    for p in fronts {
+                        notes.push(format!("port {p} is this node's own front of a shared service; not probed"));
+                    }
                     let probes = ports.iter().map(|port| {
                         let target = Target::from_port(host, *port, mcp_path, health);
                         let client = client.clone();
