@@ -63,6 +63,8 @@ pub const MAX_TUNNELS: usize = 4096;
 pub const MAX_FRONT_CONNECTIONS: usize = 1024;
 /// How long a connection waits for the service to run somewhere (a cold deploy included).
 const ENSURE_WAIT: Duration = Duration::from_secs(60);
+/// How long a holder named by the claims is used for new connections without asking again.
+const HOLDER_FRESH: Duration = Duration::from_secs(2);
 /// Longest TCP connect to an instance on this host.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Tries at binding the service's own port, 500 ms apart, before the front settles on
@@ -79,6 +81,11 @@ pub struct Front {
     /// Set while an instance of the service starts here as a process on the service's port.
     paused: watch::Sender<bool>,
     conns: Arc<Semaphore>,
+    /// The holder (node, token) the claims named, and when: for [`HOLDER_FRESH`] new
+    /// connections go there without asking the claims again (a pool opening connections in
+    /// a burst). A holder that no longer runs the instance refuses the tunnel, and the
+    /// connection then asks the claims.
+    last: std::sync::Mutex<Option<(String, u64, tokio::time::Instant)>>,
 }
 
 impl Front {
@@ -146,6 +153,7 @@ impl Deployer {
                         port: watch::channel(None).0,
                         paused: watch::channel(false).0,
                         conns: Arc::new(Semaphore::new(MAX_FRONT_CONNECTIONS)),
+                        last: std::sync::Mutex::new(None),
                     });
                     fronts.insert(spec.name.clone(), f.clone());
                     tokio::spawn(self.clone().run_front(f.clone()));
@@ -239,29 +247,38 @@ impl Deployer {
                 tracing::warn!(server = %f.name, %from, limit = MAX_FRONT_CONNECTIONS, "too many connections to the service here; closing a new one");
                 continue;
             };
-            let (me, name) = (self.clone(), f.name.clone());
+            let (me, f) = (self.clone(), f.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let _ = tcp.set_nodelay(true);
-                if let Err(e) = me.pipe(&name, tcp).await {
-                    tracing::info!(server = %name, %from, error = %e, "a connection to the service ended");
+                if let Err(e) = me.pipe(&f, tcp).await {
+                    tracing::info!(server = %f.name, %from, error = %e, "a connection to the service ended");
                 }
             });
         }
     }
 
-    /// Carries one client connection to the instance of `name`, wherever it runs.
-    async fn pipe(self: &Arc<Self>, name: &str, mut tcp: TcpStream) -> Result<(), String> {
+    /// Carries one client connection to the instance of `f`'s service, wherever it runs.
+    async fn pipe(self: &Arc<Self>, f: &Front, mut tcp: TcpStream) -> Result<(), String> {
+        let name = f.name.as_str();
         let deadline = tokio::time::Instant::now() + ENSURE_WAIT;
+        let mut cached = lock(&f.last).clone().filter(|(_, _, at)| at.elapsed() < HOLDER_FRESH);
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let e = self.ensure(name, left).await?;
-            if e.local {
-                if let Some(addr) = self.local_address(name) {
-                    let mut up = connect(addr).await?;
-                    return tokio::io::copy_bidirectional(&mut tcp, &mut up).await.map(drop).map_err(|e| e.to_string());
+            if let Some(addr) = self.local_address(name) {
+                let mut up = connect(addr).await?;
+                return tokio::io::copy_bidirectional(&mut tcp, &mut up).await.map(drop).map_err(|e| e.to_string());
+            }
+            let from_cache = cached.is_some();
+            let e = match cached.take() {
+                Some((node, token, _)) => super::manager::Ensured { server: name.to_string(), node, local: false, token, deployed: false },
+                None => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let e = self.ensure(name, left).await?;
+                    *lock(&f.last) = (!e.local).then(|| (e.node.clone(), e.token, tokio::time::Instant::now()));
+                    e
                 }
-            } else {
+            };
+            if !e.local {
                 // A server that speaks first (a greeting) may already have sent bytes: they wait
                 // in `up`'s buffer and are copied first.
                 match open_stream(&self.control, &e.node, PROTOCOL, name).await {
@@ -274,7 +291,13 @@ impl Deployer {
                             () = close.cancelled() => Err(format!("the claim moved on from {}; closed", e.node)),
                         };
                     }
-                    Err(err) => tracing::debug!(server = name, holder = %e.node, error = %err, "cannot reach the holder's instance yet"),
+                    Err(err) => {
+                        *lock(&f.last) = None;
+                        tracing::debug!(server = name, holder = %e.node, error = %err, "cannot reach the holder's instance yet");
+                        if from_cache {
+                            continue;
+                        }
+                    }
                 }
             }
             if tokio::time::Instant::now() >= deadline {

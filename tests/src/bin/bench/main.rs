@@ -37,6 +37,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 mod claims;
 mod claims_sim;
 mod mesh;
+mod service;
 mod share;
 
 pub(crate) fn release_bin() -> PathBuf {

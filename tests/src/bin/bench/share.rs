@@ -42,7 +42,7 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
 }
 
 /// A row of samples (ms) with its verdict taken on the median.
-fn ms_row(figure: String, v: &[f64], target: &str, ok: impl Fn(f64) -> bool) -> Row {
+pub(crate) fn ms_row(figure: String, v: &[f64], target: &str, ok: impl Fn(f64) -> bool) -> Row {
     let v = sorted(v.to_vec());
     let m = percentile(&v, 50.0);
     Row {
@@ -144,10 +144,12 @@ impl Anchor {
 /// `probe` (the fixture server that tells which process answered).
 fn config(a: &Anchor, tag: &str) -> ConfigDir {
     let entry = "    priority_order: [user_installation]\n    deployment_config:\n      prevent_duplicate: true\n";
-    let yaml = format!("settings:\n  discovery_interval: 30\nservers:\n  echo:\n{entry}  probe:\n{entry}");
+    let (kv_yaml, kv_json) = crate::service::kv_entry(&a.py.to_string_lossy());
+    let yaml = format!("settings:\n  discovery_interval: 30\nservers:\n  echo:\n{entry}  probe:\n{entry}{kv_yaml}");
     let json = serde_json::json!({"mcpServers": {
         "echo": {"command": a.py.to_string_lossy(), "args": [a.server().to_string_lossy()]},
         "probe": {"command": a.py.to_string_lossy(), "args": [fixture("mcp_stdio_server.py").to_string_lossy(), "--name", tag]},
+        "kv": kv_json,
     }});
     ConfigDir::new(&yaml).with_servers_json("core", &json.to_string())
 }
@@ -176,7 +178,7 @@ fn holder(rig: &Rig, nodes: &[MeshNode], ask: &[usize], server: &str) -> Option<
     seen
 }
 
-fn ensure_cmd(n: &MeshNode, server: &str) -> Command {
+pub(crate) fn ensure_cmd(n: &MeshNode, server: &str) -> Command {
     n.cfg.command(&["resolve", "--ensure", server, "--json", "--api", API])
 }
 
@@ -264,6 +266,9 @@ pub fn run(args: &[String]) {
     let b = Bench { rig: &rig, a: &a, bin: &bin };
     let (cold, warm) = b.ensure_samples(&nodes, &o);
     let mut rows = if o.skip_calls { Vec::new() } else { b.call_rows(&nodes, &o) };
+    if !o.skip_calls {
+        rows.extend(crate::service::rows(&rig, &nodes, &a.py.to_string_lossy(), o.calls, o.rounds));
+    }
 
     // 4, 5. Failover of `probe` under a held `mcp-proxy` session on another host.
     let (ms, failed, stdout) = timed(&rig, 0, &ensure_cmd(&nodes[0], "probe"), 1);
