@@ -316,7 +316,7 @@ fn http_get(port: u16, path: &str) -> Result<(String, String), String> {
 }
 
 #[test]
-fn a_plain_service_runs_as_a_container_and_is_served_on_the_nodes_loopback() {
+fn a_plain_service_runs_as_a_container_served_on_the_nodes_loopback_and_removed_when_its_claim_is_lost() {
     if !require("a running docker engine (`docker info` failed)", docker_available()) {
         return;
     }
@@ -350,6 +350,18 @@ fn a_plain_service_runs_as_a_container_and_is_served_on_the_nodes_loopback() {
     let (status, body) = http_get(port, "/anything").unwrap_or_else(|err| panic!("GET through the front: {err}\n{}", node.log()));
     assert!(status.contains(" 200 "), "{status}");
     assert_eq!(body, "ok\n");
+
+    // The claim is lost (released behind the holder's back, as a partition's expiry would
+    // take it): the container is force-removed at once, and the next client starts the
+    // service under a new grant.
+    let out = node.cli(&["claim", "release", &key, "--fencing-token", &token.to_string()], Duration::from_secs(20));
+    assert!(out.success(), "claim release failed\n{}", out.describe());
+    wait_until("the container removed once its claim is lost", Duration::from_secs(20), || containers_of(&key).is_empty().then_some(()));
+    let (status, _) = http_get(port, "/after-loss").unwrap_or_else(|err| panic!("GET after the loss: {err}\n{}", node.log()));
+    assert!(status.contains(" 200 "), "{status}");
+    let ids = containers_of(&key);
+    assert_eq!(ids.len(), 1, "started again by the next client: {ids:?}");
+    let token: u64 = inspect(&ids[0])["Config"]["Labels"]["craftmesh.token"].as_str().and_then(|t| t.parse().ok()).expect("token label");
 
     // Stopped: the container goes and the claim is released; the next client starts the
     // service again under a new grant.
