@@ -418,9 +418,12 @@ fn a_killed_holder_is_seen_crashed_while_sessions_go_to_it() {
             before = nodes.iter().map(|n| n.log().len()).collect();
             rig.kill9(nodes[holder].pid()).expect("SIGKILL the holder node");
             for &i in &peers {
-                wait_until(&format!("rep {rep}: host {i} sees host {holder} dead"), Duration::from_secs(20), || {
-                    nodes[i].members(&rig).into_iter().find(|m| m["id"] == victim.as_str() && m["state"] == "dead")
-                });
+                let start = Instant::now();
+                while !nodes[i].members(&rig).iter().any(|m| m["id"] == victim.as_str() && m["state"] == "dead") {
+                    let members = nodes[i].members(&rig);
+                    assert!(start.elapsed() < Duration::from_secs(20), "rep {rep}: host {i} never sees host {holder} dead: {members:#?}\n{}", logs(&nodes));
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
             let _ = (a.join(), b.join());
         });
