@@ -444,5 +444,16 @@ fn a_killed_holder_is_seen_crashed_while_sessions_go_to_it() {
                 .all(|v| v["cluster"] == views[0]["cluster"] && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(3))
                 .then_some(())
         });
+        // And a full mesh again: every node sees both others alive (a node that never
+        // connected to a peer cannot see it die).
+        wait_until("every node sees the two others alive", FORM, || {
+            nodes
+                .iter()
+                .all(|n| {
+                    let ms = n.members(&rig);
+                    nodes.iter().filter(|o| o.peer_id != n.peer_id).all(|o| ms.iter().any(|m| m["id"] == o.peer_id.as_str() && m["state"] == "alive"))
+                })
+                .then_some(())
+        });
     }
 }
