@@ -196,7 +196,7 @@ pub async fn run(
                     m.handle(input);
                     let mut member_changed = false;
                     while let Some(e) = m.poll_event() {
-                        member_changed |= matches!(e, MeshEvent::Member { .. } | MeshEvent::Forgotten { .. });
+                        member_changed |= matches!(e, MeshEvent::Member { .. } | MeshEvent::Crashed { .. } | MeshEvent::Forgotten { .. });
                         let _ = events.send(ApiEvent::Mesh(e));
                     }
                     // The claims service follows who is alive and who crashed.

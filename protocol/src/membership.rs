@@ -31,6 +31,10 @@ pub struct Config {
     pub confirmations: u32,
     /// How long a redial may take before the peer is suspected.
     pub redial_timeout_ms: u64,
+    /// After a reset, a redial that failed without a refusal is tried again this soon
+    /// (until `redial_timeout_ms`): a process being killed still has its listening socket
+    /// for a moment, so the first redial may be taken in and then reset instead of refused.
+    pub redial_retry_ms: u64,
     /// How often dead peers are redialled (they come back when a link returns).
     pub dead_redial_every_ms: u64,
     /// Dead or left peers are forgotten after this long.
@@ -51,6 +55,7 @@ impl Default for Config {
             suspicion_min_ms: 300,
             confirmations: 3,
             redial_timeout_ms: 400,
+            redial_retry_ms: 50,
             dead_redial_every_ms: 1000,
             forget_after_ms: 10 * 60_000,
             indirect_probes: 3,
@@ -78,9 +83,9 @@ pub struct Member {
     pub last_seen_ms: u64,
     pub rtt_ms: Option<f64>,
     pub state_since_ms: u64,
-    /// Dead because a dial was refused: the host answered and nothing listens, so the
-    /// process is gone (not merely unreachable). Claims bound to such a node may be handed
-    /// on at once; a partition never sets it.
+    /// Dead and a dial was refused: the host answered and nothing listens, so the process
+    /// is gone (not merely unreachable). Claims bound to such a node may be handed on at
+    /// once; a partition never sets it (a cut-off or frozen host refuses nothing).
     pub crashed: bool,
     #[serde(skip)]
     suspicion_deadline: Option<u64>,
@@ -93,6 +98,9 @@ pub struct Member {
     reset_pending: bool,
     #[serde(skip)]
     next_redial: Option<u64>,
+    /// When to redial again after an inconclusive failure of the redial after a reset.
+    #[serde(skip)]
+    redial_retry: Option<u64>,
     /// Our own direct probes that failed while the peer was suspect.
     #[serde(skip)]
     own_misses: u32,
@@ -116,6 +124,7 @@ impl Member {
             redial_deadline: None,
             reset_pending: false,
             next_redial: None,
+            redial_retry: None,
             own_misses: 0,
             last_probe_ms: 0,
         }
@@ -137,8 +146,18 @@ pub enum RumorRejected {
 /// Something the app must know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Changed { peer: String, from: Option<State>, to: State },
-    Forgotten { peer: String },
+    Changed {
+        peer: String,
+        from: Option<State>,
+        to: State,
+    },
+    /// A peer already dead (by suspicion or a rumor) refused a dial: now proven crashed.
+    Crashed {
+        peer: String,
+    },
+    Forgotten {
+        peer: String,
+    },
 }
 
 /// Something the node must do.
@@ -245,6 +264,7 @@ impl Membership {
                 m.suspicion_deadline = None;
                 m.redial_deadline = None;
                 m.reset_pending = false;
+                m.redial_retry = None;
                 m.next_redial = (to == State::Dead).then_some(now + self.cfg.dead_redial_every_ms);
             }
         }
@@ -273,6 +293,7 @@ impl Membership {
         m.last_seen_ms = now;
         m.redial_deadline = None;
         m.reset_pending = false;
+        m.redial_retry = None;
         if m.state != State::Left {
             self.set(peer, State::Alive, now);
         }
@@ -306,10 +327,28 @@ impl Membership {
         self.actions.push_back(Action::Redial { peer: peer.to_string() });
     }
 
-    /// A dial to `peer` failed; `refused` when the host answered with a refusal (RST).
+    /// A dial to `peer` failed (ours or any other dial to it); `refused` when the host
+    /// answered with a refusal (RST) on every address.
+    ///
+    /// A refusal proves the process gone whenever it comes, also after the peer was judged
+    /// dead on other evidence. A failure without one is no proof either way: right after a
+    /// reset it is retried until the redial deadline (the dying process's listener may have
+    /// taken the dial in and reset it); otherwise the peer is suspected.
     pub fn handle_dial_failed(&mut self, peer: &str, refused: bool, now: u64) {
-        let Some(m) = self.members.get(peer) else { return };
-        if m.connected || matches!(m.state, State::Dead | State::Left) {
+        let retry_at = now + self.cfg.redial_retry_ms;
+        let Some(m) = self.members.get_mut(peer) else { return };
+        if m.connected || m.state == State::Left {
+            return;
+        }
+        if m.state == State::Dead {
+            if refused && !m.crashed {
+                m.crashed = true;
+                self.events.push_back(Event::Crashed { peer: peer.to_string() });
+            }
+            return;
+        }
+        if !refused && m.reset_pending && m.redial_deadline.is_some_and(|d| retry_at < d) {
+            m.redial_retry = Some(retry_at);
             return;
         }
         if refused {
@@ -605,6 +644,14 @@ impl Membership {
             if matches!(m.state, State::Dead | State::Left) && now.saturating_sub(m.state_since_ms) >= self.cfg.forget_after_ms {
                 to_forget.push(p.clone());
             }
+            if let Some(r) = m.redial_retry
+                && now >= r
+            {
+                m.redial_retry = None;
+                if !m.connected {
+                    redial.push(p.clone());
+                }
+            }
             if let Some(r) = m.next_redial
                 && now >= r
                 && m.state == State::Dead
@@ -638,7 +685,7 @@ impl Membership {
             .flat_map(|m| {
                 let forget = matches!(m.state, State::Dead | State::Left).then_some(m.state_since_ms + self.cfg.forget_after_ms);
                 let reprobe = (m.state == State::Suspect && m.connected).then_some(m.last_probe_ms + (self.cfg.probe_period_ms / 3).max(1));
-                [m.redial_deadline, m.suspicion_deadline, m.next_redial, forget, reprobe]
+                [m.redial_deadline, m.redial_retry, m.suspicion_deadline, m.next_redial, forget, reprobe]
             })
             .chain(self.outstanding.values().map(|o| Some(o.deadline)))
             .chain(self.relays.values().map(|r| Some(r.3)))
@@ -782,6 +829,94 @@ mod tests {
         }
         assert_eq!(state(&m, "b"), State::Dead);
         assert!(m.get("b").is_some_and(|x| !x.crashed), "dead by suspicion (a partition looks the same) is not crashed");
+    }
+
+    /// SIGKILL: the peers see the reset while the dying process still has its listening
+    /// socket, so the first redial is taken in and reset; the next one is refused.
+    #[test]
+    fn a_redial_reset_by_a_dying_listener_is_tried_again_and_then_refused() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        drain(&mut m);
+        m.handle_disconnected("b", true, 100);
+        assert_eq!(drain(&mut m).1, vec![Action::Redial { peer: "b".into() }]);
+        m.handle_dial_failed("b", false, 101);
+        assert_eq!(state(&m, "b"), State::Alive, "a reset handshake is no reason to suspect yet");
+        assert!(drain(&mut m).1.is_empty(), "nothing broadcast");
+        assert!(m.poll_timeout().is_some_and(|t| t <= 101 + cfg.redial_retry_ms), "a timer for the retry");
+        // A suspicion from another member meanwhile does not stop the retry.
+        m.handle_connected("c", 0);
+        m.handle_rumor("c", "b", 0, Rumor::Suspect, 110).expect("rumor");
+        assert_eq!(state(&m, "b"), State::Suspect);
+        drain(&mut m);
+        m.handle_timeout(101 + cfg.redial_retry_ms);
+        assert!(drain(&mut m).1.contains(&Action::Redial { peer: "b".into() }), "redialled again");
+        m.handle_dial_failed("b", true, 160);
+        assert_eq!(state(&m, "b"), State::Dead);
+        assert!(m.get("b").is_some_and(|x| x.crashed), "the refusal proves the crash");
+    }
+
+    /// A host that answers nothing (cut off, frozen) never refuses: however often the
+    /// redial after a reset fails, the peer is only suspected, then dead, never crashed.
+    #[test]
+    fn redials_that_keep_failing_without_a_refusal_end_in_suspicion_not_a_crash() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        m.handle_disconnected("b", true, 100);
+        drain(&mut m);
+        // Each redial fails (timed out, reset) 5 ms after it was asked for.
+        let (mut now, mut redials, mut fail_at) = (100, 1, Some(105));
+        while now < 100 + cfg.redial_timeout_ms {
+            now += 1;
+            if fail_at == Some(now) {
+                fail_at = None;
+                m.handle_dial_failed("b", false, now);
+            }
+            m.handle_timeout(now);
+            if drain(&mut m).1.contains(&Action::Redial { peer: "b".into() }) {
+                redials += 1;
+                fail_at = Some(now + 5);
+            }
+        }
+        assert_eq!(state(&m, "b"), State::Suspect, "suspected at the redial deadline");
+        assert!((2..=(cfg.redial_timeout_ms / cfg.redial_retry_ms) as usize).contains(&redials), "bounded retries: {redials}");
+        while state(&m, "b") != State::Dead && now < 60_000 {
+            now += 10;
+            m.handle_timeout(now);
+            drain(&mut m);
+        }
+        assert!(m.get("b").is_some_and(|x| x.state == State::Dead && !x.crashed));
+    }
+
+    /// Dead on other evidence first (a rumor, the suspicion timer): a refusal that comes
+    /// later still proves the process gone, once; a member that left is never crashed.
+    #[test]
+    fn a_dead_member_that_refuses_a_dial_is_proven_crashed_once() {
+        let cfg = Config::default();
+        let mut m = Membership::new("me", cfg.clone());
+        m.handle_connected("b", 0);
+        m.handle_connected("l", 0);
+        m.handle_disconnected("b", false, 100);
+        m.handle_dial_failed("b", false, 600);
+        let mut now = 600;
+        while state(&m, "b") != State::Dead {
+            now += 10;
+            m.handle_timeout(now);
+        }
+        drain(&mut m);
+        assert!(m.get("b").is_some_and(|x| !x.crashed));
+        m.handle_dial_failed("b", false, now + 1);
+        assert!(m.get("b").is_some_and(|x| !x.crashed), "a failure without a refusal proves nothing");
+        m.handle_dial_failed("b", true, now + 1000);
+        m.handle_dial_failed("b", true, now + 2000);
+        assert!(m.get("b").is_some_and(|x| x.state == State::Dead && x.crashed));
+        assert_eq!(drain(&mut m).0, vec![Event::Crashed { peer: "b".into() }], "one event for the app");
+        m.handle_leave("l", now);
+        m.handle_disconnected("l", false, now);
+        m.handle_dial_failed("l", true, now + 10);
+        assert!(m.get("l").is_some_and(|x| x.state == State::Left && !x.crashed), "a leave is not a crash");
     }
 
     #[test]

@@ -101,6 +101,8 @@ fn killed_node_is_dead_on_every_other_node_and_rejoins_after_restart() {
         wait_until(&format!("node {} to see the killed node dead", n.index), Duration::from_secs(10), || {
             (n.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(())
         });
+        // Proven: the connection reset and a redial was refused (the host is up).
+        wait_until(&format!("node {} to see the killed node crashed", n.index), Duration::from_secs(10), || crashed(&rig, n, &c.peer_id).then_some(()));
     }
     let id = c.peer_id.clone();
     c.restart(&rig);
@@ -121,6 +123,11 @@ fn cut_off_node_is_dead_everywhere_and_alive_again_after_the_link_returns() {
             (n.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(())
         });
     }
+    // A cut-off host refuses nothing: its redials (one a second) never prove a crash.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in [&a, &b] {
+        assert!(!crashed(&rig, n, &c.peer_id), "node {} sees a cut-off node crashed\n{}", n.index, n.log());
+    }
     rig.reconnect(2).expect("reconnect");
     all_alive(&rig, &[&a, &b, &c]);
 }
@@ -134,6 +141,9 @@ fn frozen_node_is_dead_and_comes_back_when_thawed() {
     all_alive(&rig, &[&a, &b, &c]);
     rig.freeze(c.pid()).expect("SIGSTOP");
     wait_until("the frozen node to be dead", Duration::from_secs(15), || (a.state_of(&rig, &c.peer_id).as_deref() == Some("dead")).then_some(()));
+    // Its kernel still takes connections in (they hang in the handshake): never refused.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!crashed(&rig, &a, &c.peer_id), "a frozen node seen crashed\n{}", a.log());
     rig.thaw(c.pid()).expect("SIGCONT");
     all_alive(&rig, &[&a, &b, &c]);
 }
@@ -318,4 +328,9 @@ fn node_started_before_the_network_joins_when_an_address_appears() {
         addrs.iter().any(|x| x.contains(&format!("/ip4/{other}/"))).then_some(addrs)
     });
     assert!(!known.is_empty());
+}
+
+/// Whether `n` holds `peer` proven crashed (`members --json`).
+fn crashed(rig: &Rig, n: &MeshNode, peer: &str) -> bool {
+    n.members(rig).iter().any(|m| m["id"] == peer && m["crashed"] == true)
 }

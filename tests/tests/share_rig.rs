@@ -387,3 +387,73 @@ fn an_http_mcp_server_already_running_on_a_host_is_shared_with_every_host() {
     }
     assert!(children(&tag).is_empty(), "no stdio child was started");
 }
+
+/// A killed holder is proven crashed on both other hosts (its connections reset, then a
+/// redial is refused), never merely suspected, while sessions on the other hosts keep
+/// opening streams to it. Each rep restarts the killed node (same identity and address,
+/// as the bench does) and kills the next holder.
+#[test]
+fn a_killed_holder_is_seen_crashed_while_sessions_go_to_it() {
+    let Some(rig) = rig(3) else { return };
+    let tag = format!("echo-{}", craftmesh_tests::random_suffix());
+    let mut nodes = start(&rig, 3, &tag);
+    assert_eq!(ensure(&rig, &nodes[0])["local"], true);
+    for rep in 0..4 {
+        let holder = wait_until(&format!("rep {rep}: one holder of echo"), FORM, || {
+            let st = nodes[(rep + 1) % 3].json(&rig, &["deploy", "status", "--json"])?;
+            let id = st.as_array()?.iter().find(|r| r["server"] == "echo")?["node"].as_str()?.to_string();
+            nodes.iter().position(|n| n.peer_id == id)
+        });
+        let victim = nodes[holder].peer_id.clone();
+        let peers: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
+        // One session through mcp-proxy, one through `/mcp/echo`, both calling every 100 ms.
+        let steps = pid_every_100ms(40);
+        let mut before: Vec<usize> = Vec::new();
+        let mut proxy = client(&rig, &nodes[peers[0]], false, &steps, 1);
+        let mut http = client(&rig, &nodes[peers[1]], true, &steps, 1);
+        std::thread::scope(|s| {
+            let a = s.spawn(|| run_with_timeout(&mut proxy, Duration::from_secs(60)));
+            let b = s.spawn(|| run_with_timeout(&mut http, Duration::from_secs(60)));
+            std::thread::sleep(Duration::from_secs(2));
+            before = nodes.iter().map(|n| n.log().len()).collect();
+            rig.kill9(nodes[holder].pid()).expect("SIGKILL the holder node");
+            for &i in &peers {
+                let start = Instant::now();
+                while !nodes[i].members(&rig).iter().any(|m| m["id"] == victim.as_str() && m["state"] == "dead") {
+                    let members = nodes[i].members(&rig);
+                    assert!(start.elapsed() < Duration::from_secs(20), "rep {rep}: host {i} never sees host {holder} dead: {members:#?}\n{}", logs(&nodes));
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            let _ = (a.join(), b.join());
+        });
+        for &i in &peers {
+            let m = nodes[i].members(&rig).into_iter().find(|m| m["id"] == victim.as_str()).expect("the victim is a member");
+            let log = nodes[i].log();
+            let after: Vec<&str> = log.get(before[i]..).unwrap_or_default().lines().filter(|l| l.contains(&victim)).collect();
+            let suspected = after.iter().any(|l| l.contains("member state") && l.contains("Suspect"));
+            eprintln!("rep {rep}: host {i} on host {holder}: crashed={}, passed through suspect={suspected}", m["crashed"]);
+            assert!(m["crashed"] == true, "rep {rep}: host {i} must see host {holder} crashed: {m}\n{}\n{}", after.join("\n"), logs(&nodes));
+        }
+        nodes[holder].restart(&rig);
+        wait_until("one claims cluster of three again", FORM, || {
+            let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(&rig, &["cluster", "--json"])).collect();
+            let views = views?;
+            views
+                .iter()
+                .all(|v| v["cluster"] == views[0]["cluster"] && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(3))
+                .then_some(())
+        });
+        // And a full mesh again: every node sees both others alive (a node that never
+        // connected to a peer cannot see it die).
+        wait_until("every node sees the two others alive", FORM, || {
+            nodes
+                .iter()
+                .all(|n| {
+                    let ms = n.members(&rig);
+                    nodes.iter().filter(|o| o.peer_id != n.peer_id).all(|o| ms.iter().any(|m| m["id"] == o.peer_id.as_str() && m["state"] == "alive"))
+                })
+                .then_some(())
+        });
+    }
+}

@@ -112,7 +112,11 @@ impl Mesh {
                     let Ok(p) = peer.parse::<PeerId>() else { continue };
                     let addrs: Vec<Multiaddr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
                     tracing::debug!(%peer, ?addrs, "dialling");
-                    let _ = self.swarm.dial(DialOpts::peer_id(p).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build());
+                    // Refused when connected or already dialling: that dial's failure (any
+                    // dial's) reaches the core as well, so nothing is lost.
+                    if let Err(e) = self.swarm.dial(DialOpts::peer_id(p).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build()) {
+                        tracing::debug!(%peer, error = %e, "dial not made");
+                    }
                 }
                 Action::Disconnect { peer } => {
                     if let Ok(p) = peer.parse::<PeerId>() {
@@ -154,6 +158,9 @@ impl Mesh {
         while let Some(e) = self.core.poll_event() {
             if let craftmesh_protocol::mesh::Event::Member { peer, name, from, to } = &e {
                 tracing::info!(%peer, name = name.as_deref().unwrap_or("?"), ?from, ?to, "member state");
+            }
+            if let craftmesh_protocol::mesh::Event::Crashed { peer, name } = &e {
+                tracing::info!(%peer, name = name.as_deref().unwrap_or("?"), "dead member proven crashed (a dial was refused)");
             }
             self.events.push_back(e);
         }

@@ -477,6 +477,10 @@ impl MeshCore {
                     let name = self.records.get(&peer).map(|r| r.record.name.clone());
                     self.events.push_back(Event::Member { peer, name, from, to });
                 }
+                membership::Event::Crashed { peer } => {
+                    let name = self.records.get(&peer).map(|r| r.record.name.clone());
+                    self.events.push_back(Event::Crashed { peer, name });
+                }
                 membership::Event::Forgotten { peer } => {
                     self.records.forget(&peer);
                     self.book.forget(&peer);

@@ -270,3 +270,48 @@ fn a_connected_peer_of_another_mesh_is_disconnected_on_identify() {
     assert_eq!(drain(&mut c), vec![Action::Disconnect { peer: b }]);
     assert_eq!(c.stats().rejected.get("identify_other_mesh"), Some(&1));
 }
+
+/// SIGKILL as the rig saw it: the redial right after the reset is taken in by the dying
+/// process's listener and reset; the core dials again and the refusal proves the crash.
+/// A member that was already dead when a dial was refused is reported crashed too.
+#[test]
+fn a_killed_peer_whose_first_redial_is_reset_is_proven_crashed_by_the_next() {
+    let mut c = core(1);
+    let b = id(&key(2));
+    let dial = Action::Dial { peer: b.clone(), addrs: vec!["/ip4/10.0.0.2/tcp/7411".into()] };
+    c.handle_connected(&b, Some("/ip4/10.0.0.2/tcp/7411".into()), 0);
+    drain(&mut c);
+    c.handle_disconnected(&b, 1000);
+    assert!(drain(&mut c).contains(&dial));
+    c.handle_dial_failed(&b, false, 1001);
+    assert!(!drain(&mut c).iter().any(|a| matches!(a, Action::Publish(_))), "no suspicion broadcast");
+    let t = 1001 + c.cfg.membership.redial_retry_ms;
+    c.handle_timeout(t - 1);
+    assert!(!drain(&mut c).contains(&dial), "not yet");
+    c.handle_timeout(t);
+    assert!(drain(&mut c).contains(&dial), "dialled again");
+    c.handle_dial_failed(&b, true, t + 1);
+    assert!(c.membership().get(&b).is_some_and(|m| m.state == State::Dead && m.crashed));
+    let events: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert!(!events.iter().any(|e| matches!(e, Event::Member { to: State::Suspect, .. })), "never suspected on the way: {events:?}");
+}
+
+#[test]
+fn a_dead_member_that_later_refuses_a_dial_is_reported_crashed() {
+    let mut c = core(1);
+    let b = id(&key(2));
+    c.handle_connected(&b, Some("/ip4/10.0.0.2/tcp/7411".into()), 0);
+    c.handle_disconnected(&b, 1000);
+    let mut now = 1000;
+    while c.membership().get(&b).is_some_and(|m| m.state != State::Dead) {
+        now += 50;
+        c.handle_dial_failed(&b, false, now);
+        c.handle_timeout(now);
+    }
+    drain(&mut c);
+    std::iter::from_fn(|| c.poll_event()).for_each(drop);
+    c.handle_dial_failed(&b, true, now + 1000);
+    assert!(c.membership().get(&b).is_some_and(|m| m.crashed));
+    let events: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert_eq!(events, vec![Event::Crashed { peer: b, name: None }]);
+}

@@ -92,11 +92,13 @@ pub enum Action {
     Probe { peer: String, seq: u64 },
 }
 
-/// Something the app (API events, logs) cares about.
+/// Something the app (API events, logs) cares about. `Crashed`: a member already dead (by
+/// suspicion or a rumor) refused a dial, so its process is proven gone (`Member::crashed`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     Member { peer: String, name: Option<String>, from: Option<State>, to: State },
+    Crashed { peer: String, name: Option<String> },
     Forgotten { peer: String },
     Record { peer: String, name: String, version: u64, services: usize },
     External { name: String, url: String, verified: bool },
