@@ -106,7 +106,11 @@ impl Session {
             return Ok((l, id));
         }
         let _one = self.connecting.lock().await;
-        if let Some((l, id)) = lock(&self.state).link.clone() {
+        // The state's guard must be gone before `detach` locks it again: a guard in the
+        // `if let` scrutinee would live through the block (a request racing the watch task
+        // here froze the node's only runtime thread).
+        let current = lock(&self.state).link.clone();
+        if let Some((l, id)) = current {
             if !l.is_closed() {
                 return Ok((l, id));
             }
