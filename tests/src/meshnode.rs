@@ -153,6 +153,20 @@ impl MeshNode {
     }
 }
 
+/// Waits (up to `timeout`) until every node in `nodes` reports the same claims cluster with
+/// a leader and `voters` voters (`None`: any number).
+pub fn wait_one_cluster(rig: &Rig, nodes: &[MeshNode], voters: Option<usize>, timeout: Duration) {
+    wait_until("one claims cluster with a leader", timeout, || {
+        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
+        let views = views?;
+        let c = views[0]["cluster"].as_str()?;
+        views
+            .iter()
+            .all(|v| v["cluster"] == c && v["leader"].is_object() && voters.is_none_or(|n| v["voters"].as_array().map(Vec::len) == Some(n)))
+            .then_some(())
+    });
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

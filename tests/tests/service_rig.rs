@@ -4,7 +4,7 @@
 //! `127.0.0.1:PORT` of its own loopback, tunnelled over the mesh. Deadlines are generous;
 //! the bench measures.
 
-use craftmesh_tests::meshnode::{MeshNode, wait_until};
+use craftmesh_tests::meshnode::{MeshNode, wait_one_cluster, wait_until};
 use craftmesh_tests::netns::{Rig, netns_available};
 use craftmesh_tests::{ConfigDir, fixture, python, require, run_with_timeout};
 use serde_json::Value;
@@ -46,12 +46,7 @@ fn kv_config_with(tag: &str, order: &str) -> ConfigDir {
 
 fn start(rig: &Rig, tag: &str) -> Vec<MeshNode> {
     let nodes: Vec<MeshNode> = (0..3).map(|i| MeshNode::start_cfg(rig, i, kv_config(tag), &["--role", "server"])).collect();
-    wait_until("one claims cluster with a leader", FORM, || {
-        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
-        let views = views?;
-        let c = views[0]["cluster"].as_str()?;
-        views.iter().all(|v| v["cluster"] == c && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(3)).then_some(())
-    });
+    wait_one_cluster(rig, &nodes, Some(3), FORM);
     nodes
 }
 
@@ -191,12 +186,7 @@ fn an_instance_already_running_on_one_host_is_taken_by_that_host_instead_of_star
     );
     let cfgs: Vec<ConfigDir> = (0..3).map(|_| kv_config_with(&tag, &external)).collect();
     let nodes: Vec<MeshNode> = cfgs.into_iter().enumerate().map(|(i, c)| MeshNode::start_cfg(&rig, i, c, &["--role", "server"])).collect();
-    wait_until("one claims cluster with a leader", FORM, || {
-        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(&rig, &["cluster", "--json"])).collect();
-        let views = views?;
-        let c = views[0]["cluster"].as_str()?;
-        views.iter().all(|v| v["cluster"] == c && v["leader"].is_object()).then_some(())
-    });
+    wait_one_cluster(&rig, &nodes, None, FORM);
     let peer1 = nodes[1].json(&rig, &["status", "--json"]).and_then(|v| v["node"]["peer_id"].as_str().map(str::to_string)).expect("peer id");
     // Host 0 learns from host 1's advert that an instance runs there.
     wait_until("host 1's instance advertised to host 0", Duration::from_secs(30), || {

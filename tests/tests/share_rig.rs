@@ -4,7 +4,7 @@
 //! `/mcp/NAME`; the clients are the official SDK's (`tests/fixtures/mcp_client.py`).
 //! Timings here are generous deadlines; the bench measures them.
 
-use craftmesh_tests::meshnode::{MeshNode, wait_until};
+use craftmesh_tests::meshnode::{MeshNode, wait_one_cluster, wait_until};
 use craftmesh_tests::netns::{Rig, netns_available};
 use craftmesh_tests::{CmdOutput, ConfigDir, craftmesh_bin, fixture, python, python_has_mcp, require, run_with_timeout};
 use serde_json::Value;
@@ -56,12 +56,7 @@ fn start(rig: &Rig, n: usize, tag: &str) -> Vec<MeshNode> {
 fn start_with(rig: &Rig, cfgs: Vec<ConfigDir>) -> Vec<MeshNode> {
     let n = cfgs.len();
     let nodes: Vec<MeshNode> = cfgs.into_iter().enumerate().map(|(i, c)| MeshNode::start_cfg(rig, i, c, &["--role", "server"])).collect();
-    wait_until("one claims cluster with a leader", FORM, || {
-        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
-        let views = views?;
-        let c = views[0]["cluster"].as_str()?;
-        views.iter().all(|v| v["cluster"] == c && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(n)).then_some(())
-    });
+    wait_one_cluster(rig, &nodes, Some(n), FORM);
     nodes
 }
 
