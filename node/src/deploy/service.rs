@@ -65,14 +65,7 @@ impl ServiceProcess {
         if tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await.is_ok_and(|c| c.is_ok()) {
             return Err(format!("port {} is already in use on this host (by something that is not this grant's instance)", svc.port));
         }
-        let mut c = tokio::process::Command::new(&cmd.program);
-        c.args(&cmd.args).envs(&cmd.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
-        if let Some(d) = &cmd.cwd {
-            c.current_dir(d);
-        }
-        crate::sys::die_with_parent(&mut c);
-        let mut child = c.spawn().map_err(|e| format!("cannot start `{cmd}`: {e}"))?;
-        let pid = child.id().unwrap_or(0);
+        let (mut child, pid) = cmd.spawn_grouped(Stdio::null())?;
         if let Some(o) = child.stdout.take() {
             log_lines(name, pid, o);
         }

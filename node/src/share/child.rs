@@ -25,6 +25,22 @@ pub struct Command {
     pub env: BTreeMap<String, String>,
 }
 
+impl Command {
+    /// Starts the command in a process group of its own that dies with this node
+    /// (`PR_SET_PDEATHSIG`), stdout and stderr piped: the child and its pid.
+    pub(crate) fn spawn_grouped(&self, stdin: Stdio) -> Result<(tokio::process::Child, u32), String> {
+        let mut c = tokio::process::Command::new(&self.program);
+        c.args(&self.args).envs(&self.env).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        crate::sys::die_with_parent(&mut c);
+        let child = c.spawn().map_err(|e| format!("cannot start `{self}`: {e}"))?;
+        let pid = child.id().unwrap_or(0);
+        Ok((child, pid))
+    }
+}
+
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.program)?;
@@ -63,14 +79,7 @@ impl Child {
         request_timeout: Duration,
         client: Option<rmcp::model::ClientConfig>,
     ) -> Result<Child, String> {
-        let mut c = tokio::process::Command::new(&cmd.program);
-        c.args(&cmd.args).envs(&cmd.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
-        if let Some(d) = &cmd.cwd {
-            c.current_dir(d);
-        }
-        crate::sys::die_with_parent(&mut c);
-        let mut child = c.spawn().map_err(|e| format!("cannot start `{cmd}`: {e}"))?;
-        let pid = child.id().unwrap_or(0);
+        let (mut child, pid) = cmd.spawn_grouped(Stdio::piped())?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
             return Err("the child's pipes are missing".into());
         };
