@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod report;
 pub mod select;
 pub mod share;
+pub mod sse;
 pub mod state;
 pub mod supervise;
 pub mod wire;

@@ -62,11 +62,69 @@ pub async fn handle(State(mcp): State<Option<Arc<McpHttp>>>, Path(name): Path<St
         )
             .into_response();
     };
+    let json_ok = req.method() == axum::http::Method::POST && accepts_json(req.headers());
     let mut svc = mcp.service(&canonical);
-    match tower_service::Service::call(&mut svc, req).await {
+    let response = match tower_service::Service::call(&mut svc, req).await {
         Ok(r) => r.map(Body::new),
         Err(e) => match e {},
+    };
+    if json_ok { json_when_final(response).await } else { response }
+}
+
+/// How long the answer to a POSTed request is held back to see whether its first message is
+/// already the response: long enough for any call that answers at once, short enough that a
+/// long call's stream (and its keep-alives, which hold the client's read timeout off) goes
+/// out well before any client gives up.
+const JSON_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+fn accepts_json(headers: &axum::http::HeaderMap) -> bool {
+    headers.get_all(axum::http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.split(',').any(|t| t.trim().starts_with("application/json")))
+}
+
+/// Answers a POSTed request with `application/json` when the event stream rmcp made for it
+/// starts with the final response (the usual case for a tool call); otherwise, or when
+/// nothing came within [`JSON_WAIT`], passes the stream on from its first byte. MCP lets a
+/// server answer either way; clients such as the official Python SDK read a JSON answer
+/// faster and keep their connection for the next call (they close a stream they stop
+/// reading at the response).
+async fn json_when_final(response: Response) -> Response {
+    use axum::http::header;
+    use craftmesh_protocol::sse::{Scan, SseScanner, is_final_response};
+    use futures::StreamExt;
+    let is_sse = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+    if response.status() != axum::http::StatusCode::OK || !is_sse {
+        return response;
     }
+    let (mut parts, body) = response.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut scanner = SseScanner::new(super::child::MAX_MESSAGE + 64 * 1024);
+    let deadline = tokio::time::Instant::now() + JSON_WAIT;
+    let mut ended = false;
+    loop {
+        let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            Ok(Some(Err(_)) | None) => {
+                ended = true;
+                break;
+            }
+            Err(_) => break,
+        };
+        match scanner.push(&chunk) {
+            Scan::More => continue,
+            Scan::Data(data) if is_final_response(&data) => {
+                parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.remove(header::CACHE_CONTROL);
+                return Response::from_parts(parts, Body::from(data));
+            }
+            Scan::Data(_) | Scan::TooLong => break,
+        }
+    }
+    let head = futures::stream::once(futures::future::ready(Ok::<_, axum::Error>(axum::body::Bytes::from(scanner.into_bytes()))));
+    if ended {
+        return Response::from_parts(parts, Body::from_stream(head));
+    }
+    Response::from_parts(parts, Body::from_stream(head.chain(stream)))
 }
 
 /// The protocol name `mcp-proxy` upgrades to on `/v1/mcp-stream/{name}`.
@@ -117,4 +175,81 @@ pub async fn stream(State(mcp): State<Option<Arc<McpHttp>>>, Path(name): Path<St
         .header(header::UPGRADE, STREAM_UPGRADE)
         .body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{StatusCode, header};
+    use http_body_util::BodyExt;
+
+    fn sse(chunks: Vec<&'static str>, then_hang: bool) -> Response {
+        let items = futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, axum::Error>(axum::body::Bytes::from(c))));
+        let body = if then_hang { Body::from_stream(futures::StreamExt::chain(items, futures::stream::pending())) } else { Body::from_stream(items) };
+        Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "text/event-stream").header("mcp-session-id", "s1").body(body).unwrap()
+    }
+
+    fn content_type(r: &Response) -> String {
+        r.headers().get(header::CONTENT_TYPE).unwrap().to_str().unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_starts_with_the_response_is_answered_as_json_with_its_headers() {
+        let r = json_when_final(sse(vec!["id: 0\nretry: 3000\ndata:\n\n", "data: {\"jsonrpc\":\"2.0\",\"id\":4,", "\"result\":{}}\n\n"], true)).await;
+        assert_eq!(content_type(&r), "application/json");
+        assert_eq!(r.headers().get("mcp-session-id").unwrap(), "s1");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"jsonrpc":"2.0","id":4,"result":{}}"#);
+    }
+
+    #[tokio::test]
+    async fn a_notification_first_passes_the_whole_stream_on_unchanged() {
+        let chunks = vec![
+            "data:\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n",
+            "data: {\"jsonrpc\":\"2.0\",\"id\":4,\"result\":{}}\n\n",
+        ];
+        let r = json_when_final(sse(chunks.clone(), false)).await;
+        assert_eq!(content_type(&r), "text/event-stream");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(String::from_utf8_lossy(&body), chunks.concat());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_answers_late_is_streamed_after_the_wait_with_nothing_lost() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, axum::Error>>(4);
+        tx.send(Ok(axum::body::Bytes::from_static(b": ping\n\n"))).await.unwrap();
+        let body = Body::from_stream(tokio_stream_of(rx));
+        let resp = Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "text/event-stream").body(body).unwrap();
+        let started = tokio::time::Instant::now();
+        let r = json_when_final(resp).await;
+        assert_eq!(started.elapsed(), JSON_WAIT);
+        assert_eq!(content_type(&r), "text/event-stream");
+        tx.send(Ok(axum::body::Bytes::from_static(b"data: {\"id\":1,\"result\":{}}\n\n"))).await.unwrap();
+        drop(tx);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b": ping\n\ndata: {\"id\":1,\"result\":{}}\n\n");
+    }
+
+    #[tokio::test]
+    async fn errors_and_json_answers_are_left_alone() {
+        let r = json_when_final((StatusCode::NOT_FOUND, "Not Found: Session not found").into_response()).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let accepted = Response::builder().status(StatusCode::ACCEPTED).body(Body::empty()).unwrap();
+        assert_eq!(json_when_final(accepted).await.status(), StatusCode::ACCEPTED);
+    }
+
+    fn tokio_stream_of<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[test]
+    fn only_clients_that_accept_json_get_it() {
+        let mut h = axum::http::HeaderMap::new();
+        assert!(!accepts_json(&h));
+        h.insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+        assert!(!accepts_json(&h));
+        h.insert(header::ACCEPT, "text/event-stream, application/json".parse().unwrap());
+        assert!(accepts_json(&h));
+    }
 }
