@@ -24,7 +24,7 @@ step "1/4 system packages"
 # What the tests use, as "command-or-check:package":
 #   python3 + venv/ensurepip  -> the MCP fixture's virtualenv
 #   cc + libc.a               -> linking craftmesh, and the static stub_http for the docker test
-#   ip (iproute2)             -> the network-namespace rig (tests/src/netns.rs), as root
+#   ip (iproute2)             -> the network-namespace rig (tests/src/netns/), as root
 #   nft (nftables)            -> packet loss in that rig (Rig::set_loss)
 #   avahi-daemon, avahi-browse, dbus-daemon, unshare
 #                             -> DNS-SD interop with Avahi (tests/tests/mesh_avahi.rs); the

@@ -3,7 +3,7 @@
 //!
 //! The node feeds it what happened (`handle_*`, with `now` in milliseconds) and carries out
 //! what it asks for (`poll_action`); the app reads `poll_event`. The node drives it with
-//! libp2p and mDNS; the simulation (`tests/src/sim.rs`) drives the very same code with a
+//! libp2p and mDNS; the simulation (`tests/src/sim/`) drives the very same code with a
 //! seeded, lossy network. Nothing here reads a clock or touches a socket.
 //!
 //! Everything keyed by something a peer or an advert chooses is bounded (see [`book`]).
