@@ -6,7 +6,8 @@
 # Idempotent and quick on re-runs: apt and pip run only when something is missing.
 # Steps:
 #   1. system packages the tests need (apt-get, only when missing)
-#   2. $REPO/.venv with the MCP Python SDK and python-zeroconf (tests/fixtures/requirements.txt)
+#   2. $REPO/.venv with the MCP Python SDK and python-zeroconf (tests/fixtures/requirements.txt),
+#      and $REPO/.venv-zen with the Zen MCP server from PyPI (tests/fixtures/requirements-zen.txt)
 #   3. cargo build --workspace --bins (tests run the real target/debug/craftmesh)
 #   4. cargo nextest run --workspace --no-fail-fast (or cargo test --workspace)
 # Extra arguments go to nextest (or cargo test), e.g. `-E 'test(closed_port)'`.
@@ -81,7 +82,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------
-step "2/4 python venv with the MCP SDK and zeroconf ($REPO/.venv)"
+step "2/4 python venvs: the MCP SDK and zeroconf ($REPO/.venv), the Zen MCP server ($REPO/.venv-zen)"
 VENV="$REPO/.venv"
 REQ="$REPO/tests/fixtures/requirements.txt"
 PY="$VENV/bin/python"
@@ -98,6 +99,23 @@ else
 fi
 info "import check: $("$PY" -c "$check_mcp")"
 export CRAFTMESH_TEST_PYTHON="$PY"
+# The Zen MCP server from PyPI for the sharing test (tests/fixtures/ZEN.md), in a venv of
+# its own: its wheel puts modules named server, config, tools... at the top of site-packages.
+ZEN_VENV="$REPO/.venv-zen"
+ZEN_REQ="$REPO/tests/fixtures/requirements-zen.txt"
+check_zen='import importlib.metadata as m; print("zen", m.version("iflow-mcp-zen-mcp-server"), "mcp", m.version("mcp"))'
+if [ ! -x "$ZEN_VENV/bin/python" ]; then
+    info "creating $ZEN_VENV"
+    python3 -m venv "$ZEN_VENV"
+fi
+if [ -x "$ZEN_VENV/bin/zen-mcp-server" ] && "$ZEN_VENV/bin/python" -c "$check_zen" >/dev/null 2>&1; then
+    info "already installed: $("$ZEN_VENV/bin/python" -c "$check_zen")"
+else
+    info "pip install -r tests/fixtures/requirements-zen.txt (into $ZEN_VENV)"
+    "$ZEN_VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$ZEN_REQ"
+fi
+info "installed: $("$ZEN_VENV/bin/python" -c "$check_zen")"
+export CRAFTMESH_TEST_ZEN="$ZEN_VENV/bin/zen-mcp-server"
 
 # ---------------------------------------------------------------------------------------
 step "3/4 lint (rustfmt, clippy -D warnings) and cargo build --workspace --bins"
@@ -125,6 +143,7 @@ export CRAFTMESH_STATIC_BIN="$TARGET_DIR/x86_64-unknown-linux-gnu/debug/craftmes
 [ -x "$CRAFTMESH_STATIC_BIN" ] || { echo "error: $CRAFTMESH_STATIC_BIN was not built" >&2; exit 1; }
 info "CRAFTMESH_STATIC_BIN=$CRAFTMESH_STATIC_BIN"
 info "CRAFTMESH_TEST_PYTHON=$CRAFTMESH_TEST_PYTHON"
+info "CRAFTMESH_TEST_ZEN=$CRAFTMESH_TEST_ZEN"
 info "CI=${CI:-}"
 
 # ---------------------------------------------------------------------------------------

@@ -84,6 +84,16 @@ pub fn python() -> PathBuf {
     }
 }
 
+/// The Zen MCP server from PyPI (`tests/fixtures/ZEN.md`): `CRAFTMESH_TEST_ZEN`, else
+/// `$REPO/.venv-zen/bin/zen-mcp-server` (made by `tests/scripts/run-tests.sh`), when it exists.
+pub fn zen_server() -> Option<PathBuf> {
+    let p = match std::env::var_os("CRAFTMESH_TEST_ZEN").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root().join(".venv-zen").join("bin").join("zen-mcp-server"),
+    };
+    p.is_file().then_some(p)
+}
+
 /// A fixture file under `tests/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
     workspace_root().join("tests").join("fixtures").join(name)

@@ -6,7 +6,7 @@
 
 use craftmesh_tests::meshnode::{MeshNode, wait_one_cluster, wait_until};
 use craftmesh_tests::netns::{Rig, netns_available};
-use craftmesh_tests::{CmdOutput, ConfigDir, craftmesh_bin, fixture, python, python_has_mcp, require, run_with_timeout};
+use craftmesh_tests::{CmdOutput, ConfigDir, craftmesh_bin, fixture, python, python_has_mcp, require, run_with_timeout, zen_server};
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -67,13 +67,18 @@ fn logs(nodes: &[MeshNode]) -> String {
 /// `mcp_client.py` in `n`'s host, against `n` through `mcp-proxy` (`http` false) or
 /// `/mcp/echo` (`http` true).
 fn client(rig: &Rig, n: &MeshNode, http: bool, script: &Value, concurrent: usize) -> Command {
+    client_of(rig, n, "echo", http, script, concurrent)
+}
+
+/// [`client`] for the shared server `server`.
+fn client_of(rig: &Rig, n: &MeshNode, server: &str, http: bool, script: &Value, concurrent: usize) -> Command {
     let mut c = Command::new(python());
     c.arg(fixture("mcp_client.py")).args(["--script", &script.to_string(), "--concurrent", &concurrent.to_string(), "--timeout", "120"]);
     if http {
         let token = std::fs::read_to_string(n.cfg.data_dir().join("api.token")).expect("the node's api.token");
-        c.args(["--http", "http://127.0.0.1:7410/mcp/echo", "--header", &format!("Authorization: Bearer {}", token.trim())]);
+        c.args(["--http", &format!("http://127.0.0.1:7410/mcp/{server}"), "--header", &format!("Authorization: Bearer {}", token.trim())]);
     } else {
-        c.arg("--stdio").arg(craftmesh_bin()).args(["mcp-proxy", "echo", "--api", "127.0.0.1:7410", "--data-dir"]).arg(n.cfg.data_dir());
+        c.arg("--stdio").arg(craftmesh_bin()).args(["mcp-proxy", server, "--api", "127.0.0.1:7410", "--data-dir"]).arg(n.cfg.data_dir());
     }
     rig.host(n.index).wrap(&c)
 }
@@ -105,8 +110,12 @@ fn alive(pid: u32) -> bool {
 }
 
 fn ensure(rig: &Rig, n: &MeshNode) -> Value {
+    ensure_server(rig, n, "echo")
+}
+
+fn ensure_server(rig: &Rig, n: &MeshNode, server: &str) -> Value {
     let out = run_with_timeout(
-        &mut rig.host(n.index).wrap(&n.cfg.command(&["resolve", "--ensure", "echo", "--json", "--api", "127.0.0.1:7410"])),
+        &mut rig.host(n.index).wrap(&n.cfg.command(&["resolve", "--ensure", server, "--json", "--api", "127.0.0.1:7410"])),
         Duration::from_secs(120),
     );
     assert!(out.success(), "resolve --ensure failed\n{}", out.describe());
@@ -451,4 +460,72 @@ fn a_killed_holder_is_seen_crashed_while_sessions_go_to_it() {
                 .then_some(())
         });
     }
+}
+
+/// The real Zen MCP server from PyPI (`tests/fixtures/ZEN.md`; it answers `initialize`,
+/// `tools/list` and its model-free tools offline), deployed by claim on one host, serves
+/// concurrent sessions on the two other hosts through `mcp-proxy` and `/mcp/zen`: every
+/// session sees Zen's own `initialize` answer and tools, each gets the answers to its own
+/// requests (all sessions use the same request ids), and one Zen process serves them all.
+#[test]
+fn the_zen_server_from_pypi_runs_once_for_sessions_on_every_host() {
+    let Some(rig) = rig(3) else { return };
+    let zen = zen_server();
+    if !require("the Zen MCP server from PyPI (tests/scripts/run-tests.sh makes .venv-zen)", zen.is_some()) {
+        return;
+    }
+    let zen = zen.expect("checked");
+    let yaml = "settings:\n  discovery_interval: 30\nservers:\n  zen:\n    priority_order: [user_installation]\n    deployment_config:\n      prevent_duplicate: true\n";
+    // One provider setting or Zen exits at start; none is contacted by the tools used here.
+    let json =
+        serde_json::json!({"mcpServers": {"zen": {"command": zen.to_string_lossy(), "args": [], "env": {"GEMINI_API_KEY": "dummy", "LOG_LEVEL": "WARNING"}}}});
+    let nodes = start_with(&rig, (0..3).map(|_| ConfigDir::new(yaml).with_servers_json("core", &json.to_string())).collect());
+    let zens = || {
+        let out = run_with_timeout(Command::new("pgrep").arg("-f").arg(zen.as_os_str()), Duration::from_secs(5));
+        out.stdout.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>()
+    };
+    assert!(zens().is_empty(), "no Zen runs before the first ensure");
+    let e = ensure_server(&rig, &nodes[0], "zen");
+    assert_eq!((&e["local"], &e["deployed"]), (&Value::Bool(true), &Value::Bool(true)), "the first ensure deploys on its own node: {e}");
+    let pids = zens();
+    assert_eq!(pids.len(), 1, "one Zen on the whole LAN: {pids:?}\n{}", logs(&nodes));
+    let st = nodes[0].json(&rig, &["deploy", "status", "--json"]).expect("deploy status");
+    let row = st.as_array().and_then(|rows| rows.iter().find(|r| r["server"] == "zen")).cloned().unwrap_or_default();
+    assert_eq!(row["pid"].as_u64(), Some(u64::from(pids[0])), "host 0 runs that Zen: {st}");
+    let script = |host: usize| {
+        serde_json::json!([
+            {"server_info": true},
+            {"list_tools": true},
+            {"call": "challenge", "args": {"prompt": format!("h{host}-{{tag}}-first")}},
+            {"call": "listmodels", "args": {}},
+            {"call": "challenge", "args": {"prompt": format!("h{host}-{{tag}}-second")}}
+        ])
+    };
+    let mut proxy = client_of(&rig, &nodes[1], "zen", false, &script(1), 3);
+    let mut http = client_of(&rig, &nodes[2], "zen", true, &script(2), 3);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run_with_timeout(&mut proxy, Duration::from_secs(150)));
+        let b = s.spawn(|| run_with_timeout(&mut http, Duration::from_secs(150)));
+        (a.join().expect("proxy client"), b.join().expect("http client"))
+    });
+    for (host, out) in [(1, &a), (2, &b)] {
+        assert!(out.success(), "a client on host {host} failed\n{}\n{}", out.describe(), logs(&nodes));
+        let ls = lines(out);
+        for tag in ["s0", "s1", "s2"] {
+            let mine: Vec<&Value> = ls.iter().filter(|l| l["session"] == tag).collect();
+            let info = mine.iter().find(|l| l["op"] == "server_info").unwrap_or_else(|| panic!("no server_info of {tag}\n{}", out.stdout));
+            assert_eq!(info["name"], "zen", "Zen's own initialize answer: {info}");
+            let tools = mine.iter().find(|l| l["op"] == "list_tools").and_then(|l| l["tools"].as_array()).cloned().unwrap_or_default();
+            for t in ["challenge", "listmodels", "planner", "chat"] {
+                assert!(tools.iter().any(|x| x == t), "{tag} on host {host} lists {t}: {tools:?}");
+            }
+            let said: Vec<String> = mine
+                .iter()
+                .filter(|l| l["op"] == "call" && l["text"].as_str().is_some_and(|t| t.contains("original_statement")))
+                .filter_map(|l| serde_json::from_str::<Value>(l["text"].as_str()?).ok()?["original_statement"].as_str().map(str::to_string))
+                .collect();
+            assert_eq!(said, vec![format!("h{host}-{tag}-first"), format!("h{host}-{tag}-second")], "{tag} on host {host} got its own answers\n{}", out.stdout);
+        }
+    }
+    assert_eq!(zens(), pids, "still the one Zen");
 }
