@@ -186,19 +186,24 @@ mod tests {
     fn sse(chunks: Vec<&'static str>, then_hang: bool) -> Response {
         let items = futures::stream::iter(chunks.into_iter().map(|c| Ok::<_, axum::Error>(axum::body::Bytes::from(c))));
         let body = if then_hang { Body::from_stream(futures::StreamExt::chain(items, futures::stream::pending())) } else { Body::from_stream(items) };
-        Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "text/event-stream").header("mcp-session-id", "s1").body(body).unwrap()
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header("mcp-session-id", "s1")
+            .body(body)
+            .expect("test value")
     }
 
     fn content_type(r: &Response) -> String {
-        r.headers().get(header::CONTENT_TYPE).unwrap().to_str().unwrap().to_string()
+        r.headers().get(header::CONTENT_TYPE).expect("test value").to_str().expect("test value").to_string()
     }
 
     #[tokio::test]
     async fn a_stream_that_starts_with_the_response_is_answered_as_json_with_its_headers() {
         let r = json_when_final(sse(vec!["id: 0\nretry: 3000\ndata:\n\n", "data: {\"jsonrpc\":\"2.0\",\"id\":4,", "\"result\":{}}\n\n"], true)).await;
         assert_eq!(content_type(&r), "application/json");
-        assert_eq!(r.headers().get("mcp-session-id").unwrap(), "s1");
-        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(r.headers().get("mcp-session-id").expect("test value"), "s1");
+        let body = r.into_body().collect().await.expect("test value").to_bytes();
         assert_eq!(&body[..], br#"{"jsonrpc":"2.0","id":4,"result":{}}"#);
     }
 
@@ -211,23 +216,23 @@ mod tests {
         ];
         let r = json_when_final(sse(chunks.clone(), false)).await;
         assert_eq!(content_type(&r), "text/event-stream");
-        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let body = r.into_body().collect().await.expect("test value").to_bytes();
         assert_eq!(String::from_utf8_lossy(&body), chunks.concat());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_call_that_answers_late_is_streamed_after_the_wait_with_nothing_lost() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, axum::Error>>(4);
-        tx.send(Ok(axum::body::Bytes::from_static(b": ping\n\n"))).await.unwrap();
+        tx.send(Ok(axum::body::Bytes::from_static(b": ping\n\n"))).await.expect("test value");
         let body = Body::from_stream(tokio_stream_of(rx));
-        let resp = Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "text/event-stream").body(body).unwrap();
+        let resp = Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "text/event-stream").body(body).expect("test value");
         let started = tokio::time::Instant::now();
         let r = json_when_final(resp).await;
         assert_eq!(started.elapsed(), JSON_WAIT);
         assert_eq!(content_type(&r), "text/event-stream");
-        tx.send(Ok(axum::body::Bytes::from_static(b"data: {\"id\":1,\"result\":{}}\n\n"))).await.unwrap();
+        tx.send(Ok(axum::body::Bytes::from_static(b"data: {\"id\":1,\"result\":{}}\n\n"))).await.expect("test value");
         drop(tx);
-        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let body = r.into_body().collect().await.expect("test value").to_bytes();
         assert_eq!(&body[..], b": ping\n\ndata: {\"id\":1,\"result\":{}}\n\n");
     }
 
@@ -235,7 +240,7 @@ mod tests {
     async fn errors_and_json_answers_are_left_alone() {
         let r = json_when_final((StatusCode::NOT_FOUND, "Not Found: Session not found").into_response()).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
-        let accepted = Response::builder().status(StatusCode::ACCEPTED).body(Body::empty()).unwrap();
+        let accepted = Response::builder().status(StatusCode::ACCEPTED).body(Body::empty()).expect("test value");
         assert_eq!(json_when_final(accepted).await.status(), StatusCode::ACCEPTED);
     }
 
@@ -247,9 +252,9 @@ mod tests {
     fn only_clients_that_accept_json_get_it() {
         let mut h = axum::http::HeaderMap::new();
         assert!(!accepts_json(&h));
-        h.insert(header::ACCEPT, "text/event-stream".parse().unwrap());
+        h.insert(header::ACCEPT, "text/event-stream".parse().expect("test value"));
         assert!(!accepts_json(&h));
-        h.insert(header::ACCEPT, "text/event-stream, application/json".parse().unwrap());
+        h.insert(header::ACCEPT, "text/event-stream, application/json".parse().expect("test value"));
         assert!(accepts_json(&h));
     }
 }
