@@ -79,11 +79,11 @@ async fn status(g: &Global, json: bool) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
-/// `craftmesh resolve --ensure NAME`: the instance on the LAN (deployed when none runs),
-/// printed as this node's `/mcp/NAME` URL, which reaches it wherever it runs.
 /// How often `resolve --ensure` says it is still waiting.
 const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
+/// `craftmesh resolve --ensure NAME`: the instance on the LAN (deployed when none runs),
+/// printed as this node's `/mcp/NAME` URL, which reaches it wherever it runs.
 pub async fn resolve_ensure(g: &Global, name: &str, json: bool) -> anyhow::Result<i32> {
     let c = client(g, Duration::from_secs(310));
     eprintln!("ensuring {name} runs on the LAN (deploys it here when no node does)...");

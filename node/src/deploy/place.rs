@@ -206,10 +206,11 @@ impl Deployer {
     /// Deploys where it fits: here when this node has room (or resource checks are off),
     /// else on the member [`choose`] picks, asked over the mesh.
     pub(super) async fn place(self: &Arc<Self>, spec: &ServerSpec) -> Result<(), DeployError> {
+        // An instance already running here, as the first tier, is taken here whatever room
+        // the host has (the external tier probed once).
+        let here = self.runs_here(spec).await;
         // An instance already running on a member (external first): that member takes it.
-        if let Some(peer) = self.member_with_instance(spec).await
-            && !self.runs_here(spec).await
-        {
+        if !here && let Some(peer) = self.member_with_instance(spec).await {
             tracing::info!(server = %spec.name, member = %peer, "a member already runs an instance; asking it to take it under the claim");
             match member_deploy(&self.control, &peer, &spec.name).await {
                 Ok(_) => return Ok(()),
@@ -217,11 +218,7 @@ impl Deployer {
                 Err(e) => tracing::warn!(server = %spec.name, member = %peer, error = %e, "the member could not take its instance; deploying as usual"),
             }
         }
-        if !self.config.settings.resource_check_enabled {
-            return self.deploy(spec).await;
-        }
-        // An instance already running here, as the first tier: taken here, whatever room.
-        if self.runs_here(spec).await {
+        if here || !self.config.settings.resource_check_enabled {
             return self.deploy(spec).await;
         }
         let need = Need::for_server(spec);
