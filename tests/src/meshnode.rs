@@ -156,15 +156,18 @@ impl MeshNode {
 /// Waits (up to `timeout`) until every node in `nodes` reports the same claims cluster with
 /// a leader and `voters` voters (`None`: any number).
 pub fn wait_one_cluster(rig: &Rig, nodes: &[MeshNode], voters: Option<usize>, timeout: Duration) {
-    wait_until("one claims cluster with a leader", timeout, || {
-        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
-        let views = views?;
-        let c = views[0]["cluster"].as_str()?;
-        views
-            .iter()
-            .all(|v| v["cluster"] == c && v["leader"].is_object() && voters.is_none_or(|n| v["voters"].as_array().map(Vec::len) == Some(n)))
-            .then_some(())
-    });
+    wait_until("one claims cluster with a leader", timeout, || one_cluster(rig, nodes, voters).then_some(()));
+}
+
+/// Whether every node in `nodes` reports the same claims cluster with a leader and `voters`
+/// voters (`None`: any number) right now.
+pub fn one_cluster(rig: &Rig, nodes: &[MeshNode], voters: Option<usize>) -> bool {
+    let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
+    views.is_some_and(|views| {
+        let c = &views[0]["cluster"];
+        c.is_string()
+            && views.iter().all(|v| v["cluster"] == *c && v["leader"].is_object() && voters.is_none_or(|n| v["voters"].as_array().map(Vec::len) == Some(n)))
+    })
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, panicking with `what` after `timeout`.

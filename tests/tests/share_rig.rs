@@ -440,14 +440,7 @@ fn a_killed_holder_is_seen_crashed_while_sessions_go_to_it() {
             assert!(m["crashed"] == true, "rep {rep}: host {i} must see host {holder} crashed: {m}\n{}\n{}", after.join("\n"), logs(&nodes));
         }
         nodes[holder].restart(&rig);
-        wait_until("one claims cluster of three again", FORM, || {
-            let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(&rig, &["cluster", "--json"])).collect();
-            let views = views?;
-            views
-                .iter()
-                .all(|v| v["cluster"] == views[0]["cluster"] && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(3))
-                .then_some(())
-        });
+        wait_one_cluster(&rig, &nodes, Some(3), FORM);
         // And a full mesh again: every node sees both others alive (a node that never
         // connected to a peer cannot see it die).
         wait_until("every node sees the two others alive", FORM, || {

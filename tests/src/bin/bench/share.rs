@@ -157,19 +157,14 @@ fn config(a: &Anchor, tag: &str) -> ConfigDir {
 fn wait_cluster(rig: &Rig, nodes: &[MeshNode]) {
     let start = Instant::now();
     loop {
-        let views: Option<Vec<Value>> = nodes.iter().map(|n| n.json(rig, &["cluster", "--json"])).collect();
-        let formed = views.as_ref().is_some_and(|views| {
-            let c = &views[0]["cluster"];
-            c.is_string() && views.iter().all(|v| v["cluster"] == *c && v["leader"].is_object() && v["voters"].as_array().map(Vec::len) == Some(nodes.len()))
-        });
-        if formed {
+        if craftmesh_tests::meshnode::one_cluster(rig, nodes, Some(nodes.len())) {
             return;
         }
         if start.elapsed() > Duration::from_secs(60) {
             for n in nodes {
                 eprintln!("--- node {} ---\n{}", n.index, n.log());
             }
-            panic!("no one claims cluster with a leader after 60 s: {views:#?}");
+            panic!("no one claims cluster with a leader after 60 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
