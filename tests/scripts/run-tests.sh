@@ -83,39 +83,31 @@ fi
 
 # ---------------------------------------------------------------------------------------
 step "2/4 python venvs: the MCP SDK and zeroconf ($REPO/.venv), the Zen MCP server ($REPO/.venv-zen)"
-VENV="$REPO/.venv"
-REQ="$REPO/tests/fixtures/requirements.txt"
-PY="$VENV/bin/python"
-check_mcp='import importlib.metadata as m; from mcp.server.fastmcp import FastMCP; import zeroconf; v = m.version("mcp"); assert v.split(".")[0] == "1", v; print("mcp", v, "zeroconf", zeroconf.__version__)'
-if [ ! -x "$PY" ]; then
-    info "creating $VENV with $(python3 --version)"
-    python3 -m venv "$VENV"
-fi
-if "$PY" -c "$check_mcp" >/dev/null 2>&1; then
-    info "already installed: $("$PY" -c "$check_mcp")"
-else
-    info "pip install -r tests/fixtures/requirements.txt"
-    "$PY" -m pip install --disable-pip-version-check -q -r "$REQ"
-fi
-info "import check: $("$PY" -c "$check_mcp")"
-export CRAFTMESH_TEST_PYTHON="$PY"
+# venv DIR REQUIREMENTS CHECK: makes the venv DIR when missing and pip-installs
+# REQUIREMENTS (a path under the repo) into it unless the python snippet CHECK already
+# succeeds there; then prints what CHECK prints.
+venv() {
+    local dir="$1" req="$2" check="$3"
+    if [ ! -x "$dir/bin/python" ]; then
+        info "creating $dir with $(python3 --version)"
+        python3 -m venv "$dir"
+    fi
+    if "$dir/bin/python" -c "$check" >/dev/null 2>&1; then
+        info "already installed in $dir: $("$dir/bin/python" -c "$check")"
+    else
+        info "pip install -r $req (into $dir)"
+        "$dir/bin/python" -m pip install --disable-pip-version-check -q -r "$REPO/$req"
+    fi
+    info "import check: $("$dir/bin/python" -c "$check")"
+}
+venv "$REPO/.venv" tests/fixtures/requirements.txt \
+    'import importlib.metadata as m; from mcp.server.fastmcp import FastMCP; import zeroconf; v = m.version("mcp"); assert v.split(".")[0] == "1", v; print("mcp", v, "zeroconf", zeroconf.__version__)'
+export CRAFTMESH_TEST_PYTHON="$REPO/.venv/bin/python"
 # The Zen MCP server from PyPI for the sharing test (tests/fixtures/ZEN.md), in a venv of
 # its own: its wheel puts modules named server, config, tools... at the top of site-packages.
-ZEN_VENV="$REPO/.venv-zen"
-ZEN_REQ="$REPO/tests/fixtures/requirements-zen.txt"
-check_zen='import importlib.metadata as m; print("zen", m.version("iflow-mcp-zen-mcp-server"), "mcp", m.version("mcp"))'
-if [ ! -x "$ZEN_VENV/bin/python" ]; then
-    info "creating $ZEN_VENV"
-    python3 -m venv "$ZEN_VENV"
-fi
-if [ -x "$ZEN_VENV/bin/zen-mcp-server" ] && "$ZEN_VENV/bin/python" -c "$check_zen" >/dev/null 2>&1; then
-    info "already installed: $("$ZEN_VENV/bin/python" -c "$check_zen")"
-else
-    info "pip install -r tests/fixtures/requirements-zen.txt (into $ZEN_VENV)"
-    "$ZEN_VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$ZEN_REQ"
-fi
-info "installed: $("$ZEN_VENV/bin/python" -c "$check_zen")"
-export CRAFTMESH_TEST_ZEN="$ZEN_VENV/bin/zen-mcp-server"
+venv "$REPO/.venv-zen" tests/fixtures/requirements-zen.txt \
+    'import importlib.metadata as m, os, sys; assert os.access(os.path.join(os.path.dirname(sys.executable), "zen-mcp-server"), os.X_OK); print("zen", m.version("iflow-mcp-zen-mcp-server"), "mcp", m.version("mcp"))'
+export CRAFTMESH_TEST_ZEN="$REPO/.venv-zen/bin/zen-mcp-server"
 
 # ---------------------------------------------------------------------------------------
 step "3/4 lint (rustfmt, clippy -D warnings) and cargo build --workspace --bins"
